@@ -1,0 +1,428 @@
+//! The data-key cache: one provider call per cache window, not per value.
+//!
+//! **Encrypt side.** One *active* data key per (master key, purpose) serves values until the
+//! first of its limits is reached: age ([`CacheLimits::max_age`]), messages
+//! ([`CacheLimits::max_messages`]) and bytes ([`CacheLimits::max_bytes`]). Usage is reserved
+//! under the slot's lock before the value is encrypted, so no key serves beyond a limit, even
+//! under concurrency. Concurrent misses wait on the same lock while one of them calls the
+//! provider (single flight): 64 concurrent encrypts on a cold cache make one call. A value
+//! larger than `max_bytes` gets a data key of its own, used for that value alone.
+//!
+//! **Decrypt side.** Unwrapped keys are cached by (wrapped key bytes, purpose) in a bounded
+//! [`moka`] cache, which coalesces concurrent loads of one key. Entries expire after
+//! [`CacheLimits::unwrap_ttl`], measured on the cache's [`Clock`]; a key is wiped (zeroized)
+//! when it is evicted and no value being encrypted or decrypted still holds it. Keys created
+//! on the encrypt side enter the decrypt side too, so values just written read back without a
+//! provider call.
+//!
+//! Why a hand-written encrypt side: moka expires entries by the system clock and knows
+//! nothing of per-key usage limits; those are checked here against the injected clock,
+//! which tests control.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use crate::error::{Error, Result};
+use crate::keys::{DataKey, KeyProvider, KeyPurpose, MasterKeyRef};
+use crate::stored::WrappedKey;
+
+/// A source of monotonic time, so tests can control the cache's notion of age.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Time elapsed since an arbitrary fixed origin.
+    fn now(&self) -> Duration;
+}
+
+/// The real monotonic clock.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    origin: Instant,
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock {
+            origin: Instant::now(),
+        }
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+/// A clock that moves only when told to: for tests.
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    nanos: AtomicU64,
+}
+
+impl ManualClock {
+    /// A clock at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
+    }
+}
+
+/// Limits of the data-key cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// How long one data key encrypts new values (default 5 minutes).
+    pub max_age: Duration,
+    /// How many values one data key encrypts (default 2^20). `1` gives one data key per
+    /// value, as the original system did.
+    pub max_messages: u64,
+    /// How many plaintext bytes one data key encrypts (default 2^32).
+    pub max_bytes: u64,
+    /// How long an unwrapped key stays cached for decryption (default 5 minutes).
+    pub unwrap_ttl: Duration,
+    /// How many unwrapped keys the decrypt side holds at most (default 10,000).
+    pub max_unwrapped: u64,
+    /// How many distinct keys a bulk decrypt unwraps at once (default 16).
+    pub unwrap_concurrency: usize,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        CacheLimits {
+            max_age: Duration::from_secs(300),
+            max_messages: 1 << 20,
+            max_bytes: 1 << 32,
+            unwrap_ttl: Duration::from_secs(300),
+            max_unwrapped: 10_000,
+            unwrap_concurrency: 16,
+        }
+    }
+}
+
+/// A snapshot of the cache's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Provider calls to generate a data key.
+    pub generate_calls: u64,
+    /// Provider calls to unwrap a data key.
+    pub unwrap_calls: u64,
+    /// Provider calls to re-wrap a data key.
+    pub rewrap_calls: u64,
+    /// Encrypts served by a cached data key.
+    pub encrypt_hits: u64,
+    /// Encrypts that needed a new data key.
+    pub encrypt_misses: u64,
+    /// Decrypts served by a cached unwrapped key.
+    pub decrypt_hits: u64,
+    /// Decrypts that needed an unwrap (several may share one provider call).
+    pub decrypt_misses: u64,
+    /// Data keys created (equals `generate_calls` unless a call failed).
+    pub keys_created: u64,
+    /// Unwrapped keys evicted from the decrypt side (expired, pushed out or cleared).
+    pub evictions: u64,
+}
+
+impl CacheStats {
+    /// Every provider call, of all kinds.
+    pub fn provider_calls(&self) -> u64 {
+        self.generate_calls + self.unwrap_calls + self.rewrap_calls
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    generate_calls: AtomicU64,
+    unwrap_calls: AtomicU64,
+    rewrap_calls: AtomicU64,
+    encrypt_hits: AtomicU64,
+    encrypt_misses: AtomicU64,
+    decrypt_hits: AtomicU64,
+    decrypt_misses: AtomicU64,
+    keys_created: AtomicU64,
+    evictions: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The data key and wrapped key that encrypt one value.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    pub(crate) key: DataKey,
+    pub(crate) wrapped: WrappedKey,
+}
+
+struct ActiveKey {
+    key: DataKey,
+    wrapped: WrappedKey,
+    created: Duration,
+    messages: u64,
+    bytes: u64,
+}
+
+impl ActiveKey {
+    fn admits(&self, limits: &CacheLimits, now: Duration, len: u64) -> bool {
+        now.saturating_sub(self.created) < limits.max_age
+            && self.messages < limits.max_messages
+            && self.bytes.saturating_add(len) <= limits.max_bytes
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<ActiveKey>>>;
+type UnwrapKey = (Vec<u8>, KeyPurpose);
+
+#[derive(Clone)]
+struct Unwrapped {
+    key: Arc<DataKey>,
+    loaded: Duration,
+}
+
+/// The data-key cache of one [`Encryptor`](crate::Encryptor). See the module docs.
+pub struct DataKeyCache {
+    limits: CacheLimits,
+    clock: Arc<dyn Clock>,
+    active: Mutex<HashMap<(MasterKeyRef, KeyPurpose), Slot>>,
+    unwrapped: moka::future::Cache<UnwrapKey, Unwrapped>,
+    counters: Arc<Counters>,
+}
+
+impl fmt::Debug for DataKeyCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataKeyCache")
+            .field("limits", &self.limits)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DataKeyCache {
+    /// A cache with these limits on this clock.
+    pub fn new(limits: CacheLimits, clock: Arc<dyn Clock>) -> Self {
+        let counters = Arc::new(Counters::default());
+        let evicted = Arc::clone(&counters);
+        let unwrapped = moka::future::Cache::builder()
+            .max_capacity(limits.max_unwrapped)
+            // The system-clock TTL only bounds memory; expiry is decided on `clock`.
+            .time_to_live(limits.unwrap_ttl)
+            .eviction_listener(move |_key, _value: Unwrapped, _cause| {
+                // Dropping the value drops this holder of the key; the bytes are wiped when
+                // the last holder goes.
+                bump(&evicted.evictions);
+            })
+            .build();
+        DataKeyCache {
+            limits,
+            clock,
+            active: Mutex::new(HashMap::new()),
+            unwrapped,
+            counters,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &CacheLimits {
+        &self.limits
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CacheStats {
+            generate_calls: load(&c.generate_calls),
+            unwrap_calls: load(&c.unwrap_calls),
+            rewrap_calls: load(&c.rewrap_calls),
+            encrypt_hits: load(&c.encrypt_hits),
+            encrypt_misses: load(&c.encrypt_misses),
+            decrypt_hits: load(&c.decrypt_hits),
+            decrypt_misses: load(&c.decrypt_misses),
+            keys_created: load(&c.keys_created),
+            evictions: load(&c.evictions),
+        }
+    }
+
+    /// Forgets every data key, on both sides: the next encrypt and decrypt call the provider.
+    /// Use it when a master key is disabled or compromised.
+    pub async fn clear(&self) {
+        let slots: Vec<Slot> = self
+            .active
+            .lock()
+            .map(|mut map| map.drain().map(|(_, slot)| slot).collect())
+            .unwrap_or_default();
+        for slot in slots {
+            slot.lock().await.take();
+        }
+        self.unwrapped.invalidate_all();
+        self.unwrapped.run_pending_tasks().await;
+    }
+
+    /// Runs the decrypt side's pending maintenance (expiry, eviction notifications) now.
+    pub async fn run_pending_tasks(&self) {
+        self.unwrapped.run_pending_tasks().await;
+    }
+
+    fn slot(&self, master_key: MasterKeyRef, purpose: KeyPurpose) -> Slot {
+        let mut map = self
+            .active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(map.entry((master_key, purpose)).or_default())
+    }
+
+    /// A data key to encrypt one value of `len` bytes, with its usage already counted.
+    pub(crate) async fn lease(
+        &self,
+        provider: &dyn KeyProvider,
+        purpose: KeyPurpose,
+        len: usize,
+    ) -> Result<Lease> {
+        let len = u64::try_from(len).unwrap_or(u64::MAX);
+        let slot = self.slot(provider.master_key(), purpose);
+        let mut active = slot.lock().await;
+        if let Some(current) = active.as_mut() {
+            if current.admits(&self.limits, self.clock.now(), len) {
+                current.messages += 1;
+                current.bytes += len;
+                bump(&self.counters.encrypt_hits);
+                return Ok(Lease {
+                    key: current.key.share(),
+                    wrapped: current.wrapped.clone(),
+                });
+            }
+        }
+        bump(&self.counters.encrypt_misses);
+        // The slot stays locked during the provider call: concurrent misses wait for this
+        // key instead of asking for keys of their own.
+        bump(&self.counters.generate_calls);
+        let generated = provider.generate_data_key(purpose).await?;
+        bump(&self.counters.keys_created);
+        let now = self.clock.now();
+        self.unwrapped
+            .insert(
+                (generated.wrapped.as_bytes().to_vec(), purpose),
+                Unwrapped {
+                    key: Arc::new(generated.key.share()),
+                    loaded: now,
+                },
+            )
+            .await;
+        let lease = Lease {
+            key: generated.key.share(),
+            wrapped: generated.wrapped.clone(),
+        };
+        *active = if len > self.limits.max_bytes {
+            // Too large for the byte limit: this key serves this value alone.
+            None
+        } else {
+            Some(ActiveKey {
+                key: generated.key,
+                wrapped: generated.wrapped,
+                created: now,
+                messages: 1,
+                bytes: len,
+            })
+        };
+        Ok(lease)
+    }
+
+    /// The unwrapped data key of `wrapped`, from the cache or the provider.
+    pub(crate) async fn unwrap(
+        &self,
+        provider: &dyn KeyProvider,
+        wrapped: &WrappedKey,
+        purpose: KeyPurpose,
+    ) -> Result<DataKey> {
+        let cache_key = (wrapped.as_bytes().to_vec(), purpose);
+        if let Some(entry) = self.unwrapped.get(&cache_key).await {
+            if self.clock.now().saturating_sub(entry.loaded) < self.limits.unwrap_ttl {
+                bump(&self.counters.decrypt_hits);
+                return Ok(entry.key.share());
+            }
+            self.unwrapped.invalidate(&cache_key).await;
+        }
+        bump(&self.counters.decrypt_misses);
+        let counters = &self.counters;
+        let clock = &self.clock;
+        let entry = self
+            .unwrapped
+            .try_get_with(cache_key, async move {
+                bump(&counters.unwrap_calls);
+                let key = provider.unwrap_data_key(wrapped, purpose).await?;
+                Ok::<_, Error>(Unwrapped {
+                    key: Arc::new(key),
+                    loaded: clock.now(),
+                })
+            })
+            .await
+            .map_err(|e: Arc<Error>| (*e).clone())?;
+        Ok(entry.key.share())
+    }
+
+    /// Unwraps each distinct key of `wrapped` once, at most
+    /// [`CacheLimits::unwrap_concurrency`] at a time. The result follows the input order.
+    pub(crate) async fn unwrap_many<'a>(
+        &self,
+        provider_for: impl Fn(&WrappedKey) -> Result<&'a dyn KeyProvider>,
+        wrapped: &[(&WrappedKey, KeyPurpose)],
+    ) -> Vec<Result<DataKey>> {
+        let mut distinct: HashMap<(&[u8], KeyPurpose), usize> = HashMap::new();
+        let mut order = Vec::with_capacity(wrapped.len());
+        let mut jobs = Vec::new();
+        for (key, purpose) in wrapped {
+            let next = distinct.len();
+            let index = *distinct
+                .entry((key.as_bytes(), *purpose))
+                .or_insert_with(|| {
+                    jobs.push((*key, *purpose));
+                    next
+                });
+            order.push(index);
+        }
+        let mut results: Vec<Option<Result<DataKey>>> = (0..jobs.len()).map(|_| None).collect();
+        let unwraps = futures::stream::iter(jobs.into_iter().enumerate())
+            .map(|(i, (key, purpose))| {
+                let provider = provider_for(key);
+                async move {
+                    let result = match provider {
+                        Ok(provider) => self.unwrap(provider, key, purpose).await,
+                        Err(e) => Err(e),
+                    };
+                    (i, result)
+                }
+            })
+            .buffer_unordered(self.limits.unwrap_concurrency.max(1));
+        let done: Vec<(usize, Result<DataKey>)> = unwraps.collect().await;
+        for (i, result) in done {
+            results[i] = Some(result);
+        }
+        order
+            .into_iter()
+            .map(|i| match &results[i] {
+                Some(Ok(key)) => Ok(key.share()),
+                Some(Err(e)) => Err(e.clone()),
+                None => Err(Error::stored("bulk unwrap lost a key")),
+            })
+            .collect()
+    }
+
+    /// Counts a re-wrap call made outside the cache.
+    pub(crate) fn count_rewrap(&self) {
+        bump(&self.counters.rewrap_calls);
+    }
+}

@@ -1,0 +1,317 @@
+//! Envelope encryption of column values: the API applications and generated code use.
+//!
+//! [`Encryptor::encrypt`] seals one value under a data key from the cache (which asks the key
+//! provider only when its limits say so), with a fresh random 96-bit nonce and the
+//! associated data of its [`Binding`]; [`Encryptor::decrypt`] reverses it, choosing the
+//! provider by the master key named in the wrapped key. [`Encryptor::decrypt_many`]
+//! unwraps each distinct data key of a batch once.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use rand::RngCore;
+
+use crate::aad::Binding;
+use crate::cache::{CacheLimits, CacheStats, Clock, DataKeyCache, SystemClock};
+use crate::cipher::{self, LEGACY_NONCE_LEN, NONCE_LEN};
+use crate::error::{Error, Result};
+use crate::keys::{DataKey, KeyEnvelope, KeyProvider, KeyPurpose, MasterKeyRef, ProviderKind};
+use crate::search::{ColumnHasher, SearchKey, SearchSpec};
+use crate::stored::{AuthTag, Ciphertext, Nonce, SearchHash, StoredField, WrappedKey};
+
+/// Encrypts and decrypts column values. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Encryptor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    provider: Arc<dyn KeyProvider>,
+    others: Vec<Arc<dyn KeyProvider>>,
+    cache: DataKeyCache,
+    search_key: Option<SearchKey>,
+    hashers: RwLock<HashMap<(String, String, SearchSpec), ColumnHasher>>,
+    allow_legacy: bool,
+}
+
+impl fmt::Debug for Encryptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encryptor")
+            .field("provider", &self.inner.provider)
+            .field("others", &self.inner.others)
+            .field("cache", &self.inner.cache)
+            .field("search_key", &self.inner.search_key.as_ref().map(|_| "set"))
+            .field("allow_legacy", &self.inner.allow_legacy)
+            .finish()
+    }
+}
+
+/// Builds an [`Encryptor`].
+#[derive(Debug)]
+pub struct EncryptorBuilder {
+    provider: Arc<dyn KeyProvider>,
+    others: Vec<Arc<dyn KeyProvider>>,
+    limits: CacheLimits,
+    clock: Arc<dyn Clock>,
+    search_key: Option<SearchKey>,
+    allow_legacy: bool,
+}
+
+impl EncryptorBuilder {
+    /// Another provider for decrypting and re-wrapping values under its master keys (during
+    /// a migration from one provider or master key to another).
+    pub fn decrypt_with(mut self, provider: Arc<dyn KeyProvider>) -> Self {
+        self.others.push(provider);
+        self
+    }
+
+    /// The data-key cache's limits.
+    pub fn cache_limits(mut self, limits: CacheLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The clock of the data-key cache (tests use a [`ManualClock`](crate::ManualClock)).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The root search key; without one, search hashes cannot be computed.
+    pub fn search_key(mut self, key: SearchKey) -> Self {
+        self.search_key = Some(key);
+        self
+    }
+
+    /// Accept legacy rows (16-byte IV, bare KMS blob, no associated data). Off by default.
+    pub fn allow_legacy(mut self, allow: bool) -> Self {
+        self.allow_legacy = allow;
+        self
+    }
+
+    /// The encryptor.
+    pub fn build(self) -> Encryptor {
+        Encryptor {
+            inner: Arc::new(Inner {
+                provider: self.provider,
+                others: self.others,
+                cache: DataKeyCache::new(self.limits, self.clock),
+                search_key: self.search_key,
+                hashers: RwLock::new(HashMap::new()),
+                allow_legacy: self.allow_legacy,
+            }),
+        }
+    }
+}
+
+impl Encryptor {
+    /// A builder whose provider generates every new data key.
+    pub fn builder(provider: Arc<dyn KeyProvider>) -> EncryptorBuilder {
+        EncryptorBuilder {
+            provider,
+            others: Vec::new(),
+            limits: CacheLimits::default(),
+            clock: Arc::new(SystemClock::default()),
+            search_key: None,
+            allow_legacy: false,
+        }
+    }
+
+    /// The provider of new data keys.
+    pub fn provider(&self) -> &Arc<dyn KeyProvider> {
+        &self.inner.provider
+    }
+
+    /// The master key new data keys are wrapped under.
+    pub fn master_key(&self) -> MasterKeyRef {
+        self.inner.provider.master_key()
+    }
+
+    /// The data-key cache.
+    pub fn cache(&self) -> &DataKeyCache {
+        &self.inner.cache
+    }
+
+    /// The cache's counters.
+    pub fn stats(&self) -> CacheStats {
+        self.inner.cache.stats()
+    }
+
+    /// Whether legacy rows are accepted.
+    pub fn allows_legacy(&self) -> bool {
+        self.inner.allow_legacy
+    }
+
+    /// Encrypts one value for its place.
+    pub async fn encrypt(&self, binding: &Binding<'_>, plaintext: &[u8]) -> Result<StoredField> {
+        let lease = self
+            .inner
+            .cache
+            .lease(
+                self.inner.provider.as_ref(),
+                KeyPurpose::Field,
+                plaintext.len(),
+            )
+            .await?;
+        seal(&lease.key, lease.wrapped, binding, plaintext)
+    }
+
+    /// Decrypts one value read from its place.
+    pub async fn decrypt(&self, binding: &Binding<'_>, stored: &StoredField) -> Result<Vec<u8>> {
+        self.check_form(stored)?;
+        let provider = self.provider_for(&stored.data_key)?;
+        let key = self
+            .inner
+            .cache
+            .unwrap(provider, &stored.data_key, KeyPurpose::Field)
+            .await?;
+        open(&key, binding, stored)
+    }
+
+    /// Decrypts many values, unwrapping each distinct data key once (concurrently, within the
+    /// cache's bound). Results follow the input order; one bad value fails alone.
+    pub async fn decrypt_many(
+        &self,
+        items: &[(Binding<'_>, &StoredField)],
+    ) -> Vec<Result<Vec<u8>>> {
+        let wrapped: Vec<(&WrappedKey, KeyPurpose)> = items
+            .iter()
+            .map(|(_, stored)| (&stored.data_key, KeyPurpose::Field))
+            .collect();
+        let keys = self
+            .inner
+            .cache
+            .unwrap_many(|w| self.provider_for(w), &wrapped)
+            .await;
+        items
+            .iter()
+            .zip(keys)
+            .map(|((binding, stored), key)| {
+                self.check_form(stored)?;
+                open(&key?, binding, stored)
+            })
+            .collect()
+    }
+
+    /// Re-wraps a data key under `to` (a master key of the primary or another provider of the
+    /// same kind), without touching the values encrypted under it.
+    pub async fn rewrap(&self, wrapped: &WrappedKey, to: &MasterKeyRef) -> Result<WrappedKey> {
+        let provider = self.provider_for(wrapped)?;
+        self.inner.cache.count_rewrap();
+        provider
+            .rewrap_data_key(wrapped, KeyPurpose::Field, to)
+            .await
+    }
+
+    /// The search hash of `value` for a column, under the root search key.
+    pub fn search_hash(
+        &self,
+        table: &str,
+        column: &str,
+        spec: SearchSpec,
+        value: &str,
+    ) -> Result<SearchHash> {
+        let key = (table.to_owned(), column.to_owned(), spec);
+        if let Some(hasher) = self
+            .inner
+            .hashers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(hasher.hash(value));
+        }
+        let root = self.inner.search_key.as_ref().ok_or_else(|| {
+            Error::Configuration(
+                "no search key: set ENCRYPTION_SEARCH_SALT or store one in jarvis_keys".into(),
+            )
+        })?;
+        let hasher = root.column(table, column, spec);
+        let hash = hasher.hash(value);
+        self.inner
+            .hashers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key, hasher);
+        Ok(hash)
+    }
+
+    fn check_form(&self, stored: &StoredField) -> Result<()> {
+        let legacy_key = stored.data_key.is_legacy();
+        match (stored.nonce.len(), legacy_key) {
+            (NONCE_LEN, false) => Ok(()),
+            (LEGACY_NONCE_LEN, true) if self.inner.allow_legacy => Ok(()),
+            (LEGACY_NONCE_LEN, true) => Err(Error::LegacyNotAllowed),
+            (NONCE_LEN, true) => Err(Error::stored(
+                "a 12-byte nonce with a bare KMS blob is neither a current nor a legacy row",
+            )),
+            _ => Err(Error::stored(
+                "a 16-byte nonce with a jarvis wrapped key is neither a current nor a legacy row",
+            )),
+        }
+    }
+
+    fn provider_for(&self, wrapped: &WrappedKey) -> Result<&dyn KeyProvider> {
+        let providers = std::iter::once(&self.inner.provider).chain(self.inner.others.iter());
+        match wrapped.envelope()? {
+            KeyEnvelope::Jarvis { master_key, .. } => providers
+                .map(|p| p.as_ref())
+                .find(|p| p.can_unwrap(&master_key))
+                .ok_or_else(|| Error::UnknownMasterKey {
+                    key_id: master_key.to_string(),
+                }),
+            KeyEnvelope::Legacy { .. } => providers
+                .map(|p| p.as_ref())
+                .find(|p| p.kind() == ProviderKind::AwsKms)
+                .ok_or_else(|| Error::UnknownMasterKey {
+                    key_id: "a bare AWS KMS blob (legacy row): configure the aws-kms provider"
+                        .into(),
+                }),
+        }
+    }
+}
+
+fn seal(
+    key: &DataKey,
+    wrapped: WrappedKey,
+    binding: &Binding<'_>,
+    plaintext: &[u8],
+) -> Result<StoredField> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rng().fill_bytes(&mut nonce);
+    let mut buffer = plaintext.to_vec();
+    let tag = cipher::seal_in_place(
+        key.cipher(),
+        &nonce,
+        &binding.associated_data(),
+        &mut buffer,
+    )?;
+    Ok(StoredField {
+        ciphertext: Ciphertext::new(buffer)?,
+        nonce: Nonce::new(nonce.to_vec())?,
+        tag: AuthTag::new(tag.to_vec())?,
+        data_key: wrapped,
+    })
+}
+
+fn open(key: &DataKey, binding: &Binding<'_>, stored: &StoredField) -> Result<Vec<u8>> {
+    use secrecy::ExposeSecret;
+    if stored.nonce.len() == LEGACY_NONCE_LEN {
+        // Legacy rows were written without associated data (checked by `check_form`).
+        return cipher::open_legacy(
+            key.expose_secret(),
+            stored.nonce.as_bytes(),
+            &[],
+            stored.ciphertext.as_bytes(),
+            stored.tag.as_bytes(),
+        );
+    }
+    cipher::open_with(
+        key.cipher(),
+        stored.nonce.as_bytes(),
+        &binding.associated_data(),
+        stored.ciphertext.as_bytes(),
+        stored.tag.as_bytes(),
+    )
+}

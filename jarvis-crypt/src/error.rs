@@ -1,0 +1,149 @@
+//! The one error type of the crate.
+//!
+//! There is a variant per failure that a caller acts on differently. No variant carries
+//! plaintext, key bytes or a search key: messages name what failed, never the data.
+
+use std::fmt;
+
+/// Every failure of `jarvis-crypt`, by what the caller does next.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The stored value does not authenticate: it was tampered with, or it is read with the
+    /// wrong associated data (another table, column or row) or the wrong data key.
+    #[error(
+        "authentication failed: the value was tampered with or belongs to another row, column or table"
+    )]
+    AuthenticationFailed,
+
+    /// A stored value has the wrong shape: a bad length, an unknown format or version.
+    #[error("invalid stored form: {0}")]
+    InvalidStoredForm(String),
+
+    /// A legacy row (16-byte IV and a bare KMS blob, no associated data) was read while the
+    /// configuration does not accept legacy rows.
+    #[error(
+        "legacy row not allowed: enable legacy rows in the configuration, or upgrade them with `jarvis rotate --legacy`"
+    )]
+    LegacyNotAllowed,
+
+    /// The master key that wrapped a data key is not known to any configured provider, or the
+    /// provider reports that it does not exist.
+    #[error("unknown master key `{key_id}`")]
+    UnknownMasterKey {
+        /// Id of the master key (never key material).
+        key_id: String,
+    },
+
+    /// The master key exists but is disabled or pending deletion.
+    #[error("master key `{key_id}` is disabled or pending deletion")]
+    MasterKeyDisabled {
+        /// Id of the master key.
+        key_id: String,
+    },
+
+    /// The key provider refused the request for lack of permission.
+    #[error("access denied by the key provider: {0}")]
+    AccessDenied(String),
+
+    /// The key provider throttled the request, still after the configured retries.
+    #[error("the key provider throttled the request ({attempts} attempts)")]
+    Throttled {
+        /// How many attempts were made.
+        attempts: u32,
+    },
+
+    /// The key provider could not be reached or failed, still after the configured retries.
+    #[error("the key provider is unavailable ({attempts} attempts): {message}")]
+    ProviderUnavailable {
+        /// How many attempts were made.
+        attempts: u32,
+        /// What the transport or the provider said (never request or key material).
+        message: String,
+    },
+
+    /// The decrypted bytes are not of the type the field declares (not UTF-8, not the JSON
+    /// of the declared type). The message never contains the bytes.
+    #[error("decrypted value is not a valid {0}")]
+    InvalidPlaintext(&'static str),
+
+    /// The configuration is missing or wrong (a search key that is too short, a key file
+    /// readable by others, an unparsable variable).
+    #[error("configuration: {0}")]
+    Configuration(String),
+}
+
+impl Error {
+    /// A short, stable name of the error's kind, for audit rows and metrics.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::AuthenticationFailed => ErrorKind::AuthenticationFailed,
+            Error::InvalidStoredForm(_) => ErrorKind::InvalidStoredForm,
+            Error::LegacyNotAllowed => ErrorKind::LegacyNotAllowed,
+            Error::UnknownMasterKey { .. } => ErrorKind::UnknownMasterKey,
+            Error::MasterKeyDisabled { .. } => ErrorKind::MasterKeyDisabled,
+            Error::AccessDenied(_) => ErrorKind::AccessDenied,
+            Error::Throttled { .. } => ErrorKind::Throttled,
+            Error::ProviderUnavailable { .. } => ErrorKind::ProviderUnavailable,
+            Error::InvalidPlaintext(_) => ErrorKind::InvalidPlaintext,
+            Error::Configuration(_) => ErrorKind::Configuration,
+        }
+    }
+
+    pub(crate) fn stored(what: impl Into<String>) -> Self {
+        Error::InvalidStoredForm(what.into())
+    }
+}
+
+/// The kind of an [`Error`], without its details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// See [`Error::AuthenticationFailed`].
+    AuthenticationFailed,
+    /// See [`Error::InvalidStoredForm`].
+    InvalidStoredForm,
+    /// See [`Error::LegacyNotAllowed`].
+    LegacyNotAllowed,
+    /// See [`Error::UnknownMasterKey`].
+    UnknownMasterKey,
+    /// See [`Error::MasterKeyDisabled`].
+    MasterKeyDisabled,
+    /// See [`Error::AccessDenied`].
+    AccessDenied,
+    /// See [`Error::Throttled`].
+    Throttled,
+    /// See [`Error::ProviderUnavailable`].
+    ProviderUnavailable,
+    /// See [`Error::InvalidPlaintext`].
+    InvalidPlaintext,
+    /// See [`Error::Configuration`].
+    Configuration,
+}
+
+impl ErrorKind {
+    /// The snake-case name stored in audit rows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::AuthenticationFailed => "authentication_failed",
+            ErrorKind::InvalidStoredForm => "invalid_stored_form",
+            ErrorKind::LegacyNotAllowed => "legacy_not_allowed",
+            ErrorKind::UnknownMasterKey => "unknown_master_key",
+            ErrorKind::MasterKeyDisabled => "master_key_disabled",
+            ErrorKind::AccessDenied => "access_denied",
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::ProviderUnavailable => "provider_unavailable",
+            ErrorKind::InvalidPlaintext => "invalid_plaintext",
+            ErrorKind::Configuration => "configuration",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

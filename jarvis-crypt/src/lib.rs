@@ -1,0 +1,36 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+mod aad;
+mod cache;
+pub mod cipher;
+mod envelope;
+mod error;
+mod keys;
+mod local;
+pub mod search;
+mod stored;
+
+pub use aad::{AAD_VERSION, Binding, RowKey};
+pub use cache::{CacheLimits, CacheStats, Clock, DataKeyCache, ManualClock, SystemClock};
+pub use envelope::{Encryptor, EncryptorBuilder};
+pub use error::{Error, ErrorKind, Result};
+pub use keys::{
+    CONTEXT_APPLICATION, DataKey, GeneratedDataKey, KeyEnvelope, KeyProvider, KeyPurpose,
+    MAX_KEY_ID_LEN, MasterKeyRef, ProviderKind, WRAPPED_KEY_MAGIC, WRAPPED_KEY_VERSION, WipeWatch,
+    envelope_header,
+};
+pub use local::{DEFAULT_KEY_FILE, KEY_FILE_VAR, LocalKeyProvider, MASTER_KEY_VAR};
+pub use search::{ColumnHasher, Normalize, SearchKey, SearchSpec};
+pub use stored::{
+    AuthTag, Ciphertext, MAX_SEARCH_HASH_LEN, MAX_WRAPPED_KEY_LEN, Nonce, SearchHash, StoredField,
+    WrappedKey,
+};
+
+/// Re-exports for the code that `#[derive(Encrypted)]` generates. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use async_trait;
+    pub use diesel;
+    pub use serde_json;
+}

@@ -187,10 +187,36 @@ impl ActiveKey {
 type Slot = Arc<tokio::sync::Mutex<Option<ActiveKey>>>;
 type UnwrapKey = (Vec<u8>, KeyPurpose);
 
+/// A decrypt-side entry. The key sits in a shared holder that the eviction listener empties,
+/// so an evicted key is dropped at once, whatever copies of the entry moka still keeps
+/// internally until its next maintenance.
 #[derive(Clone)]
 struct Unwrapped {
-    key: Arc<DataKey>,
+    key: Arc<Mutex<Option<DataKey>>>,
     loaded: Duration,
+}
+
+impl Unwrapped {
+    fn new(key: &DataKey, loaded: Duration) -> Self {
+        Unwrapped {
+            key: Arc::new(Mutex::new(Some(key.share()))),
+            loaded,
+        }
+    }
+
+    fn share(&self) -> Option<DataKey> {
+        lock(&self.key).as_ref().map(DataKey::share)
+    }
+
+    fn wipe(&self) {
+        lock(&self.key).take();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The data-key cache of one [`Encryptor`](crate::Encryptor). See the module docs.
@@ -220,9 +246,10 @@ impl DataKeyCache {
             .max_capacity(limits.max_unwrapped)
             // The system-clock TTL only bounds memory; expiry is decided on `clock`.
             .time_to_live(limits.unwrap_ttl)
-            .eviction_listener(move |_key, _value: Unwrapped, _cause| {
-                // Dropping the value drops this holder of the key; the bytes are wiped when
-                // the last holder goes.
+            .eviction_listener(move |_key, value: Unwrapped, _cause| {
+                // The cache lets go of the key; its bytes are wiped when the last value being
+                // encrypted or decrypted with it is done.
+                value.wipe();
                 bump(&evicted.evictions);
             })
             .build();
@@ -260,11 +287,7 @@ impl DataKeyCache {
     /// Forgets every data key, on both sides: the next encrypt and decrypt call the provider.
     /// Use it when a master key is disabled or compromised.
     pub async fn clear(&self) {
-        let slots: Vec<Slot> = self
-            .active
-            .lock()
-            .map(|mut map| map.drain().map(|(_, slot)| slot).collect())
-            .unwrap_or_default();
+        let slots: Vec<Slot> = lock(&self.active).drain().map(|(_, slot)| slot).collect();
         for slot in slots {
             slot.lock().await.take();
         }
@@ -278,10 +301,7 @@ impl DataKeyCache {
     }
 
     fn slot(&self, master_key: MasterKeyRef, purpose: KeyPurpose) -> Slot {
-        let mut map = self
-            .active
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = lock(&self.active);
         Arc::clone(map.entry((master_key, purpose)).or_default())
     }
 
@@ -295,16 +315,16 @@ impl DataKeyCache {
         let len = u64::try_from(len).unwrap_or(u64::MAX);
         let slot = self.slot(provider.master_key(), purpose);
         let mut active = slot.lock().await;
-        if let Some(current) = active.as_mut() {
-            if current.admits(&self.limits, self.clock.now(), len) {
-                current.messages += 1;
-                current.bytes += len;
-                bump(&self.counters.encrypt_hits);
-                return Ok(Lease {
-                    key: current.key.share(),
-                    wrapped: current.wrapped.clone(),
-                });
-            }
+        if let Some(current) = active.as_mut()
+            && current.admits(&self.limits, self.clock.now(), len)
+        {
+            current.messages += 1;
+            current.bytes += len;
+            bump(&self.counters.encrypt_hits);
+            return Ok(Lease {
+                key: current.key.share(),
+                wrapped: current.wrapped.clone(),
+            });
         }
         bump(&self.counters.encrypt_misses);
         // The slot stays locked during the provider call: concurrent misses wait for this
@@ -316,10 +336,7 @@ impl DataKeyCache {
         self.unwrapped
             .insert(
                 (generated.wrapped.as_bytes().to_vec(), purpose),
-                Unwrapped {
-                    key: Arc::new(generated.key.share()),
-                    loaded: now,
-                },
+                Unwrapped::new(&generated.key, now),
             )
             .await;
         let lease = Lease {
@@ -350,9 +367,11 @@ impl DataKeyCache {
     ) -> Result<DataKey> {
         let cache_key = (wrapped.as_bytes().to_vec(), purpose);
         if let Some(entry) = self.unwrapped.get(&cache_key).await {
-            if self.clock.now().saturating_sub(entry.loaded) < self.limits.unwrap_ttl {
+            if self.clock.now().saturating_sub(entry.loaded) < self.limits.unwrap_ttl
+                && let Some(key) = entry.share()
+            {
                 bump(&self.counters.decrypt_hits);
-                return Ok(entry.key.share());
+                return Ok(key);
             }
             self.unwrapped.invalidate(&cache_key).await;
         }
@@ -364,14 +383,18 @@ impl DataKeyCache {
             .try_get_with(cache_key, async move {
                 bump(&counters.unwrap_calls);
                 let key = provider.unwrap_data_key(wrapped, purpose).await?;
-                Ok::<_, Error>(Unwrapped {
-                    key: Arc::new(key),
-                    loaded: clock.now(),
-                })
+                Ok::<_, Error>(Unwrapped::new(&key, clock.now()))
             })
             .await
             .map_err(|e: Arc<Error>| (*e).clone())?;
-        Ok(entry.key.share())
+        // Evicted between loading and here only under extreme pressure: ask once more.
+        match entry.share() {
+            Some(key) => Ok(key),
+            None => {
+                bump(&self.counters.unwrap_calls);
+                provider.unwrap_data_key(wrapped, purpose).await
+            }
+        }
     }
 
     /// Unwraps each distinct key of `wrapped` once, at most

@@ -201,12 +201,12 @@ pub struct SearchSpec {
 impl SearchSpec {
     /// A spec; `bits` must be within 1 to 256.
     pub fn new(normalize: Normalize, bits: Option<u16>) -> Result<Self> {
-        if let Some(bits) = bits {
-            if !(1..=256).contains(&bits) {
-                return Err(Error::Configuration(format!(
-                    "search hash bits must be between 1 and 256, not {bits}"
-                )));
-            }
+        if let Some(bits) = bits
+            && !(1..=256).contains(&bits)
+        {
+            return Err(Error::Configuration(format!(
+                "search hash bits must be between 1 and 256, not {bits}"
+            )));
         }
         Ok(SearchSpec { normalize, bits })
     }

@@ -43,7 +43,10 @@ async fn round_trips_values_of_every_size() {
         assert_eq!(stored.ciphertext.len(), len);
         assert_eq!(stored.nonce.len(), 12);
         assert_eq!(stored.tag.len(), 16);
-        assert_eq!(enc.decrypt(&place(1), &stored).await.expect("decrypt"), value);
+        assert_eq!(
+            enc.decrypt(&place(1), &stored).await.expect("decrypt"),
+            value
+        );
     }
 }
 
@@ -53,7 +56,10 @@ async fn nonces_are_fresh_for_every_value() {
     let mut seen = std::collections::HashSet::new();
     for _ in 0..1000 {
         let stored = sealed(&enc).await;
-        assert!(seen.insert(stored.nonce.as_bytes().to_vec()), "nonce repeated");
+        assert!(
+            seen.insert(stored.nonce.as_bytes().to_vec()),
+            "nonce repeated"
+        );
     }
 }
 
@@ -63,7 +69,9 @@ async fn every_flipped_bit_is_an_authentication_failure() {
     let stored = sealed(&enc).await;
     for i in 0..stored.ciphertext.len() {
         let mut t = stored.clone();
-        t.ciphertext = flip(stored.ciphertext.as_bytes(), i).try_into().expect("len");
+        t.ciphertext = flip(stored.ciphertext.as_bytes(), i)
+            .try_into()
+            .expect("len");
         assert_auth_failed(enc.decrypt(&place(7), &t).await, "ciphertext");
     }
     for i in 0..stored.nonce.len() {
@@ -104,7 +112,10 @@ async fn a_changed_wrapped_key_header_never_decrypts() {
         };
         let mut t = stored.clone();
         t.data_key = wrapped;
-        let err = enc.decrypt(&place(7), &t).await.expect_err("changed header");
+        let err = enc
+            .decrypt(&place(7), &t)
+            .await
+            .expect_err("changed header");
         assert!(
             matches!(
                 err,
@@ -129,7 +140,10 @@ async fn a_ciphertext_moved_elsewhere_does_not_decrypt() {
         Binding::new("users", "encrypted_email", RowKey::None),
     ];
     for binding in elsewhere {
-        assert_auth_failed(enc.decrypt(&binding, &stored).await, &format!("{binding:?}"));
+        assert_auth_failed(
+            enc.decrypt(&binding, &stored).await,
+            &format!("{binding:?}"),
+        );
     }
     assert_eq!(enc.decrypt(&place(7), &stored).await.expect("home"), SECRET);
 }
@@ -160,7 +174,10 @@ async fn truncated_tags_and_nonces_are_invalid_stored_forms() {
 async fn a_value_under_an_unknown_master_key_says_so() {
     let stored = sealed(&encryptor()).await;
     let other = encryptor();
-    let err = other.decrypt(&place(7), &stored).await.expect_err("other key");
+    let err = other
+        .decrypt(&place(7), &stored)
+        .await
+        .expect_err("other key");
     assert!(matches!(err, Error::UnknownMasterKey { .. }), "{err}");
 }
 
@@ -221,12 +238,20 @@ async fn rewrap_keeps_values_readable() {
         .expect("rewrap");
     assert_ne!(rewrapped, stored.data_key);
     assert_eq!(
-        rewrapped.envelope().expect("envelope").master_key().expect("named").version,
+        rewrapped
+            .envelope()
+            .expect("envelope")
+            .master_key()
+            .expect("named")
+            .version,
         2
     );
     let moved = StoredField {
         data_key: rewrapped,
         ..stored
     };
-    assert_eq!(enc.decrypt(&place(7), &moved).await.expect("decrypt"), SECRET);
+    assert_eq!(
+        enc.decrypt(&place(7), &moved).await.expect("decrypt"),
+        SECRET
+    );
 }

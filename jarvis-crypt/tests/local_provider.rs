@@ -13,14 +13,20 @@ async fn key_file_is_created_private_and_reloads_to_the_same_key() {
     assert_eq!(mode & 0o777, 0o600);
     let loaded = LocalKeyProvider::from_file(&path).expect("load");
     assert_eq!(created.key_id(), loaded.key_id());
-    let generated = created.generate_data_key(KeyPurpose::Field).await.expect("gen");
+    let generated = created
+        .generate_data_key(KeyPurpose::Field)
+        .await
+        .expect("gen");
     let unwrapped = loaded
         .unwrap_data_key(&generated.wrapped, KeyPurpose::Field)
         .await
         .expect("unwrap");
     use secrecy::ExposeSecret;
     assert_eq!(unwrapped.expose_secret(), generated.key.expose_secret());
-    assert!(LocalKeyProvider::create_file(&path).is_err(), "never overwrites");
+    assert!(
+        LocalKeyProvider::create_file(&path).is_err(),
+        "never overwrites"
+    );
 }
 
 #[test]
@@ -73,7 +79,10 @@ async fn a_data_key_wrapped_under_version_1_unwraps_after_version_2_becomes_curr
 #[tokio::test]
 async fn a_key_wrapped_for_one_purpose_does_not_unwrap_for_another() {
     let provider = LocalKeyProvider::generate();
-    let generated = provider.generate_data_key(KeyPurpose::Backup).await.expect("gen");
+    let generated = provider
+        .generate_data_key(KeyPurpose::Backup)
+        .await
+        .expect("gen");
     let err = provider
         .unwrap_data_key(&generated.wrapped, KeyPurpose::Field)
         .await
@@ -88,9 +97,18 @@ fn hex_keys_from_the_environment_form() {
     assert_eq!(p.current_version(), 1);
     let p = LocalKeyProvider::from_hex(&format!("1:{one}, 2:{}", "22".repeat(32))).expect("two");
     assert_eq!(p.versions().collect::<Vec<_>>(), [1, 2]);
-    for bad in ["", "xyz", &"11".repeat(31), &format!("0:{one}"), &format!("1:{one},1:{one}")] {
+    for bad in [
+        "",
+        "xyz",
+        &"11".repeat(31),
+        &format!("0:{one}"),
+        &format!("1:{one},1:{one}"),
+    ] {
         assert!(
-            matches!(LocalKeyProvider::from_hex(bad), Err(Error::Configuration(_))),
+            matches!(
+                LocalKeyProvider::from_hex(bad),
+                Err(Error::Configuration(_))
+            ),
             "{bad}"
         );
     }

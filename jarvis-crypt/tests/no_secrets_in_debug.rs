@@ -19,7 +19,10 @@ fn hex_and_raw(bytes: &[u8]) -> Vec<String> {
 fn assert_absent(haystack: &str, secret: &[u8], what: &str) {
     for form in hex_and_raw(secret) {
         if form.len() >= 8 {
-            assert!(!haystack.contains(&form), "{what} leaks a secret: {haystack}");
+            assert!(
+                !haystack.contains(&form),
+                "{what} leaks a secret: {haystack}"
+            );
         }
     }
 }
@@ -39,7 +42,10 @@ async fn debug_output_has_no_key_material_or_plaintext() {
     let hash = enc
         .search_hash("users", "email_hash", SearchSpec::default(), "x")
         .expect("hash");
-    let generated = provider.generate_data_key(KeyPurpose::Field).await.expect("gen");
+    let generated = provider
+        .generate_data_key(KeyPurpose::Field)
+        .await
+        .expect("gen");
     let data_key_bytes = generated.key.expose_secret().to_vec();
     let loose = DataKey::try_from_slice(&[0x42; 32]).expect("key");
     let search_key = SearchKey::new(salt.clone()).expect("salt");

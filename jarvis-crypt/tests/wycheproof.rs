@@ -4,7 +4,10 @@ use jarvis_crypt::{Error, cipher, search};
 use serde_json::Value;
 
 fn load(name: &str) -> Value {
-    let path = format!("{}/tests/data/wycheproof/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/data/wycheproof/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).expect("vector file is JSON")
 }
@@ -13,7 +16,7 @@ fn hex_field(test: &Value, name: &str) -> Vec<u8> {
     hex::decode(test[name].as_str().expect("hex string")).expect("valid hex")
 }
 
-fn groups<'a>(file: &'a Value) -> impl Iterator<Item = &'a Value> {
+fn groups(file: &Value) -> impl Iterator<Item = &Value> {
     file["testGroups"].as_array().expect("groups").iter()
 }
 
@@ -82,7 +85,10 @@ fn other_nonce_and_tag_lengths_are_invalid_stored_forms() {
             Err(Error::InvalidStoredForm(_))
         ));
     }
-    assert_eq!(cipher::open(&key, &[1; 12], b"", &ct, &tag).expect("open"), b"x");
+    assert_eq!(
+        cipher::open(&key, &[1; 12], b"", &ct, &tag).expect("open"),
+        b"x"
+    );
 }
 
 #[test]
@@ -90,8 +96,8 @@ fn hmac_sha256() {
     let file = load("hmac_sha256_test.json");
     let (mut valid, mut invalid) = (0, 0);
     for group in groups(&file) {
-        let tag_bytes = usize::try_from(group["tagSize"].as_u64().expect("tagSize") / 8)
-            .expect("small");
+        let tag_bytes =
+            usize::try_from(group["tagSize"].as_u64().expect("tagSize") / 8).expect("small");
         for test in group["tests"].as_array().expect("tests") {
             let id = &test["tcId"];
             let (key, msg, tag) = (

@@ -1,1 +1,3 @@
+//! `jarvis`: the operator command of jarvis-crypt (filled by the CLI issue).
+
 fn main() {}

@@ -179,8 +179,8 @@ pub struct MasterKeyRef {
 impl fmt::Display for MasterKeyRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.provider {
-            ProviderKind::Local => write!(f, "{}:{}#v{}", self.provider, self.key_id, self.version),
-            _ => write!(f, "{}:{}", self.provider, self.key_id),
+            ProviderKind::Local => write!(f, "{}#v{}", self.key_id, self.version),
+            _ => f.write_str(&self.key_id),
         }
     }
 }

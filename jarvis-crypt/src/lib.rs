@@ -2,6 +2,8 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod aad;
+#[cfg(feature = "aws-kms")]
+pub mod aws;
 mod cache;
 pub mod cipher;
 mod envelope;
@@ -12,6 +14,8 @@ pub mod search;
 mod stored;
 
 pub use aad::{AAD_VERSION, Binding, RowKey};
+#[cfg(feature = "aws-kms")]
+pub use aws::{AwsKms, KmsConnection, KmsOptions, KmsRequests};
 pub use cache::{CacheLimits, CacheStats, Clock, DataKeyCache, ManualClock, SystemClock};
 pub use envelope::{Encryptor, EncryptorBuilder};
 pub use error::{Error, ErrorKind, Result};

@@ -1,1 +1,1 @@
-//! placeholder
+//! Part of jarvis-crypt; filled by a later issue.

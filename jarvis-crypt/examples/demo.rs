@@ -12,7 +12,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("jarvis-demo-{}", std::process::id()));
     let key_file = dir.join("master.key");
     let provider = Arc::new(LocalKeyProvider::create_file(&key_file)?);
-    println!("local master key {} in {}", provider.key_id(), key_file.display());
+    println!(
+        "local master key {} in {}",
+        provider.key_id(),
+        key_file.display()
+    );
 
     let encryptor = Encryptor::builder(provider.clone())
         .search_key(SearchKey::generate())
@@ -37,7 +41,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         hash.len()
     );
 
-    let wanted = encryptor.search_hash("users", "email_hash", email_hash, "  Grace@Example.COM ")?;
+    let wanted =
+        encryptor.search_hash("users", "email_hash", email_hash, "  Grace@Example.COM ")?;
     let (id, stored, _) = rows
         .iter()
         .find(|(_, _, hash)| *hash == wanted)

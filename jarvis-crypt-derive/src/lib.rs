@@ -1,1 +1,56 @@
-//! Part of jarvis-crypt; filled by a later issue.
+//! `#[derive(Encrypted)]`: field annotations become diesel column mappings.
+//!
+//! Use it through `jarvis_crypt::Encrypted`; the runtime crate's documentation shows it in
+//! full. This crate only parses, checks and expands.
+//!
+//! # Container attributes
+//!
+//! - `#[encrypted(table = path::to::table)]` (required): the diesel table (`table!` module).
+//!   Its last segment is the table name bound into the associated data.
+//! - `#[encrypted(bind = field)]` (required): the field holding the row key bound into the
+//!   associated data (an integer, `String` or `Vec<u8>` field, known before the first write).
+//!   `bind = none` binds table and column only: a value can then be moved between rows of
+//!   one column unnoticed.
+//!
+//! # Field attributes
+//!
+//! - `#[encrypted]`: store the field encrypted, in the columns `encrypted_<field>`,
+//!   `<field>_iv`, `<field>_auth_tag` and `<field>_data_key`.
+//! - `ciphertext = col`, `iv = col`, `tag = col`, `data_key = col`: other column names, as
+//!   bare identifiers (`#[encrypted(ciphertext = encrypted_key, iv = key_iv, tag = key_auth_tag,
+//!   data_key = key_data_key)]`).
+//! - `search` or `search(column = col, normalize = "email", bits = N)`: a search hash in
+//!   `<field>_hash` (or `col`), over the value normalized by `email` or a comma-separated list
+//!   of `trim`, `lowercase`, `nfc` (applied as trim, lowercase, NFC), truncated to `N` bits
+//!   (1 to 256) if given. Generates `<field>_search` (a diesel filter) and `<field>_find`
+//!   (load, decrypt, confirm). Text fields only.
+//! - `json`: any serde type, stored as its JSON.
+//! - `migrating_from = col`: the table still has the plaintext column `col`; the encrypted
+//!   columns are nullable, reads fall back to `col` while they are NULL, writes store
+//!   ciphertext and set `col` to NULL.
+//!
+//! Field types: `String`, `Vec<u8>`, `Option` of these (nullable columns), any serde type
+//! with `json` (and its `Option`). Plain fields are copied as they are and must be `Clone`.
+
+mod ast;
+mod expand;
+
+use proc_macro::TokenStream;
+
+/// See the crate documentation.
+#[proc_macro_derive(Encrypted, attributes(encrypted))]
+pub fn derive_encrypted(input: TokenStream) -> TokenStream {
+    derive(input.into()).into()
+}
+
+/// The derive on `proc_macro2` tokens, for unit tests.
+fn derive(input: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
+    syn::parse2::<syn::DeriveInput>(input)
+        .and_then(|input| {
+            let mut cx = ast::Ctxt::default();
+            let container = ast::Container::from_ast(&mut cx, &input);
+            cx.finish()?;
+            Ok(container.map(|c| expand::expand(&c)).unwrap_or_default())
+        })
+        .unwrap_or_else(syn::Error::into_compile_error)
+}

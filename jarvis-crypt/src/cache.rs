@@ -25,8 +25,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-
 use crate::error::{Error, Result};
 use crate::keys::{DataKey, KeyProvider, KeyPurpose, MasterKeyRef};
 use crate::stored::WrappedKey;
@@ -417,31 +415,31 @@ impl DataKeyCache {
                 });
             order.push(index);
         }
-        let mut results: Vec<Option<Result<DataKey>>> = (0..jobs.len()).map(|_| None).collect();
-        let unwraps = futures::stream::iter(jobs.into_iter().enumerate())
-            .map(|(i, (key, purpose))| {
-                let provider = provider_for(key);
-                async move {
-                    let result = match provider {
-                        Ok(provider) => self.unwrap(provider, key, purpose).await,
-                        Err(e) => Err(e),
-                    };
-                    (i, result)
-                }
-            })
-            .buffer_unordered(self.limits.unwrap_concurrency.max(1));
-        let done: Vec<(usize, Result<DataKey>)> = unwraps.collect().await;
-        for (i, result) in done {
-            results[i] = Some(result);
-        }
+        let permits = tokio::sync::Semaphore::new(self.limits.unwrap_concurrency.max(1));
+        let unwraps = jobs
+            .iter()
+            .map(|&(key, purpose)| self.unwrap_bounded(&permits, provider_for(key), key, purpose));
+        let results: Vec<Result<DataKey>> = futures::future::join_all(unwraps).await;
         order
             .into_iter()
             .map(|i| match &results[i] {
-                Some(Ok(key)) => Ok(key.share()),
-                Some(Err(e)) => Err(e.clone()),
-                None => Err(Error::stored("bulk unwrap lost a key")),
+                Ok(key) => Ok(key.share()),
+                Err(e) => Err(e.clone()),
             })
             .collect()
+    }
+
+    async fn unwrap_bounded(
+        &self,
+        permits: &tokio::sync::Semaphore,
+        provider: Result<&dyn KeyProvider>,
+        wrapped: &WrappedKey,
+        purpose: KeyPurpose,
+    ) -> Result<DataKey> {
+        let provider = provider?;
+        // The semaphore is never closed, so acquiring cannot fail.
+        let _permit = permits.acquire().await.ok();
+        self.unwrap(provider, wrapped, purpose).await
     }
 
     /// Counts a re-wrap call made outside the cache.

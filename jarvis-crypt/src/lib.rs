@@ -10,6 +10,7 @@ mod envelope;
 mod error;
 mod keys;
 mod local;
+mod model;
 pub mod search;
 mod stored;
 
@@ -19,12 +20,14 @@ pub use aws::{AwsKms, KmsConnection, KmsOptions, KmsRequests};
 pub use cache::{CacheLimits, CacheStats, Clock, DataKeyCache, ManualClock, SystemClock};
 pub use envelope::{Encryptor, EncryptorBuilder};
 pub use error::{Error, ErrorKind, Result};
+pub use jarvis_crypt_derive::Encrypted;
 pub use keys::{
     CONTEXT_APPLICATION, DataKey, GeneratedDataKey, KeyEnvelope, KeyProvider, KeyPurpose,
     MAX_KEY_ID_LEN, MasterKeyRef, ProviderKind, WRAPPED_KEY_MAGIC, WRAPPED_KEY_VERSION, WipeWatch,
     envelope_header,
 };
 pub use local::{DEFAULT_KEY_FILE, KEY_FILE_VAR, LocalKeyProvider, MASTER_KEY_VAR};
+pub use model::Encrypted;
 pub use search::{ColumnHasher, Normalize, SearchKey, SearchSpec};
 pub use stored::{
     AuthTag, Ciphertext, MAX_SEARCH_HASH_LEN, MAX_WRAPPED_KEY_LEN, Nonce, SearchHash, StoredField,
@@ -34,7 +37,7 @@ pub use stored::{
 /// Re-exports for the code that `#[derive(Encrypted)]` generates. Not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use async_trait;
+    pub use crate::model::support::*;
+    pub use async_trait::async_trait;
     pub use diesel;
-    pub use serde_json;
 }

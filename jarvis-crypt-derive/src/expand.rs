@@ -1,0 +1,286 @@
+//! Code generation from the checked model.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+
+use crate::ast::{Bind, Container, EncryptedField, Field, Kind, Search};
+
+fn codec(e: &EncryptedField) -> TokenStream {
+    let value_ty = &e.value_ty;
+    match e.kind {
+        Kind::Text => quote!(__jc::Text),
+        Kind::Bytes => quote!(__jc::Bytes),
+        Kind::Json => quote!(__jc::Json<#value_ty>),
+    }
+}
+
+fn wrap(nullable: bool, ty: TokenStream) -> TokenStream {
+    if nullable {
+        quote!(::core::option::Option<#ty>)
+    } else {
+        ty
+    }
+}
+
+/// The types of the four stored-form columns.
+fn column_types(e: &EncryptedField) -> [TokenStream; 4] {
+    let n = e.nullable_columns();
+    [
+        wrap(n, quote!(::jarvis_crypt::Ciphertext)),
+        wrap(n, quote!(::jarvis_crypt::Nonce)),
+        wrap(n, quote!(::jarvis_crypt::AuthTag)),
+        wrap(n, quote!(::jarvis_crypt::WrappedKey)),
+    ]
+}
+
+fn hash_type(e: &EncryptedField) -> TokenStream {
+    wrap(e.nullable_columns(), quote!(::jarvis_crypt::SearchHash))
+}
+
+fn spec(s: &Search) -> TokenStream {
+    let (trim, lowercase, nfc) = (s.trim, s.lowercase, s.nfc);
+    let bits = match s.bits {
+        Some(b) => quote!(::core::option::Option::Some(#b)),
+        None => quote!(::core::option::Option::None),
+    };
+    quote! {
+        ::jarvis_crypt::SearchSpec {
+            normalize: ::jarvis_crypt::Normalize { trim: #trim, lowercase: #lowercase, nfc: #nfc },
+            bits: #bits,
+        }
+    }
+}
+
+/// `Some(&text)` of a searchable field of `owner` (`self` or a model).
+fn as_text(f: &Field, e: &EncryptedField, owner: TokenStream) -> TokenStream {
+    let ident = &f.ident;
+    if e.nullable {
+        quote!(#owner.#ident.as_deref())
+    } else {
+        quote!(::core::option::Option::Some(#owner.#ident.as_str()))
+    }
+}
+
+pub(crate) fn expand(c: &Container) -> TokenStream {
+    let model = &c.ident;
+    let vis = &c.vis;
+    let row = format_ident!("{}Row", model);
+    let table = &c.table;
+    let table_name = c.table_name();
+
+    let mut row_fields = Vec::new();
+    let mut encrypt_steps = Vec::new();
+    let mut row_inits = Vec::new();
+    let mut destructure = Vec::new();
+    let mut pending = Vec::new();
+    let mut decrypt_steps = Vec::new();
+    let mut batch_steps = Vec::new();
+    let mut model_inits = Vec::new();
+    let mut helpers = Vec::new();
+
+    for f in &c.fields {
+        let ident = &f.ident;
+        let fvis = &f.vis;
+        let ty = &f.ty;
+        let Some(e) = &f.encrypted else {
+            row_fields.push(quote_spanned!(ident.span()=> #fvis #ident: #ty));
+            row_inits.push(quote!(#ident: ::core::clone::Clone::clone(&self.#ident)));
+            destructure.push(quote!(#ident));
+            pending.push(quote!(#ident));
+            model_inits.push(quote!(#ident));
+            continue;
+        };
+        let name = ident.to_string();
+        let codec = codec(e);
+        let [ct_ty, iv_ty, tag_ty, dk_ty] = column_types(e);
+        let (ct, iv, tag, dk) = (&e.ciphertext, &e.iv, &e.tag, &e.data_key);
+        let ct_name = ct.to_string();
+        for (col, col_ty) in [(ct, &ct_ty), (iv, &iv_ty), (tag, &tag_ty), (dk, &dk_ty)] {
+            row_fields.push(quote_spanned!(col.span()=> #fvis #col: #col_ty));
+        }
+        let value_ref = if e.nullable {
+            quote!(self.#ident.as_ref())
+        } else {
+            quote!(::core::option::Option::Some(&self.#ident))
+        };
+        let stored = format_ident!("__stored_{}", ident);
+        encrypt_steps.push(quote! {
+            let #stored = __jc::seal::<#codec>(__enc, __TABLE, #ct_name, &__key, #value_ref).await?;
+            let (#ct, #iv, #tag, #dk) =
+                <(#ct_ty, #iv_ty, #tag_ty, #dk_ty) as __jc::Columns>::from_stored(#stored, #name)?;
+        });
+        row_inits.push(quote!(#ct, #iv, #tag, #dk));
+        destructure.push(quote!(#ct, #iv, #tag, #dk));
+
+        let ticket = format_ident!("__ticket_{}", ident);
+        batch_steps.push(quote! {
+            let #ticket = __batch.push(
+                __TABLE,
+                #ct_name,
+                &__key,
+                __jc::Columns::into_stored((#ct, #iv, #tag, #dk), #name)?,
+            );
+        });
+        pending.push(quote!(#ticket));
+
+        let value = format_ident!("__value_{}", ident);
+        decrypt_steps.push(quote! {
+            let #value = __batch.take::<#codec>(#ticket)?;
+        });
+
+        if let Some(s) = &e.search {
+            let col = &s.column;
+            let col_name = col.to_string();
+            let hash_ty = hash_type(e);
+            let spec = spec(s);
+            let text = as_text(f, e, quote!(self));
+            row_fields.push(quote_spanned!(col.span()=> #fvis #col: #hash_ty));
+            encrypt_steps.push(quote! {
+                let #col = <#hash_ty as __jc::HashColumn>::from_hash(
+                    __jc::search_hash(__enc, __TABLE, #col_name, #spec, #text)?,
+                    #name,
+                )?;
+            });
+            row_inits.push(quote!(#col));
+            destructure.push(quote!(#col: _));
+
+            let search_fn = format_ident!("{}_search", ident);
+            let find_fn = format_ident!("{}_find", ident);
+            let model_text = as_text(f, e, quote!(__model));
+            let doc_search = format!(
+                "A filter on `{table_name}.{col_name}` for rows whose `{name}` equals `value` after normalization. Where the hash is truncated it may match other rows too: use [`Self::{find_fn}`], which confirms."
+            );
+            let doc_find = format!(
+                "The models whose `{name}` equals `value` after normalization: `load` runs the query with the filter of [`Self::{search_fn}`]; candidates are decrypted and confirmed, so no wrong row is returned."
+            );
+            helpers.push(quote! {
+                #[doc = #doc_search]
+                #vis fn #search_fn(
+                    encryptor: &::jarvis_crypt::Encryptor,
+                    value: &str,
+                ) -> ::jarvis_crypt::Result<__jc::diesel::dsl::Eq<#table::#col, ::jarvis_crypt::SearchHash>> {
+                    use __jc::diesel::ExpressionMethods as _;
+                    let hash = encryptor.search_hash(__TABLE, #col_name, #spec, value)?;
+                    ::core::result::Result::Ok(#table::#col.eq(hash))
+                }
+
+                #[doc = #doc_find]
+                #vis async fn #find_fn<__F, __Fut, __E>(
+                    encryptor: &::jarvis_crypt::Encryptor,
+                    value: &str,
+                    load: __F,
+                ) -> ::core::result::Result<::std::vec::Vec<Self>, __E>
+                where
+                    __F: ::core::ops::FnOnce(__jc::diesel::dsl::Eq<#table::#col, ::jarvis_crypt::SearchHash>) -> __Fut,
+                    __Fut: ::core::future::Future<Output = ::core::result::Result<::std::vec::Vec<#row>, __E>>,
+                    __E: ::core::convert::From<::jarvis_crypt::Error>,
+                {
+                    let filter = Self::#search_fn(encryptor, value)?;
+                    let rows = load(filter).await?;
+                    let models = <Self as ::jarvis_crypt::Encrypted>::decrypt_rows(rows, encryptor).await?;
+                    ::core::result::Result::Ok(__jc::confirm(models, #spec, value, |__model: &Self| #model_text))
+                }
+            });
+        }
+
+        if let Some(plain) = &e.migrating_from {
+            let value_ty = &e.value_ty;
+            row_fields.push(
+                quote_spanned!(plain.span()=> #fvis #plain: ::core::option::Option<#value_ty>),
+            );
+            // Writes store ciphertext and clear the plaintext column.
+            row_inits.push(quote!(#plain: ::core::option::Option::None));
+            destructure.push(quote!(#plain));
+            pending.push(quote!(#plain));
+            // Reads fall back to the plaintext column while the encrypted one is NULL.
+            decrypt_steps.push(quote! {
+                let #value = #value.or(#plain);
+            });
+        }
+
+        let init = if e.nullable {
+            quote!(#ident: #value)
+        } else {
+            quote!(#ident: __jc::required(#value, #name)?)
+        };
+        model_inits.push(init);
+    }
+
+    let key_of = |owner: TokenStream| match &c.bind {
+        Bind::Field(id) => quote!(__jc::BindKey::row_key(&#owner #id)),
+        Bind::None => quote!(__jc::OwnedRowKey::None),
+    };
+    let key_of_self = key_of(quote!(self.));
+    let key_of_row = key_of(quote!());
+    let doc_row = format!(
+        "The stored row of [`{model}`] in `{table_name}`: generated by `#[derive(Encrypted)]`; every encrypted field as its ciphertext, IV, tag and data-key columns (and search hash)."
+    );
+
+    quote! {
+        #[doc = #doc_row]
+        #[derive(
+            ::jarvis_crypt::__private::diesel::Queryable,
+            ::jarvis_crypt::__private::diesel::Selectable,
+            ::jarvis_crypt::__private::diesel::Insertable,
+            ::jarvis_crypt::__private::diesel::AsChangeset,
+        )]
+        #[diesel(table_name = #table)]
+        #[diesel(treat_none_as_null = true)]
+        #vis struct #row {
+            #(#row_fields,)*
+        }
+
+        const _: () = {
+            use ::jarvis_crypt::__private as __jc;
+            const __TABLE: &str = #table_name;
+
+            #[automatically_derived]
+            impl ::core::fmt::Debug for #row {
+                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    f.debug_struct(::core::stringify!(#row)).finish_non_exhaustive()
+                }
+            }
+
+            #[automatically_derived]
+            #[__jc::async_trait]
+            impl ::jarvis_crypt::Encrypted for #model {
+                type Row = #row;
+
+                async fn encrypt_row(
+                    &self,
+                    __enc: &::jarvis_crypt::Encryptor,
+                ) -> ::jarvis_crypt::Result<#row> {
+                    let __key = #key_of_self;
+                    #(#encrypt_steps)*
+                    ::core::result::Result::Ok(#row { #(#row_inits,)* })
+                }
+
+                async fn decrypt_rows(
+                    __rows: ::std::vec::Vec<#row>,
+                    __enc: &::jarvis_crypt::Encryptor,
+                ) -> ::jarvis_crypt::Result<::std::vec::Vec<Self>> {
+                    let mut __batch = __jc::Batch::new();
+                    let mut __pending = ::std::vec::Vec::with_capacity(__rows.len());
+                    for __row in __rows {
+                        let #row { #(#destructure,)* } = __row;
+                        let __key = #key_of_row;
+                        #(#batch_steps)*
+                        __pending.push((#(#pending,)*));
+                    }
+                    __batch.run(__enc).await;
+                    let mut __models = ::std::vec::Vec::with_capacity(__pending.len());
+                    for (#(#pending,)*) in __pending {
+                        #(#decrypt_steps)*
+                        __models.push(Self { #(#model_inits,)* });
+                    }
+                    ::core::result::Result::Ok(__models)
+                }
+            }
+
+            #[automatically_derived]
+            impl #model {
+                #(#helpers)*
+            }
+        };
+    }
+}

@@ -1,0 +1,330 @@
+//! The runtime side of `#[derive(Encrypted)]`: the [`Encrypted`] trait, and the helpers that
+//! generated code calls through `jarvis_crypt::__private`.
+
+use async_trait::async_trait;
+
+use crate::envelope::Encryptor;
+use crate::error::Result;
+
+/// A model whose fields are stored encrypted, implemented by `#[derive(Encrypted)]`.
+///
+/// `Row` is the generated diesel row struct (the stored form of every encrypted field, the
+/// plain fields as they are).
+#[async_trait]
+pub trait Encrypted: Sized + Send + Sync {
+    /// The generated row struct: `Queryable`, `Selectable`, `Insertable`, `AsChangeset`.
+    type Row: Send;
+
+    /// The row to write: every encrypted field sealed for its table, column and row key,
+    /// search hashes computed, plaintext columns of migrating fields cleared.
+    async fn encrypt_row(&self, encryptor: &Encryptor) -> Result<Self::Row>;
+
+    /// The model of a row read back.
+    async fn decrypt_row(row: Self::Row, encryptor: &Encryptor) -> Result<Self> {
+        let mut models = Self::decrypt_rows(vec![row], encryptor).await?;
+        models
+            .pop()
+            .ok_or_else(|| crate::Error::stored("decrypting one row gave no model"))
+    }
+
+    /// The models of many rows, unwrapping each distinct data key once.
+    async fn decrypt_rows(rows: Vec<Self::Row>, encryptor: &Encryptor) -> Result<Vec<Self>>;
+}
+
+pub(crate) mod support {
+    //! Helpers for generated code. Not a public API.
+
+    use std::marker::PhantomData;
+
+    use crate::aad::{Binding, RowKey};
+    use crate::envelope::Encryptor;
+    use crate::error::{Error, Result};
+    use crate::search::SearchSpec;
+    use crate::stored::{AuthTag, Ciphertext, Nonce, SearchHash, StoredField, WrappedKey};
+
+    /// How a field's value becomes bytes and back.
+    pub trait Codec {
+        /// The field's (non-null) type.
+        type Value;
+        /// To plaintext bytes.
+        fn encode(value: &Self::Value) -> Result<Vec<u8>>;
+        /// From plaintext bytes.
+        fn decode(bytes: Vec<u8>) -> Result<Self::Value>;
+    }
+
+    /// UTF-8 text.
+    #[derive(Debug)]
+    pub struct Text;
+    impl Codec for Text {
+        type Value = String;
+        fn encode(value: &String) -> Result<Vec<u8>> {
+            Ok(value.as_bytes().to_vec())
+        }
+        fn decode(bytes: Vec<u8>) -> Result<String> {
+            String::from_utf8(bytes).map_err(|_| Error::InvalidPlaintext("UTF-8 string"))
+        }
+    }
+
+    /// Raw bytes.
+    #[derive(Debug)]
+    pub struct Bytes;
+    impl Codec for Bytes {
+        type Value = Vec<u8>;
+        fn encode(value: &Vec<u8>) -> Result<Vec<u8>> {
+            Ok(value.clone())
+        }
+        fn decode(bytes: Vec<u8>) -> Result<Vec<u8>> {
+            Ok(bytes)
+        }
+    }
+
+    /// Any serde type, as JSON.
+    #[derive(Debug)]
+    pub struct Json<T>(PhantomData<T>);
+    impl<T: serde::Serialize + serde::de::DeserializeOwned> Codec for Json<T> {
+        type Value = T;
+        fn encode(value: &T) -> Result<Vec<u8>> {
+            // The serde error could quote the value: say only what failed.
+            serde_json::to_vec(value)
+                .map_err(|_| Error::InvalidPlaintext("serializable JSON value"))
+        }
+        fn decode(bytes: Vec<u8>) -> Result<T> {
+            serde_json::from_slice(&bytes)
+                .map_err(|_| Error::InvalidPlaintext("JSON value of the field's type"))
+        }
+    }
+
+    /// An owned row key.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum OwnedRowKey {
+        /// `bind = none`.
+        None,
+        /// Integer key.
+        Int(i64),
+        /// Text key.
+        Text(String),
+        /// Binary key.
+        Bytes(Vec<u8>),
+    }
+
+    impl OwnedRowKey {
+        fn borrow(&self) -> RowKey<'_> {
+            match self {
+                OwnedRowKey::None => RowKey::None,
+                OwnedRowKey::Int(id) => RowKey::Int(*id),
+                OwnedRowKey::Text(id) => RowKey::Text(id),
+                OwnedRowKey::Bytes(id) => RowKey::Bytes(id),
+            }
+        }
+    }
+
+    /// Field types that can be a row key (`bind = field`).
+    pub trait BindKey {
+        /// The key.
+        fn row_key(&self) -> OwnedRowKey;
+    }
+    macro_rules! int_keys {
+        ($($t:ty),*) => {$(
+            impl BindKey for $t {
+                fn row_key(&self) -> OwnedRowKey {
+                    OwnedRowKey::Int(i64::from(*self))
+                }
+            }
+        )*};
+    }
+    int_keys!(i16, i32, i64, u8, u16, u32);
+    impl BindKey for String {
+        fn row_key(&self) -> OwnedRowKey {
+            OwnedRowKey::Text(self.clone())
+        }
+    }
+    impl BindKey for Vec<u8> {
+        fn row_key(&self) -> OwnedRowKey {
+            OwnedRowKey::Bytes(self.clone())
+        }
+    }
+
+    /// Seals a value (if any) for its place.
+    pub async fn seal<C: Codec>(
+        encryptor: &Encryptor,
+        table: &str,
+        column: &str,
+        key: &OwnedRowKey,
+        value: Option<&C::Value>,
+    ) -> Result<Option<StoredField>> {
+        let Some(value) = value else { return Ok(None) };
+        let bytes = zeroize::Zeroizing::new(C::encode(value)?);
+        let binding = Binding::new(table, column, key.borrow());
+        encryptor.encrypt(&binding, &bytes).await.map(Some)
+    }
+
+    /// The search hash of a text value (if any).
+    pub fn search_hash(
+        encryptor: &Encryptor,
+        table: &str,
+        column: &str,
+        spec: SearchSpec,
+        value: Option<&str>,
+    ) -> Result<Option<SearchHash>> {
+        value
+            .map(|v| encryptor.search_hash(table, column, spec, v))
+            .transpose()
+    }
+
+    /// Keeps the candidates whose field, normalized, equals the value normalized: a lookup
+    /// through a truncated search hash never returns a wrong row.
+    pub fn confirm<M>(
+        candidates: Vec<M>,
+        spec: SearchSpec,
+        value: &str,
+        field: impl Fn(&M) -> Option<&str>,
+    ) -> Vec<M> {
+        let wanted = spec.normalize.apply(value);
+        candidates
+            .into_iter()
+            .filter(|m| field(m).is_some_and(|v| spec.normalize.apply(v) == wanted))
+            .collect()
+    }
+
+    /// The four columns of a stored form, NOT NULL or nullable.
+    pub trait Columns: Sized {
+        /// Columns from a stored form (`None`: NULL columns, refused when NOT NULL).
+        fn from_stored(stored: Option<StoredField>, field: &'static str) -> Result<Self>;
+        /// The stored form of the columns (`None` when all are NULL).
+        fn into_stored(self, field: &'static str) -> Result<Option<StoredField>>;
+    }
+
+    impl Columns for (Ciphertext, Nonce, AuthTag, WrappedKey) {
+        fn from_stored(stored: Option<StoredField>, field: &'static str) -> Result<Self> {
+            let s = stored.ok_or_else(|| {
+                Error::Configuration(format!("`{field}` is NULL but its columns are NOT NULL"))
+            })?;
+            Ok((s.ciphertext, s.nonce, s.tag, s.data_key))
+        }
+        fn into_stored(self, _field: &'static str) -> Result<Option<StoredField>> {
+            Ok(Some(StoredField {
+                ciphertext: self.0,
+                nonce: self.1,
+                tag: self.2,
+                data_key: self.3,
+            }))
+        }
+    }
+
+    impl Columns
+        for (
+            Option<Ciphertext>,
+            Option<Nonce>,
+            Option<AuthTag>,
+            Option<WrappedKey>,
+        )
+    {
+        fn from_stored(stored: Option<StoredField>, _field: &'static str) -> Result<Self> {
+            Ok(match stored {
+                Some(s) => (
+                    Some(s.ciphertext),
+                    Some(s.nonce),
+                    Some(s.tag),
+                    Some(s.data_key),
+                ),
+                None => (None, None, None, None),
+            })
+        }
+        fn into_stored(self, field: &'static str) -> Result<Option<StoredField>> {
+            match self {
+                (Some(ciphertext), Some(nonce), Some(tag), Some(data_key)) => {
+                    Ok(Some(StoredField {
+                        ciphertext,
+                        nonce,
+                        tag,
+                        data_key,
+                    }))
+                }
+                (None, None, None, None) => Ok(None),
+                _ => Err(Error::stored(format!(
+                    "the columns of `{field}` are partly NULL"
+                ))),
+            }
+        }
+    }
+
+    /// A search-hash column, NOT NULL or nullable.
+    pub trait HashColumn: Sized {
+        /// The column's value for a hash (`None`: the field is NULL).
+        fn from_hash(hash: Option<SearchHash>, field: &'static str) -> Result<Self>;
+    }
+    impl HashColumn for SearchHash {
+        fn from_hash(hash: Option<SearchHash>, field: &'static str) -> Result<Self> {
+            hash.ok_or_else(|| {
+                Error::Configuration(format!("`{field}` is NULL but its hash column is NOT NULL"))
+            })
+        }
+    }
+    impl HashColumn for Option<SearchHash> {
+        fn from_hash(hash: Option<SearchHash>, _field: &'static str) -> Result<Self> {
+            Ok(hash)
+        }
+    }
+
+    /// The value of a NOT NULL field.
+    pub fn required<V>(value: Option<V>, field: &'static str) -> Result<V> {
+        value.ok_or_else(|| Error::stored(format!("`{field}` has no value in the row")))
+    }
+
+    /// Decrypts the stored forms of many rows at once.
+    #[derive(Debug, Default)]
+    pub struct Batch {
+        places: Vec<(&'static str, &'static str, OwnedRowKey, StoredField)>,
+        results: Vec<Option<Result<Vec<u8>>>>,
+    }
+
+    impl Batch {
+        /// An empty batch.
+        pub fn new() -> Self {
+            Self::default()
+        }
+
+        /// Adds a stored form (if any); returns its ticket.
+        pub fn push(
+            &mut self,
+            table: &'static str,
+            column: &'static str,
+            key: &OwnedRowKey,
+            stored: Option<StoredField>,
+        ) -> Option<usize> {
+            let stored = stored?;
+            self.places.push((table, column, key.clone(), stored));
+            Some(self.places.len() - 1)
+        }
+
+        /// Decrypts everything added.
+        pub async fn run(&mut self, encryptor: &Encryptor) {
+            let items: Vec<(Binding<'_>, &StoredField)> = self
+                .places
+                .iter()
+                .map(|(table, column, key, stored)| {
+                    (Binding::new(table, column, key.borrow()), stored)
+                })
+                .collect();
+            self.results = encryptor
+                .decrypt_many(&items)
+                .await
+                .into_iter()
+                .map(Some)
+                .collect();
+        }
+
+        /// The plaintext of a ticket, decoded.
+        pub fn take<C: Codec>(&mut self, ticket: Option<usize>) -> Result<Option<C::Value>> {
+            let Some(ticket) = ticket else {
+                return Ok(None);
+            };
+            let bytes = self
+                .results
+                .get_mut(ticket)
+                .and_then(Option::take)
+                .ok_or_else(|| Error::stored("batch ticket used twice"))??;
+            C::decode(bytes).map(Some)
+        }
+    }
+}

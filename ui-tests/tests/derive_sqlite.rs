@@ -1,0 +1,271 @@
+//! `#[derive(Encrypted)]` end to end on SQLite (sync diesel, in memory).
+
+use std::sync::Arc;
+
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use jarvis_crypt::{Encrypted, Encryptor, LocalKeyProvider, SearchKey};
+
+mod schema {
+    diesel::table! {
+        users (id) {
+            id -> BigInt,
+            encrypted_email -> Nullable<Binary>,
+            email_iv -> Nullable<Binary>,
+            email_auth_tag -> Nullable<Binary>,
+            email_data_key -> Nullable<Binary>,
+            email_hash -> Nullable<Binary>,
+            email -> Nullable<Text>,
+            nickname -> Text,
+        }
+    }
+
+    diesel::table! {
+        api_keys (id) {
+            id -> BigInt,
+            service_name -> Text,
+            encrypted_key -> Binary,
+            key_iv -> Binary,
+            key_auth_tag -> Binary,
+            key_data_key -> Binary,
+            key_hash -> Binary,
+            encrypted_note -> Nullable<Binary>,
+            note_iv -> Nullable<Binary>,
+            note_auth_tag -> Nullable<Binary>,
+            note_data_key -> Nullable<Binary>,
+            encrypted_blob -> Binary,
+            blob_iv -> Binary,
+            blob_auth_tag -> Binary,
+            blob_data_key -> Binary,
+            encrypted_scopes -> Binary,
+            scopes_iv -> Binary,
+            scopes_auth_tag -> Binary,
+            scopes_data_key -> Binary,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[encrypted(table = crate::schema::users, bind = id)]
+struct User {
+    id: i64,
+    #[encrypted(search(normalize = "email"), migrating_from = email)]
+    email: String,
+    nickname: String,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Scopes {
+    read: bool,
+    names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[encrypted(table = crate::schema::api_keys, bind = id)]
+struct ApiKey {
+    id: i64,
+    service_name: String,
+    #[encrypted(
+        ciphertext = encrypted_key,
+        iv = key_iv,
+        tag = key_auth_tag,
+        data_key = key_data_key,
+        search(column = key_hash, bits = 8)
+    )]
+    key: String,
+    #[encrypted]
+    note: Option<String>,
+    #[encrypted]
+    blob: Vec<u8>,
+    #[encrypted(json)]
+    scopes: Scopes,
+}
+
+fn connection() -> SqliteConnection {
+    let mut conn = SqliteConnection::establish(":memory:").expect("sqlite");
+    diesel::sql_query(
+        "CREATE TABLE users (id BIGINT PRIMARY KEY, encrypted_email BLOB, email_iv BLOB,
+         email_auth_tag BLOB, email_data_key BLOB, email_hash BLOB, email TEXT,
+         nickname TEXT NOT NULL DEFAULT '')",
+    )
+    .execute(&mut conn)
+    .expect("users");
+    diesel::sql_query(
+        "CREATE TABLE api_keys (id BIGINT PRIMARY KEY, service_name TEXT NOT NULL,
+         encrypted_key BLOB NOT NULL, key_iv BLOB NOT NULL, key_auth_tag BLOB NOT NULL,
+         key_data_key BLOB NOT NULL, key_hash BLOB NOT NULL,
+         encrypted_note BLOB, note_iv BLOB, note_auth_tag BLOB, note_data_key BLOB,
+         encrypted_blob BLOB NOT NULL, blob_iv BLOB NOT NULL, blob_auth_tag BLOB NOT NULL,
+         blob_data_key BLOB NOT NULL, encrypted_scopes BLOB NOT NULL, scopes_iv BLOB NOT NULL,
+         scopes_auth_tag BLOB NOT NULL, scopes_data_key BLOB NOT NULL)",
+    )
+    .execute(&mut conn)
+    .expect("api_keys");
+    conn
+}
+
+fn encryptor() -> Encryptor {
+    Encryptor::builder(Arc::new(LocalKeyProvider::generate()))
+        .search_key(SearchKey::generate())
+        .build()
+}
+
+#[tokio::test]
+async fn every_field_type_round_trips() {
+    let enc = encryptor();
+    let mut conn = connection();
+    let keys: Vec<ApiKey> = (0..4)
+        .map(|i| ApiKey {
+            id: i,
+            service_name: format!("svc{i}"),
+            key: match i {
+                0 => String::new(),
+                1 => "ключ-🔑-ñ".to_owned(),
+                2 => "x".repeat(1 << 20),
+                _ => format!("sk_live_{i}"),
+            },
+            note: (i % 2 == 0).then(|| format!("note {i}")),
+            blob: vec![i as u8; i as usize * 3],
+            scopes: Scopes {
+                read: i % 2 == 1,
+                names: vec![format!("scope{i}")],
+            },
+        })
+        .collect();
+    for key in &keys {
+        let row = key.encrypt_row(&enc).await.expect("encrypt");
+        diesel::insert_into(schema::api_keys::table)
+            .values(&row)
+            .execute(&mut conn)
+            .expect("insert");
+    }
+    let rows: Vec<ApiKeyRow> = schema::api_keys::table
+        .order(schema::api_keys::id)
+        .select(ApiKeyRow::as_select())
+        .load(&mut conn)
+        .expect("load");
+    let back = ApiKey::decrypt_rows(rows, &enc).await.expect("decrypt");
+    assert_eq!(back, keys);
+}
+
+#[tokio::test]
+async fn a_ciphertext_moved_to_another_row_or_column_fails() {
+    let enc = encryptor();
+    let mut conn = connection();
+    for (id, email) in [(1, "a@b.com"), (2, "c@d.com")] {
+        let row = User {
+            id,
+            email: email.into(),
+            nickname: "n".into(),
+        }
+        .encrypt_row(&enc)
+        .await
+        .expect("encrypt");
+        diesel::insert_into(schema::users::table)
+            .values(&row)
+            .execute(&mut conn)
+            .expect("insert");
+    }
+    let mut rows: Vec<UserRow> = schema::users::table
+        .order(schema::users::id)
+        .select(UserRow::as_select())
+        .load(&mut conn)
+        .expect("load");
+    // Swap the stored forms of the two rows.
+    let second = rows.pop().expect("row 2");
+    let first = rows.pop().expect("row 1");
+    let swapped = UserRow {
+        encrypted_email: second.encrypted_email,
+        email_iv: second.email_iv,
+        email_auth_tag: second.email_auth_tag,
+        email_data_key: second.email_data_key,
+        ..first
+    };
+    let err = User::decrypt_row(swapped, &enc).await.expect_err("moved");
+    assert!(
+        matches!(err, jarvis_crypt::Error::AuthenticationFailed),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn plaintext_rows_are_read_and_rewritten_encrypted() {
+    let enc = encryptor();
+    let mut conn = connection();
+    diesel::sql_query("INSERT INTO users (id, email, nickname) VALUES (7, 'Old@Example.com', 'o')")
+        .execute(&mut conn)
+        .expect("legacy insert");
+    let row: UserRow = schema::users::table
+        .select(UserRow::as_select())
+        .first(&mut conn)
+        .expect("load");
+    let user = User::decrypt_row(row, &enc).await.expect("read plaintext");
+    assert_eq!(user.email, "Old@Example.com");
+    let row = user.encrypt_row(&enc).await.expect("encrypt");
+    diesel::update(schema::users::table.find(7))
+        .set(&row)
+        .execute(&mut conn)
+        .expect("update");
+    let (plain, cipher): (Option<String>, Option<Vec<u8>>) = schema::users::table
+        .select((schema::users::email, schema::users::encrypted_email))
+        .first(&mut conn)
+        .expect("raw");
+    assert_eq!(plain, None, "plaintext cleared");
+    assert!(cipher.is_some());
+    let found = User::email_find(&enc, "  old@EXAMPLE.com ", |filter| async move {
+        schema::users::table
+            .filter(filter)
+            .select(UserRow::as_select())
+            .load(&mut conn)
+            .map_err(|e| jarvis_crypt::Error::Configuration(e.to_string()))
+    })
+    .await
+    .expect("find");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].id, 7);
+}
+
+#[tokio::test]
+async fn truncated_hashes_never_return_a_wrong_row() {
+    let enc = encryptor();
+    let mut conn = connection();
+    let mut rows = Vec::new();
+    for i in 0..2000 {
+        let key = ApiKey {
+            id: i,
+            service_name: "s".into(),
+            key: format!("key-{i}"),
+            note: None,
+            blob: vec![],
+            scopes: Scopes {
+                read: true,
+                names: vec![],
+            },
+        };
+        rows.push(key.encrypt_row(&enc).await.expect("encrypt"));
+    }
+    diesel::insert_into(schema::api_keys::table)
+        .values(&rows)
+        .execute(&mut conn)
+        .expect("insert");
+    let candidates: i64 = schema::api_keys::table
+        .filter(ApiKey::key_search(&enc, "key-1234").expect("filter"))
+        .count()
+        .get_result(&mut conn)
+        .expect("count");
+    assert!(
+        candidates > 1,
+        "8-bit hashes collide among 2000 rows: {candidates}"
+    );
+    let found = ApiKey::key_find(&enc, "key-1234", |filter| async {
+        schema::api_keys::table
+            .filter(filter)
+            .select(ApiKeyRow::as_select())
+            .load(&mut conn)
+            .map_err(|e| jarvis_crypt::Error::Configuration(e.to_string()))
+    })
+    .await
+    .expect("find");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].id, 1234);
+}

@@ -92,13 +92,6 @@ pub(crate) struct EncryptedField {
     pub(crate) migrating_from: Option<Ident>,
 }
 
-impl EncryptedField {
-    /// The stored-form columns are nullable: the field is, or the table is being migrated.
-    pub(crate) fn nullable_columns(&self) -> bool {
-        self.nullable || self.migrating_from.is_some()
-    }
-}
-
 pub(crate) struct Search {
     pub(crate) column: Ident,
     pub(crate) trim: bool,

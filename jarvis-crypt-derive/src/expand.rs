@@ -2,6 +2,7 @@
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
+use syn::Ident;
 
 use crate::ast::{Bind, Container, EncryptedField, Field, Kind, Search};
 
@@ -14,27 +15,11 @@ fn codec(e: &EncryptedField) -> TokenStream {
     }
 }
 
-fn wrap(nullable: bool, ty: TokenStream) -> TokenStream {
-    if nullable {
-        quote!(::core::option::Option<#ty>)
-    } else {
-        ty
-    }
-}
-
-/// The types of the four stored-form columns.
-fn column_types(e: &EncryptedField) -> [TokenStream; 4] {
-    let n = e.nullable_columns();
-    [
-        wrap(n, quote!(::jarvis_crypt::Ciphertext)),
-        wrap(n, quote!(::jarvis_crypt::Nonce)),
-        wrap(n, quote!(::jarvis_crypt::AuthTag)),
-        wrap(n, quote!(::jarvis_crypt::WrappedKey)),
-    ]
-}
-
-fn hash_type(e: &EncryptedField) -> TokenStream {
-    wrap(e.nullable_columns(), quote!(::jarvis_crypt::SearchHash))
+/// The Rust type of a stored-form column, from the column's SQL type in the diesel table:
+/// `T` for `Binary`, `Option<T>` for `Nullable<Binary>`, a compile error (once, at the
+/// user's spelling of the column) for any other SQL type.
+fn stored_type(alias: &Ident, col: &Ident, ty: TokenStream) -> TokenStream {
+    quote_spanned!(col.span()=> ::jarvis_crypt::__private::StoredAs<#alias::#col, #ty>)
 }
 
 fn spec(s: &Search) -> TokenStream {
@@ -67,6 +52,16 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
     let row = format_ident!("{}Row", model);
     let table = &c.table;
     let table_name = c.table_name();
+    // The diesel derives and helpers name the table and its columns through this module,
+    // which imports each column once: a column the table lacks is reported once, at the
+    // user's spelling of it, not once per derive.
+    let alias = format_ident!("__jarvis_{}_columns", row);
+    let table_in_alias = match c.table.segments.first() {
+        Some(first) if first.ident == "super" && c.table.leading_colon.is_none() => {
+            quote!(super::#table)
+        }
+        _ => quote!(#table),
+    };
 
     let mut row_fields = Vec::new();
     let mut encrypt_steps = Vec::new();
@@ -77,12 +72,15 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
     let mut batch_steps = Vec::new();
     let mut model_inits = Vec::new();
     let mut helpers = Vec::new();
+    // Every column, as the user spelled it, imported once into the alias module.
+    let mut columns = Vec::new();
 
     for f in &c.fields {
         let ident = &f.ident;
         let fvis = &f.vis;
         let ty = &f.ty;
         let Some(e) = &f.encrypted else {
+            columns.push(ident.clone());
             row_fields.push(quote_spanned!(ident.span()=> #fvis #ident: #ty));
             row_inits.push(quote!(#ident: ::core::clone::Clone::clone(&self.#ident)));
             destructure.push(quote!(#ident));
@@ -92,10 +90,14 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
         };
         let name = ident.to_string();
         let codec = codec(e);
-        let [ct_ty, iv_ty, tag_ty, dk_ty] = column_types(e);
         let (ct, iv, tag, dk) = (&e.ciphertext, &e.iv, &e.tag, &e.data_key);
+        let ct_ty = stored_type(&alias, ct, quote!(::jarvis_crypt::Ciphertext));
+        let iv_ty = stored_type(&alias, iv, quote!(::jarvis_crypt::Nonce));
+        let tag_ty = stored_type(&alias, tag, quote!(::jarvis_crypt::AuthTag));
+        let dk_ty = stored_type(&alias, dk, quote!(::jarvis_crypt::WrappedKey));
         let ct_name = ct.to_string();
         for (col, col_ty) in [(ct, &ct_ty), (iv, &iv_ty), (tag, &tag_ty), (dk, &dk_ty)] {
+            columns.push(col.clone());
             row_fields.push(quote_spanned!(col.span()=> #fvis #col: #col_ty));
         }
         let value_ref = if e.nullable {
@@ -131,9 +133,10 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
         if let Some(s) = &e.search {
             let col = &s.column;
             let col_name = col.to_string();
-            let hash_ty = hash_type(e);
+            let hash_ty = stored_type(&alias, col, quote!(::jarvis_crypt::SearchHash));
             let spec = spec(s);
             let text = as_text(f, e, quote!(self));
+            columns.push(col.clone());
             row_fields.push(quote_spanned!(col.span()=> #fvis #col: #hash_ty));
             encrypt_steps.push(quote! {
                 let #col = <#hash_ty as __jc::HashColumn>::from_hash(
@@ -158,10 +161,10 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
                 #vis fn #search_fn(
                     encryptor: &::jarvis_crypt::Encryptor,
                     value: &str,
-                ) -> ::jarvis_crypt::Result<__jc::diesel::dsl::Eq<#table::#col, ::jarvis_crypt::SearchHash>> {
+                ) -> ::jarvis_crypt::Result<__jc::diesel::dsl::Eq<#alias::#col, ::jarvis_crypt::SearchHash>> {
                     use __jc::diesel::ExpressionMethods as _;
                     let hash = encryptor.search_hash(__TABLE, #col_name, #spec, value)?;
-                    ::core::result::Result::Ok(#table::#col.eq(hash))
+                    ::core::result::Result::Ok(#alias::#col.eq(hash))
                 }
 
                 #[doc = #doc_find]
@@ -171,7 +174,7 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
                     load: __F,
                 ) -> ::core::result::Result<::std::vec::Vec<Self>, __E>
                 where
-                    __F: ::core::ops::FnOnce(__jc::diesel::dsl::Eq<#table::#col, ::jarvis_crypt::SearchHash>) -> __Fut,
+                    __F: ::core::ops::FnOnce(__jc::diesel::dsl::Eq<#alias::#col, ::jarvis_crypt::SearchHash>) -> __Fut,
                     __Fut: ::core::future::Future<Output = ::core::result::Result<::std::vec::Vec<#row>, __E>>,
                     __E: ::core::convert::From<::jarvis_crypt::Error>,
                 {
@@ -185,6 +188,7 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
 
         if let Some(plain) = &e.migrating_from {
             let value_ty = &e.value_ty;
+            columns.push(plain.clone());
             row_fields.push(
                 quote_spanned!(plain.span()=> #fvis #plain: ::core::option::Option<#value_ty>),
             );
@@ -206,6 +210,9 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
         model_inits.push(init);
     }
 
+    let column_imports = columns
+        .iter()
+        .map(|col| quote_spanned!(col.span()=> pub(super) use #table_in_alias::{#col};));
     let key_of = |owner: TokenStream| match &c.bind {
         Bind::Field(id) => quote!(__jc::BindKey::row_key(&#owner #id)),
         Bind::None => quote!(__jc::OwnedRowKey::None),
@@ -224,10 +231,18 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
             ::jarvis_crypt::__private::diesel::Insertable,
             ::jarvis_crypt::__private::diesel::AsChangeset,
         )]
-        #[diesel(table_name = #table)]
+        #[diesel(table_name = #alias)]
         #[diesel(treat_none_as_null = true)]
         #vis struct #row {
             #(#row_fields,)*
+        }
+
+        #[doc(hidden)]
+        #[allow(non_snake_case, unused_imports)]
+        mod #alias {
+            use super::*;
+            pub(super) use #table_in_alias::table;
+            #(#column_imports)*
         }
 
         const _: () = {

@@ -54,3 +54,71 @@ fn derive(input: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
         })
         .unwrap_or_else(syn::Error::into_compile_error)
 }
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    fn expand(input: proc_macro2::TokenStream) -> String {
+        let output = super::derive(input);
+        let file: syn::File = syn::parse2(output).expect("the expansion parses as a file");
+        prettyplease::unparse(&file)
+    }
+
+    #[test]
+    fn users_with_a_migrating_searchable_email() {
+        insta::assert_snapshot!(expand(quote! {
+            #[encrypted(table = crate::schema::users, bind = id)]
+            pub struct User {
+                pub id: i64,
+                #[encrypted(search(normalize = "email"), migrating_from = email)]
+                pub email: String,
+                pub created_at: chrono::NaiveDateTime,
+            }
+        }));
+    }
+
+    #[test]
+    fn api_keys_with_original_column_names_and_truncated_hash() {
+        insta::assert_snapshot!(expand(quote! {
+            #[encrypted(table = schema::api_keys, bind = id)]
+            pub(crate) struct ApiKey {
+                pub id: i64,
+                pub service_name: String,
+                #[encrypted(
+                    ciphertext = encrypted_key,
+                    iv = key_iv,
+                    tag = key_auth_tag,
+                    data_key = key_data_key,
+                    search(column = key_hash, normalize = "trim", bits = 16)
+                )]
+                pub key: String,
+            }
+        }));
+    }
+
+    #[test]
+    fn optional_bytes_and_json_without_row_binding() {
+        insta::assert_snapshot!(expand(quote! {
+            #[encrypted(table = super::schema::tokens, bind = none)]
+            struct Token {
+                #[encrypted]
+                refresh: Option<Vec<u8>>,
+                #[encrypted(json)]
+                bundle: TokenBundle,
+            }
+        }));
+    }
+
+    #[test]
+    fn errors_become_compile_errors() {
+        let out = super::derive(quote! {
+            #[encrypted(table = users)]
+            struct User { #[encrypted(search(bits = 0))] email: String }
+        })
+        .to_string();
+        assert!(out.contains("compile_error"), "{out}");
+        assert!(out.contains("missing `bind`"), "{out}");
+        assert!(out.contains("between 1 and 256"), "{out}");
+    }
+}

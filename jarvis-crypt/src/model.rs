@@ -266,6 +266,25 @@ pub(crate) mod support {
         }
     }
 
+    /// SQL types a stored-form column may have, and the Rust type each holds.
+    #[diagnostic::on_unimplemented(
+        message = "a stored-form column has SQL type `{Self}`, but encrypted columns must be `Binary` or `Nullable<Binary>`",
+        label = "this column is not `Binary` in the diesel table"
+    )]
+    pub trait BinarySqlType {
+        /// `T` or `Option<T>`.
+        type Wrap<T>;
+    }
+    impl BinarySqlType for diesel::sql_types::Binary {
+        type Wrap<T> = T;
+    }
+    impl BinarySqlType for diesel::sql_types::Nullable<diesel::sql_types::Binary> {
+        type Wrap<T> = Option<T>;
+    }
+
+    /// The Rust type of column `C` holding `T`: `T` or `Option<T>` by the column's nullability.
+    pub type StoredAs<C, T> = <<C as diesel::Expression>::SqlType as BinarySqlType>::Wrap<T>;
+
     /// The value of a NOT NULL field.
     pub fn required<V>(value: Option<V>, field: &'static str) -> Result<V> {
         value.ok_or_else(|| Error::stored(format!("`{field}` has no value in the row")))

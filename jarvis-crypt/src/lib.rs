@@ -2,6 +2,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod aad;
+pub mod audit;
 #[cfg(feature = "aws-kms")]
 pub mod aws;
 mod cache;
@@ -15,6 +16,7 @@ pub mod search;
 mod stored;
 
 pub use aad::{AAD_VERSION, Binding, RowKey};
+pub use audit::{AuditEvent, AuditSink, MemoryAudit, NoAudit, Operation};
 #[cfg(feature = "aws-kms")]
 pub use aws::{AwsKms, KmsConnection, KmsOptions, KmsRequests};
 pub use cache::{CacheLimits, CacheStats, Clock, DataKeyCache, ManualClock, SystemClock};

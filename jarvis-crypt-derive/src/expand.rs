@@ -226,6 +226,7 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
     quote! {
         #[doc = #doc_row]
         #[derive(
+            ::core::clone::Clone,
             ::jarvis_crypt::__private::diesel::Queryable,
             ::jarvis_crypt::__private::diesel::Selectable,
             ::jarvis_crypt::__private::diesel::Insertable,

@@ -1,1 +1,12 @@
-//! Part of jarvis-crypt; filled by a later issue.
+//! Schema, models, repositories and jobs of jarvis-crypt: the tables of the original system
+//! (users, API keys, OAuth tokens, encrypted backups, the encryption audit log) on
+//! PostgreSQL and SQLite.
+//!
+//! - [`schema`]: the diesel `table!` definitions of every table and view, one for both
+//!   backends (its docs explain the column types, row ids and views).
+//! - [`migrations`]: the diesel migrations of `migrations/postgres` and `migrations/sqlite`,
+//!   embedded, with functions that apply, revert and list them; [`migrations::Backend`]
+//!   chooses the backend from a database URL.
+
+pub mod migrations;
+pub mod schema;

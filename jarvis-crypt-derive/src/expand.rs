@@ -81,7 +81,8 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
         let ty = &f.ty;
         let Some(e) = &f.encrypted else {
             columns.push(ident.clone());
-            row_fields.push(quote_spanned!(ident.span()=> #fvis #ident: #ty));
+            let doc = format!("`{ident}`, as stored.");
+            row_fields.push(quote_spanned!(ident.span()=> #[doc = #doc] #fvis #ident: #ty));
             row_inits.push(quote!(#ident: ::core::clone::Clone::clone(&self.#ident)));
             destructure.push(quote!(#ident));
             pending.push(quote!(#ident));
@@ -96,9 +97,15 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
         let tag_ty = stored_type(&alias, tag, quote!(::jarvis_crypt::AuthTag));
         let dk_ty = stored_type(&alias, dk, quote!(::jarvis_crypt::WrappedKey));
         let ct_name = ct.to_string();
-        for (col, col_ty) in [(ct, &ct_ty), (iv, &iv_ty), (tag, &tag_ty), (dk, &dk_ty)] {
+        for (col, col_ty, what) in [
+            (ct, &ct_ty, "AES-256-GCM ciphertext"),
+            (iv, &iv_ty, "nonce"),
+            (tag, &tag_ty, "authentication tag"),
+            (dk, &dk_ty, "wrapped data key"),
+        ] {
             columns.push(col.clone());
-            row_fields.push(quote_spanned!(col.span()=> #fvis #col: #col_ty));
+            let doc = format!("The {what} of `{ident}`.");
+            row_fields.push(quote_spanned!(col.span()=> #[doc = #doc] #fvis #col: #col_ty));
         }
         let value_ref = if e.nullable {
             quote!(self.#ident.as_ref())
@@ -137,7 +144,8 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
             let spec = spec(s);
             let text = as_text(f, e, quote!(self));
             columns.push(col.clone());
-            row_fields.push(quote_spanned!(col.span()=> #fvis #col: #hash_ty));
+            let doc = format!("The search hash of `{ident}`.");
+            row_fields.push(quote_spanned!(col.span()=> #[doc = #doc] #fvis #col: #hash_ty));
             encrypt_steps.push(quote! {
                 let #col = <#hash_ty as __jc::HashColumn>::from_hash(
                     __jc::search_hash(__enc, __TABLE, #col_name, #spec, #text)?,
@@ -189,9 +197,10 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
         if let Some(plain) = &e.migrating_from {
             let value_ty = &e.value_ty;
             columns.push(plain.clone());
-            row_fields.push(
-                quote_spanned!(plain.span()=> #fvis #plain: ::core::option::Option<#value_ty>),
-            );
+            let doc = format!("The plaintext `{ident}` of a row not yet encrypted.");
+            row_fields.push(quote_spanned!(plain.span()=>
+                #[doc = #doc] #fvis #plain: ::core::option::Option<#value_ty>
+            ));
             // Writes store ciphertext and clear the plaintext column.
             row_inits.push(quote!(#plain: ::core::option::Option::None));
             destructure.push(quote!(#plain));

@@ -11,7 +11,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
+#[cfg(doc)]
+use crate::error::ErrorKind;
 
 /// What an audited operation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,28 +72,38 @@ pub struct AuditEvent {
     pub record_ids: Vec<String>,
     /// The master key in use (an id, never key material).
     pub key_id: Option<String>,
-    /// `None` on success, else the kind of the failure.
-    pub error: Option<ErrorKind>,
+    /// `None` on success, else the kind of the failure ([`ErrorKind::as_str`], or a kind of
+    /// the caller's own such as `database`).
+    pub error: Option<&'static str>,
     /// How long the operation took.
     pub duration: Duration,
 }
 
 impl AuditEvent {
-    /// An event for `operation` on `table`, timed from `started`, ending as `result` says.
-    pub fn new<T>(
-        operation: Operation,
-        table: impl Into<Option<String>>,
-        started: Instant,
-        result: &Result<T, Error>,
-    ) -> Self {
+    /// A successful event for `operation` on `table`, timed from `started`.
+    pub fn new(operation: Operation, table: impl Into<Option<String>>, started: Instant) -> Self {
         AuditEvent {
             operation,
             table: table.into(),
             column: None,
             record_ids: Vec::new(),
             key_id: None,
-            error: result.as_ref().err().map(Error::kind),
+            error: None,
             duration: started.elapsed(),
+        }
+    }
+
+    /// The event of an operation that failed with an error of kind `kind`.
+    pub fn failed(mut self, kind: &'static str) -> Self {
+        self.error = Some(kind);
+        self
+    }
+
+    /// The event ending as `result` says.
+    pub fn outcome<T>(self, result: &Result<T, Error>) -> Self {
+        match result {
+            Ok(_) => self,
+            Err(e) => self.failed(e.kind().as_str()),
         }
     }
 

@@ -30,7 +30,8 @@ struct Inner {
     provider: Arc<dyn KeyProvider>,
     others: Vec<Arc<dyn KeyProvider>>,
     cache: DataKeyCache,
-    search_key: Option<SearchKey>,
+    clock: Arc<dyn Clock>,
+    search_key: Option<Arc<SearchKey>>,
     hashers: RwLock<HashMap<(String, String, SearchSpec), ColumnHasher>>,
     allow_legacy: bool,
 }
@@ -96,8 +97,9 @@ impl EncryptorBuilder {
             inner: Arc::new(Inner {
                 provider: self.provider,
                 others: self.others,
-                cache: DataKeyCache::new(self.limits, self.clock),
-                search_key: self.search_key,
+                cache: DataKeyCache::new(self.limits, Arc::clone(&self.clock)),
+                clock: self.clock,
+                search_key: self.search_key.map(Arc::new),
                 hashers: RwLock::new(HashMap::new()),
                 allow_legacy: self.allow_legacy,
             }),
@@ -115,6 +117,25 @@ impl Encryptor {
             clock: Arc::new(SystemClock::default()),
             search_key: None,
             allow_legacy: false,
+        }
+    }
+
+    /// An encryptor like this one (providers, search key, settings) whose first encrypt
+    /// generates a fresh data key, shared by its later encrypts within the cache limits. For
+    /// values that must not share a data key with anything written before, such as OAuth
+    /// tokens on refresh.
+    pub fn with_fresh_data_key(&self) -> Encryptor {
+        let inner = &self.inner;
+        Encryptor {
+            inner: Arc::new(Inner {
+                provider: Arc::clone(&inner.provider),
+                others: inner.others.clone(),
+                cache: DataKeyCache::new(*inner.cache.limits(), Arc::clone(&inner.clock)),
+                clock: Arc::clone(&inner.clock),
+                search_key: inner.search_key.clone(),
+                hashers: RwLock::new(HashMap::new()),
+                allow_legacy: inner.allow_legacy,
+            }),
         }
     }
 

@@ -8,5 +8,17 @@
 //!   embedded, with functions that apply, revert and list them; [`migrations::Backend`]
 //!   chooses the backend from a database URL.
 
+pub mod audit;
+pub mod db;
+pub mod error;
+pub mod keys;
 pub mod migrations;
+pub mod models;
 pub mod schema;
+pub mod store;
+
+pub use audit::DbAudit;
+pub use db::Database;
+pub use error::ModelError;
+pub use models::{ApiKey, EncryptedBackup, OAuthToken, User};
+pub use store::{NewApiKey, NewBackup, NewOAuthToken, Store};

@@ -1,0 +1,184 @@
+//! The models of the original system, with their encrypted fields.
+//!
+//! Every encrypted field is bound to its row id (`bind = id`): the repositories know each row's
+//! id before the first write (see [`crate::store`]). `Debug` output of a model never shows an
+//! encrypted field's value.
+
+use std::fmt;
+
+use chrono::NaiveDateTime;
+use jarvis_crypt::Encrypted;
+
+/// `[redacted]` when a value is present, `None` otherwise: what `Debug` shows of secrets.
+struct Redacted<'a, T>(&'a Option<T>);
+
+impl<T> fmt::Debug for Redacted<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "[redacted]"
+        } else {
+            "None"
+        })
+    }
+}
+
+const REDACTED: &str = "[redacted]";
+
+/// A user. The email is encrypted and found through its normalized search hash; the table is
+/// still in the migrating state, so rows holding only a plaintext `email` read as well and
+/// are written back encrypted.
+#[derive(Clone, PartialEq, Eq, Encrypted)]
+#[encrypted(table = crate::schema::users, bind = id)]
+pub struct User {
+    /// Row id.
+    pub id: i64,
+    /// The email address.
+    #[encrypted(search(normalize = "email"), migrating_from = email)]
+    pub email: String,
+    /// Creation time (UTC).
+    pub created_at: NaiveDateTime,
+    /// Last update (UTC).
+    pub updated_at: NaiveDateTime,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("email", &REDACTED)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An API key of a third-party service: the key encrypted and searchable, its metadata plain
+/// JSON as in the original system.
+#[derive(Clone, PartialEq, Encrypted)]
+#[encrypted(table = crate::schema::api_keys, bind = id)]
+pub struct ApiKey {
+    /// Row id.
+    pub id: i64,
+    /// The service the key is for.
+    pub service_name: String,
+    /// The key itself.
+    #[encrypted(
+        ciphertext = encrypted_key,
+        iv = key_iv,
+        tag = key_auth_tag,
+        data_key = key_data_key,
+        search(column = key_hash, normalize = "trim")
+    )]
+    pub key: String,
+    /// Plaintext metadata.
+    pub metadata: Option<serde_json::Value>,
+    /// Whether the key is in use.
+    pub is_active: bool,
+    /// How often the key was rotated.
+    pub rotation_count: i32,
+    /// Last rotation (UTC).
+    pub last_rotated_at: Option<NaiveDateTime>,
+    /// Expiry (UTC).
+    pub expires_at: Option<NaiveDateTime>,
+    /// Creation time (UTC).
+    pub created_at: NaiveDateTime,
+    /// Last update (UTC).
+    pub updated_at: NaiveDateTime,
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("id", &self.id)
+            .field("service_name", &self.service_name)
+            .field("key", &REDACTED)
+            .field("is_active", &self.is_active)
+            .field("rotation_count", &self.rotation_count)
+            .finish_non_exhaustive()
+    }
+}
+
+/// OAuth tokens of a user at a provider: access and refresh token encrypted.
+#[derive(Clone, PartialEq, Eq, Encrypted)]
+#[encrypted(table = crate::schema::oauth_tokens, bind = id)]
+pub struct OAuthToken {
+    /// Row id.
+    pub id: i64,
+    /// Owning user.
+    pub user_id: Option<i64>,
+    /// The OAuth provider.
+    pub provider: String,
+    /// The access token.
+    #[encrypted]
+    pub access_token: String,
+    /// The refresh token, if the provider gave one.
+    #[encrypted]
+    pub refresh_token: Option<String>,
+    /// Granted scopes.
+    pub scope: Option<String>,
+    /// Expiry of the access token (UTC).
+    pub expires_at: Option<NaiveDateTime>,
+    /// Whether the token is in use.
+    pub is_active: bool,
+    /// How often the tokens were replaced.
+    pub rotation_count: i32,
+    /// Last replacement (UTC).
+    pub last_rotated_at: Option<NaiveDateTime>,
+    /// Creation time (UTC).
+    pub created_at: NaiveDateTime,
+    /// Last update (UTC).
+    pub updated_at: NaiveDateTime,
+}
+
+impl fmt::Debug for OAuthToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OAuthToken")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("provider", &self.provider)
+            .field("access_token", &REDACTED)
+            .field("refresh_token", &Redacted(&self.refresh_token))
+            .field("is_active", &self.is_active)
+            .field("rotation_count", &self.rotation_count)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A recorded backup: small ones stored in the row itself (encrypted), large ones in a file.
+#[derive(Clone, PartialEq, Eq, Encrypted)]
+#[encrypted(table = crate::schema::encrypted_backups, bind = id)]
+pub struct EncryptedBackup {
+    /// Row id.
+    pub id: i64,
+    /// Unique name.
+    pub backup_name: String,
+    /// Kind (`pg_dump`, `sqlite`, ...).
+    pub backup_type: String,
+    /// Where the encrypted file is, if not in the row.
+    pub storage_path: Option<String>,
+    /// The backup itself, when stored in the row.
+    #[encrypted]
+    pub data: Option<Vec<u8>>,
+    /// Size in bytes of the encrypted backup.
+    pub size_bytes: Option<i64>,
+    /// SHA-256 of the encrypted backup, hex.
+    pub checksum: Option<String>,
+    /// The master key its data key is wrapped under.
+    pub master_key_id: Option<String>,
+    /// Creation time (UTC).
+    pub created_at: NaiveDateTime,
+    /// Last update (UTC).
+    pub updated_at: NaiveDateTime,
+}
+
+impl fmt::Debug for EncryptedBackup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncryptedBackup")
+            .field("id", &self.id)
+            .field("backup_name", &self.backup_name)
+            .field("backup_type", &self.backup_type)
+            .field("storage_path", &self.storage_path)
+            .field("data", &Redacted(&self.data))
+            .field("size_bytes", &self.size_bytes)
+            .finish_non_exhaustive()
+    }
+}

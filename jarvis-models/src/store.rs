@@ -1,0 +1,853 @@
+//! Repositories of the models: create, find, look up by search hash, list, update,
+//! deactivate; the same code on PostgreSQL and SQLite.
+//!
+//! # Row ids before the first write
+//!
+//! A value's associated data includes its row id, so the id must be known before the row is
+//! written. Every write runs in one transaction that reserves the ids first:
+//!
+//! - PostgreSQL: `SELECT nextval('<table>_id_seq') FROM generate_series(1, n)`: one round
+//!   trip for a whole batch; ids are never handed out twice.
+//! - SQLite: the transaction starts with `BEGIN IMMEDIATE`, which takes the database's write
+//!   lock, then reads the largest id ever used (`sqlite_sequence`, or the table's `MAX(id)`);
+//!   no other writer can take an id until the transaction ends.
+//!
+//! # Audit
+//!
+//! Each record operation records one [`AuditEvent`]; each listing one event for the batch,
+//! with its record ids. Failed operations are recorded with their error kind.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{NaiveDateTime, Utc};
+use diesel::sql_types::BigInt;
+use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, QueryableByName, SelectableHelper};
+use diesel_async::RunQueryDsl;
+use jarvis_crypt::{AuditEvent, AuditSink, Encrypted, Encryptor, Operation};
+
+use crate::db::{Conn, Database};
+use crate::error::ModelError;
+use crate::models::{
+    ApiKey, ApiKeyRow, EncryptedBackup, EncryptedBackupRow, OAuthToken, OAuthTokenRow, User,
+    UserRow,
+};
+use crate::schema::{api_keys, encrypted_backups, oauth_tokens, users};
+use crate::with_conn;
+
+type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// A new API key.
+#[derive(Clone)]
+pub struct NewApiKey {
+    /// The service it is for.
+    pub service_name: String,
+    /// The key.
+    pub key: String,
+    /// Plaintext metadata.
+    pub metadata: Option<serde_json::Value>,
+    /// Expiry (UTC).
+    pub expires_at: Option<NaiveDateTime>,
+}
+
+impl std::fmt::Debug for NewApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewApiKey")
+            .field("service_name", &self.service_name)
+            .field("key", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+/// New OAuth tokens.
+#[derive(Clone)]
+pub struct NewOAuthToken {
+    /// Owning user.
+    pub user_id: Option<i64>,
+    /// The provider.
+    pub provider: String,
+    /// The access token.
+    pub access_token: String,
+    /// The refresh token.
+    pub refresh_token: Option<String>,
+    /// Granted scopes.
+    pub scope: Option<String>,
+    /// Expiry of the access token (UTC).
+    pub expires_at: Option<NaiveDateTime>,
+}
+
+impl std::fmt::Debug for NewOAuthToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewOAuthToken")
+            .field("user_id", &self.user_id)
+            .field("provider", &self.provider)
+            .field("access_token", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new backup record.
+#[derive(Clone)]
+pub struct NewBackup {
+    /// Unique name.
+    pub backup_name: String,
+    /// Kind.
+    pub backup_type: String,
+    /// Path of the encrypted file, when not stored in the row.
+    pub storage_path: Option<String>,
+    /// The backup bytes, when stored in the row (encrypted there).
+    pub data: Option<Vec<u8>>,
+    /// Size of the encrypted backup.
+    pub size_bytes: Option<i64>,
+    /// SHA-256 of the encrypted backup, hex.
+    pub checksum: Option<String>,
+    /// The master key its data key is wrapped under.
+    pub master_key_id: Option<String>,
+}
+
+impl std::fmt::Debug for NewBackup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewBackup")
+            .field("backup_name", &self.backup_name)
+            .field("backup_type", &self.backup_type)
+            .field("storage_path", &self.storage_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The repositories over one database, one encryptor and one audit sink.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Database,
+    encryptor: Encryptor,
+    audit: Arc<dyn AuditSink>,
+}
+
+#[derive(QueryableByName)]
+struct Id {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+fn now() -> NaiveDateTime {
+    Utc::now().naive_utc()
+}
+
+impl Store {
+    /// Repositories over `db`, encrypting with `encryptor`, auditing into `audit`.
+    pub fn new(db: Database, encryptor: Encryptor, audit: Arc<dyn AuditSink>) -> Self {
+        Store {
+            db,
+            encryptor,
+            audit,
+        }
+    }
+
+    /// The database.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// The encryptor.
+    pub fn encryptor(&self) -> &Encryptor {
+        &self.encryptor
+    }
+
+    fn audit<T>(
+        &self,
+        operation: Operation,
+        table: &str,
+        column: &str,
+        ids: impl IntoIterator<Item = i64>,
+        started: Instant,
+        result: &Result<T>,
+    ) {
+        let mut event = AuditEvent::new(operation, table.to_owned(), started)
+            .column(column)
+            .records(ids)
+            .key(self.encryptor.master_key().key_id);
+        if let Err(e) = result {
+            event = event.failed(e.kind());
+        }
+        self.audit.record(event);
+    }
+
+    // ---- transactions and ids -------------------------------------------------------------
+
+    /// Runs `work` in a write transaction (`BEGIN IMMEDIATE` on SQLite), committing on success.
+    async fn write<T, F>(&self, work: F) -> Result<T>
+    where
+        F: for<'c> FnOnce(&'c mut Conn) -> futures::future::BoxFuture<'c, Result<T>>,
+    {
+        let mut conn = self.db.get().await?;
+        let begin = match &conn {
+            Conn::Postgres(_) => "BEGIN",
+            Conn::Sqlite(_) => "BEGIN IMMEDIATE",
+        };
+        with_conn!(&mut conn, |c| diesel::sql_query(begin).execute(c).await?);
+        let result = work(&mut conn).await;
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let ended: Result<usize> = with_conn!(&mut conn, |c| diesel::sql_query(end)
+            .execute(c)
+            .await
+            .map_err(Into::into));
+        match (result, ended) {
+            (Ok(value), Ok(_)) => Ok(value),
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+        }
+    }
+
+    /// Reserves `n` new ids of `table`, inside a write transaction.
+    async fn reserve_ids(conn: &mut Conn, table: &'static str, n: usize) -> Result<Vec<i64>> {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        match conn {
+            Conn::Postgres(c) => {
+                let ids: Vec<Id> = diesel::sql_query(format!(
+                    "SELECT nextval('{table}_id_seq') AS id FROM generate_series(1, $1)"
+                ))
+                .bind::<BigInt, _>(n)
+                .load(&mut **c)
+                .await?;
+                Ok(ids.into_iter().map(|row| row.id).collect())
+            }
+            Conn::Sqlite(c) => {
+                let top: Vec<Id> = diesel::sql_query(format!(
+                    "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0),
+                                COALESCE((SELECT MAX(id) FROM {table}), 0)) AS id"
+                ))
+                .load(&mut **c)
+                .await?;
+                let first = <[Id]>::first(&top).map_or(0, |row| row.id) + 1;
+                Ok((first..first + n).collect())
+            }
+        }
+    }
+
+    // ---- users ----------------------------------------------------------------------------
+
+    /// Creates users, one per email, in one transaction.
+    pub async fn create_users(&self, emails: Vec<String>) -> Result<Vec<User>> {
+        let started = Instant::now();
+        let enc = self.encryptor.clone();
+        let result = self
+            .write(move |conn| {
+                Box::pin(async move {
+                    let ids = Self::reserve_ids(conn, "users", emails.len()).await?;
+                    let at = now();
+                    let users: Vec<User> = ids
+                        .into_iter()
+                        .zip(emails)
+                        .map(|(id, email)| User {
+                            id,
+                            email,
+                            created_at: at,
+                            updated_at: at,
+                        })
+                        .collect();
+                    let mut rows = Vec::with_capacity(users.len());
+                    for user in &users {
+                        rows.push(user.encrypt_row(&enc).await?);
+                    }
+                    crate::insert_all!(conn, users::table, rows);
+                    Ok(users)
+                })
+            })
+            .await;
+        let ids = result
+            .as_ref()
+            .map(|u| u.iter().map(|u| u.id).collect::<Vec<_>>())
+            .unwrap_or_default();
+        self.audit(
+            Operation::Encrypt,
+            "users",
+            "encrypted_email",
+            ids,
+            started,
+            &result,
+        );
+        result
+    }
+
+    /// Creates one user.
+    pub async fn create_user(&self, email: &str) -> Result<User> {
+        let mut users = self.create_users(vec![email.to_owned()]).await?;
+        users.pop().ok_or(ModelError::NotFound {
+            table: "users",
+            id: 0,
+        })
+    }
+
+    /// The user `id`.
+    pub async fn find_user(&self, id: i64) -> Result<User> {
+        let started = Instant::now();
+        let result = async {
+            let mut conn = self.db.get().await?;
+            let row: UserRow = with_conn!(&mut conn, |c| users::table
+                .find(id)
+                .select(UserRow::as_select())
+                .first(c)
+                .await
+                .optional()?)
+            .ok_or(ModelError::NotFound { table: "users", id })?;
+            Ok(User::decrypt_row(row, &self.encryptor).await?)
+        }
+        .await;
+        self.audit(
+            Operation::Decrypt,
+            "users",
+            "encrypted_email",
+            [id],
+            started,
+            &result,
+        );
+        result
+    }
+
+    /// The user with this email (normalized: trimmed, lower case), through its search hash.
+    pub async fn find_user_by_email(&self, email: &str) -> Result<Option<User>> {
+        let started = Instant::now();
+        let result = async {
+            let mut conn = self.db.get().await?;
+            let found = User::email_find(&self.encryptor, email, |filter| async move {
+                Ok::<_, ModelError>(with_conn!(&mut conn, |c| users::table
+                    .filter(filter)
+                    .select(UserRow::as_select())
+                    .load(c)
+                    .await?))
+            })
+            .await?;
+            Ok(found.into_iter().next())
+        }
+        .await;
+        let ids = result.as_ref().ok().and_then(|u| u.as_ref()).map(|u| u.id);
+        self.audit(
+            Operation::Decrypt,
+            "users",
+            "encrypted_email",
+            ids,
+            started,
+            &result,
+        );
+        result
+    }
+
+    /// Users by id, decrypted in bulk (one unwrap per distinct data key).
+    pub async fn list_users(&self, limit: i64, offset: i64) -> Result<Vec<User>> {
+        let started = Instant::now();
+        let result = async {
+            let mut conn = self.db.get().await?;
+            let rows: Vec<UserRow> = with_conn!(&mut conn, |c| users::table
+                .order(users::id)
+                .limit(limit)
+                .offset(offset)
+                .select(UserRow::as_select())
+                .load(c)
+                .await?);
+            Ok(User::decrypt_rows(rows, &self.encryptor).await?)
+        }
+        .await;
+        let ids = result
+            .as_ref()
+            .map(|u| u.iter().map(|u| u.id).collect::<Vec<_>>())
+            .unwrap_or_default();
+        self.audit(
+            Operation::Decrypt,
+            "users",
+            "encrypted_email",
+            ids,
+            started,
+            &result,
+        );
+        result
+    }
+
+    /// Changes a user's email (encrypted under the current data key; clears any plaintext).
+    pub async fn update_user_email(&self, id: i64, email: &str) -> Result<User> {
+        let started = Instant::now();
+        let enc = self.encryptor.clone();
+        let email = email.to_owned();
+        let result = self
+            .write(move |conn| {
+                Box::pin(async move {
+                    let row: UserRow = with_conn!(conn, |c| users::table
+                        .find(id)
+                        .select(UserRow::as_select())
+                        .first(c)
+                        .await
+                        .optional()?)
+                    .ok_or(ModelError::NotFound { table: "users", id })?;
+                    let mut user = User::decrypt_row(row, &enc).await?;
+                    user.email = email;
+                    user.updated_at = now();
+                    let row = user.encrypt_row(&enc).await?;
+                    with_conn!(conn, |c| diesel::update(users::table.find(id))
+                        .set(&row)
+                        .execute(c)
+                        .await?);
+                    Ok(user)
+                })
+            })
+            .await;
+        self.audit(
+            Operation::Encrypt,
+            "users",
+            "encrypted_email",
+            [id],
+            started,
+            &result,
+        );
+        result
+    }
+
+    // ---- API keys -------------------------------------------------------------------------
+
+    /// Creates an API key.
+    pub async fn create_api_key(&self, new: NewApiKey) -> Result<ApiKey> {
+        let started = Instant::now();
+        let enc = self.encryptor.clone();
+        let result = self
+            .write(move |conn| {
+                Box::pin(async move {
+                    let id = Self::reserve_ids(conn, "api_keys", 1).await?[0];
+                    let at = now();
+                    let key = ApiKey {
+                        id,
+                        service_name: new.service_name,
+                        key: new.key,
+                        metadata: new.metadata,
+                        is_active: true,
+                        rotation_count: 0,
+                        last_rotated_at: None,
+                        expires_at: new.expires_at,
+                        created_at: at,
+                        updated_at: at,
+                    };
+                    let row = key.encrypt_row(&enc).await?;
+                    with_conn!(conn, |c| diesel::insert_into(api_keys::table)
+                        .values(&row)
+                        .execute(c)
+                        .await?);
+                    Ok(key)
+                })
+            })
+            .await;
+        let ids = result.as_ref().map(|k| k.id).ok();
+        self.audit(
+            Operation::Encrypt,
+            "api_keys",
+            "encrypted_key",
+            ids,
+            started,
+            &result,
+        );
+        result
+    }
+
+    /// The API key `id`, active or not.
+    pub async fn find_api_key(&self, id: i64) -> Result<ApiKey> {
+        let started = Instant::now();
+        let result = async {
+            let mut conn = self.db.get().await?;
+            let row: ApiKeyRow = with_conn!(&mut conn, |c| api_keys::table
+                .find(id)
+                .select(ApiKeyRow::as_select())
+                .first(c)
+                .await
+                .optional()?)
+            .ok_or(ModelError::NotFound {
+                table: "api_keys",
+                id,
+            })?;
+            Ok(ApiKey::decrypt_row(row, &self.encryptor).await?)
+        }
+        .await;
+        self.audit(
+            Operation::Decrypt,
+            "api_keys",
+            "encrypted_key",
+            [id],
+            started,
+            &result,
+        );
+        result
+    }
+
+    /// The active API key whose key is `key`, through its search hash.
+    pub async fn find_api_key_by_key(&self, key: &str) -> Result<Option<ApiKey>> {
+        let started = Instant::now();
+        let result = async {
+            let mut conn = self.db.get().await?;
+            let found = ApiKey::key_find(&self.encryptor, key, |filter| async move {
+                Ok::<_, ModelError>(with_conn!(&mut conn, |c| api_keys::table
+                    .filter(filter)
+                    .filter(api_keys::is_active.eq(true))
+                    .select(ApiKeyRow::as_select())
+                    .load(c)
+                    .await?))
+            })
+            .await?;
+            Ok(found.into_iter().next())
+        }
+        .await;
+        let ids = result.as_ref().ok().and_then(|k| k.as_ref()).map(|k| k.id);
+        self.audit(
+            Operation::Decrypt,
+            "api_keys",
+            "encrypted_key",
+            ids,
+            started,
+            &result,
+        );
+        result
+    }
+
+    /// API keys, all or only the active ones, decrypted in bulk.
+    pub async fn list_api_keys(&self, active_only: bool) -> Result<Vec<ApiKey>> {
+        let started = Instant::now();
+        let result = async {
+            let mut conn = self.db.get().await?;
+            let rows: Vec<ApiKeyRow> = with_conn!(&mut conn, |c| {
+                let mut query = api_keys::table.order(api_keys::id).into_boxed();
+                if active_only {
+                    query = query.filter(api_keys::is_active.eq(true));
+                }
+                query.select(ApiKeyRow::as_select()).load(c).await?
+            });
+            Ok(ApiKey::decrypt_rows(rows, &self.encryptor).await?)
+        }
+        .await;
+        let ids = result
+            .as_ref()
+            .map(|k| k.iter().map(|k| k.id).collect::<Vec<_>>())
+            .unwrap_or_default();
+        self.audit(
+            Operation::Decrypt,
+            "api_keys",
+            "encrypted_key",
+            ids,
+            started,
+            &result,
+        );
+        result
+    }
+
+    /// Replaces an API key's key (re-encrypted), counting the rotation.
+    pub async fn update_api_key(&self, id: i64, key: &str) -> Result<ApiKey> {
+        let started = Instant::now();
+        let enc = self.encryptor.clone();
+        let key = key.to_owned();
+        let result = self
+            .write(move |conn| {
+                Box::pin(async move {
+                    let row: ApiKeyRow = with_conn!(conn, |c| api_keys::table
+                        .find(id)
+                        .select(ApiKeyRow::as_select())
+                        .first(c)
+                        .await
+                        .optional()?)
+                    .ok_or(ModelError::NotFound {
+                        table: "api_keys",
+                        id,
+                    })?;
+                    let mut api_key = ApiKey::decrypt_row(row, &enc).await?;
+                    let at = now();
+                    api_key.key = key;
+                    api_key.rotation_count += 1;
+                    api_key.last_rotated_at = Some(at);
+                    api_key.updated_at = at;
+                    let row = api_key.encrypt_row(&enc).await?;
+                    with_conn!(conn, |c| diesel::update(api_keys::table.find(id))
+                        .set(&row)
+                        .execute(c)
+                        .await?);
+                    Ok(api_key)
+                })
+            })
+            .await;
+        self.audit(
+            Operation::Rotate,
+            "api_keys",
+            "encrypted_key",
+            [id],
+            started,
+            &result,
+        );
+        result
+    }
+
+    /// Marks an API key inactive.
+    pub async fn deactivate_api_key(&self, id: i64) -> Result<()> {
+        let mut conn = self.db.get().await?;
+        let changed = with_conn!(&mut conn, |c| diesel::update(api_keys::table.find(id))
+            .set((
+                api_keys::is_active.eq(false),
+                api_keys::updated_at.eq(now())
+            ))
+            .execute(c)
+            .await?);
+        if changed == 0 {
+            return Err(ModelError::NotFound {
+                table: "api_keys",
+                id,
+            });
+        }
+        Ok(())
+    }
+
+    // ---- OAuth tokens ---------------------------------------------------------------------
+
+    /// Stores OAuth tokens; both tokens share a fresh data key of their own.
+    pub async fn create_oauth_token(&self, new: NewOAuthToken) -> Result<OAuthToken> {
+        let started = Instant::now();
+        let enc = self.encryptor.with_fresh_data_key();
+        let result = self
+            .write(move |conn| {
+                Box::pin(async move {
+                    let id = Self::reserve_ids(conn, "oauth_tokens", 1).await?[0];
+                    let at = now();
+                    let token = OAuthToken {
+                        id,
+                        user_id: new.user_id,
+                        provider: new.provider,
+                        access_token: new.access_token,
+                        refresh_token: new.refresh_token,
+                        scope: new.scope,
+                        expires_at: new.expires_at,
+                        is_active: true,
+                        rotation_count: 0,
+                        last_rotated_at: None,
+                        created_at: at,
+                        updated_at: at,
+                    };
+                    let row = token.encrypt_row(&enc).await?;
+                    with_conn!(conn, |c| diesel::insert_into(oauth_tokens::table)
+                        .values(&row)
+                        .execute(c)
+                        .await?);
+                    Ok(token)
+                })
+            })
+            .await;
+        let ids = result.as_ref().map(|t| t.id).ok();
+        self.audit(
+            Operation::Encrypt,
+            "oauth_tokens",
+            "encrypted_access_token",
+            ids,
+            started,
+            &result,
+        );
+        result
+    }
+
+    /// The OAuth token `id`.
+    pub async fn find_oauth_token(&self, id: i64) -> Result<OAuthToken> {
+        let started = Instant::now();
+        let result = async {
+            let mut conn = self.db.get().await?;
+            let row: OAuthTokenRow = with_conn!(&mut conn, |c| oauth_tokens::table
+                .find(id)
+                .select(OAuthTokenRow::as_select())
+                .first(c)
+                .await
+                .optional()?)
+            .ok_or(ModelError::NotFound {
+                table: "oauth_tokens",
+                id,
+            })?;
+            Ok(OAuthToken::decrypt_row(row, &self.encryptor).await?)
+        }
+        .await;
+        self.audit(
+            Operation::Decrypt,
+            "oauth_tokens",
+            "encrypted_access_token",
+            [id],
+            started,
+            &result,
+        );
+        result
+    }
+
+    /// A user's OAuth tokens, all or only the active ones, decrypted in bulk.
+    pub async fn list_oauth_tokens(
+        &self,
+        user_id: i64,
+        active_only: bool,
+    ) -> Result<Vec<OAuthToken>> {
+        let started = Instant::now();
+        let result = async {
+            let mut conn = self.db.get().await?;
+            let rows: Vec<OAuthTokenRow> = with_conn!(&mut conn, |c| {
+                let mut query = oauth_tokens::table
+                    .filter(oauth_tokens::user_id.eq(user_id))
+                    .order(oauth_tokens::id)
+                    .into_boxed();
+                if active_only {
+                    query = query.filter(oauth_tokens::is_active.eq(true));
+                }
+                query.select(OAuthTokenRow::as_select()).load(c).await?
+            });
+            Ok(OAuthToken::decrypt_rows(rows, &self.encryptor).await?)
+        }
+        .await;
+        let ids = result
+            .as_ref()
+            .map(|t| t.iter().map(|t| t.id).collect::<Vec<_>>())
+            .unwrap_or_default();
+        self.audit(
+            Operation::Decrypt,
+            "oauth_tokens",
+            "encrypted_access_token",
+            ids,
+            started,
+            &result,
+        );
+        result
+    }
+
+    /// Replaces both tokens after a refresh, under a fresh data key, and counts the rotation.
+    pub async fn refresh_oauth_token(
+        &self,
+        id: i64,
+        access_token: &str,
+        refresh_token: Option<&str>,
+        expires_at: Option<NaiveDateTime>,
+    ) -> Result<OAuthToken> {
+        let started = Instant::now();
+        let enc = self.encryptor.clone();
+        let fresh = self.encryptor.with_fresh_data_key();
+        let access_token = access_token.to_owned();
+        let refresh_token = refresh_token.map(str::to_owned);
+        let result = self
+            .write(move |conn| {
+                Box::pin(async move {
+                    let row: OAuthTokenRow = with_conn!(conn, |c| oauth_tokens::table
+                        .find(id)
+                        .select(OAuthTokenRow::as_select())
+                        .first(c)
+                        .await
+                        .optional()?)
+                    .ok_or(ModelError::NotFound {
+                        table: "oauth_tokens",
+                        id,
+                    })?;
+                    let mut token = OAuthToken::decrypt_row(row, &enc).await?;
+                    let at = now();
+                    token.access_token = access_token;
+                    token.refresh_token = refresh_token;
+                    token.expires_at = expires_at;
+                    token.rotation_count += 1;
+                    token.last_rotated_at = Some(at);
+                    token.updated_at = at;
+                    let row = token.encrypt_row(&fresh).await?;
+                    with_conn!(conn, |c| diesel::update(oauth_tokens::table.find(id))
+                        .set(&row)
+                        .execute(c)
+                        .await?);
+                    Ok(token)
+                })
+            })
+            .await;
+        self.audit(
+            Operation::Rotate,
+            "oauth_tokens",
+            "encrypted_access_token",
+            [id],
+            started,
+            &result,
+        );
+        result
+    }
+
+    /// Marks OAuth tokens inactive.
+    pub async fn deactivate_oauth_token(&self, id: i64) -> Result<()> {
+        let mut conn = self.db.get().await?;
+        let changed = with_conn!(&mut conn, |c| diesel::update(oauth_tokens::table.find(id))
+            .set((
+                oauth_tokens::is_active.eq(false),
+                oauth_tokens::updated_at.eq(now())
+            ))
+            .execute(c)
+            .await?);
+        if changed == 0 {
+            return Err(ModelError::NotFound {
+                table: "oauth_tokens",
+                id,
+            });
+        }
+        Ok(())
+    }
+
+    // ---- backups --------------------------------------------------------------------------
+
+    /// Records a backup (its bytes encrypted in the row when given).
+    pub async fn create_backup(&self, new: NewBackup) -> Result<EncryptedBackup> {
+        let started = Instant::now();
+        let enc = self.encryptor.clone();
+        let result = self
+            .write(move |conn| {
+                Box::pin(async move {
+                    let id = Self::reserve_ids(conn, "encrypted_backups", 1).await?[0];
+                    let at = now();
+                    let backup = EncryptedBackup {
+                        id,
+                        backup_name: new.backup_name,
+                        backup_type: new.backup_type,
+                        storage_path: new.storage_path,
+                        data: new.data,
+                        size_bytes: new.size_bytes,
+                        checksum: new.checksum,
+                        master_key_id: new.master_key_id,
+                        created_at: at,
+                        updated_at: at,
+                    };
+                    let row = backup.encrypt_row(&enc).await?;
+                    with_conn!(conn, |c| diesel::insert_into(encrypted_backups::table)
+                        .values(&row)
+                        .execute(c)
+                        .await?);
+                    Ok(backup)
+                })
+            })
+            .await;
+        let ids = result.as_ref().map(|b| b.id).ok();
+        self.audit(
+            Operation::Backup,
+            "encrypted_backups",
+            "encrypted_data",
+            ids,
+            started,
+            &result,
+        );
+        result
+    }
+
+    /// Every recorded backup, newest first, decrypted.
+    pub async fn list_backups(&self) -> Result<Vec<EncryptedBackup>> {
+        let started = Instant::now();
+        let result = async {
+            let mut conn = self.db.get().await?;
+            let rows: Vec<EncryptedBackupRow> = with_conn!(&mut conn, |c| encrypted_backups::table
+                .order(encrypted_backups::id.desc())
+                .select(EncryptedBackupRow::as_select())
+                .load(c)
+                .await?);
+            Ok(EncryptedBackup::decrypt_rows(rows, &self.encryptor).await?)
+        }
+        .await;
+        let ids = result
+            .as_ref()
+            .map(|b| b.iter().map(|b| b.id).collect::<Vec<_>>())
+            .unwrap_or_default();
+        self.audit(
+            Operation::Decrypt,
+            "encrypted_backups",
+            "encrypted_data",
+            ids,
+            started,
+            &result,
+        );
+        result
+    }
+}

@@ -91,7 +91,12 @@ impl DbAudit {
 
     /// Starts the writer task on the current tokio runtime.
     pub fn start(db: Database) -> Self {
-        let (sender, receiver) = mpsc::channel(Self::CAPACITY);
+        Self::with_capacity(db, Self::CAPACITY)
+    }
+
+    /// Starts the writer task with a channel of `capacity` events.
+    pub fn with_capacity(db: Database, capacity: usize) -> Self {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
         let written = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(writer(

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use diesel::{ExpressionMethods, QueryDsl};
 use diesel_async::RunQueryDsl;
 use jarvis_crypt::{
-    CacheLimits, DataKey, Encryptor, GeneratedDataKey, KeyProvider, KeyPurpose, LocalKeyProvider,
-    MasterKeyRef, ProviderKind, SearchKey, WrappedKey,
+    AuditSink, CacheLimits, DataKey, Encryptor, GeneratedDataKey, KeyProvider, KeyPurpose,
+    LocalKeyProvider, MasterKeyRef, ProviderKind, SearchKey, WrappedKey,
 };
 use jarvis_models::db::{self, Conn, Database};
 use jarvis_models::schema::{encryption_audit_log, users};
@@ -562,4 +562,33 @@ async fn the_stored_search_key_is_one_key_for_everyone() {
         Conn::Postgres(_)
     ));
     let _ = SearchKey::generate();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_audit_channel_drops_and_counts_and_shutdown_loses_nothing_queued() {
+    let f = fixture("sqlite", CacheLimits::default()).await;
+    let audit = DbAudit::with_capacity(f.db.clone(), 8);
+    // The writer cannot run while this task does not yield: the ninth event finds the
+    // channel full.
+    for i in 0..20 {
+        audit.record(
+            jarvis_crypt::AuditEvent::new(
+                jarvis_crypt::Operation::Verify,
+                "users".to_owned(),
+                std::time::Instant::now(),
+            )
+            .records([i]),
+        );
+    }
+    assert_eq!(audit.dropped(), 12);
+    audit.shutdown().await;
+    assert_eq!(audit.written(), 8);
+    let mut conn = f.db.get().await.expect("conn");
+    let verify_rows: i64 = with_conn!(&mut conn, |c| encryption_audit_log::table
+        .filter(encryption_audit_log::operation_type.eq("verify"))
+        .count()
+        .get_result(c)
+        .await
+        .expect("count"));
+    assert_eq!(verify_rows, 8);
 }

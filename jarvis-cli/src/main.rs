@@ -1,3 +1,166 @@
-//! `jarvis`: the operator command of jarvis-crypt (filled by the CLI issue).
+//! `jarvis`: the operator command of jarvis-crypt.
+//!
+//! Results go to standard output; logs and notes to standard error (`RUST_LOG` sets the level
+//! of the jarvis crates; dependencies stay at `warn`, since database drivers log bound
+//! parameters at debug level).
 
-fn main() {}
+mod audit;
+mod config;
+mod demo;
+mod verify;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use jarvis_crypt::KeyProvider;
+
+use crate::config::{Global, ProviderChoice};
+
+/// Column-level encryption for diesel: set-up, migrations, verification and audit.
+#[derive(Debug, Parser)]
+#[command(name = "jarvis", version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The whole flow on SQLite with a local key, in a fresh directory: no configuration.
+    Demo,
+    /// Create the master key: the local key file, or the KMS key of an environment.
+    Init {
+        /// Environment name (aws-kms): the key's alias is `alias/jarvis-<env>`.
+        #[arg(long, default_value = "dev")]
+        env: String,
+        /// The application's principal (aws-kms), granted only data-key use.
+        #[arg(long)]
+        principal: Option<String>,
+    },
+    /// Apply pending schema migrations.
+    Migrate {
+        /// List applied and pending migrations instead.
+        #[arg(long)]
+        status: bool,
+    },
+    /// Decrypt every encrypted field; report rows by master key and form, and every failure.
+    Verify {
+        /// Only this table.
+        #[arg(long)]
+        table: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit summary per table and operation.
+    Audit {
+        /// How far back: `24h`, `7d`, `30m`.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .map(|f| f.add_directive("warn".parse().unwrap_or_default()))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,jarvis=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let global = &cli.global;
+    match cli.command {
+        Command::Demo => demo::run().await?,
+        Command::Init { env, principal } => init(global, &env, principal.as_deref()).await?,
+        Command::Migrate { status } => migrate(global, status).await?,
+        Command::Verify { table, json } => {
+            return verify::run(global, table.as_deref(), json).await;
+        }
+        Command::Audit { since, json } => audit::run(global, &since, json).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn init(global: &Global, env: &str, principal: Option<&str>) -> Result<()> {
+    match global.provider_choice() {
+        ProviderChoice::Local => {
+            let path = &global.local_key_file;
+            let existed = path.exists();
+            let provider = jarvis_crypt::LocalKeyProvider::load_or_create(path)?;
+            if existed {
+                eprintln!(
+                    "local master key file {} exists; nothing changed",
+                    path.display()
+                );
+            } else {
+                eprintln!(
+                    "created local master key file {} (mode 0600)",
+                    path.display()
+                );
+            }
+            println!("{}", provider.key_id());
+        }
+        ProviderChoice::AwsKms => {
+            let connection =
+                jarvis_crypt::KmsConnection::from_env(jarvis_crypt::KmsOptions::default()).await?;
+            let setup = connection.ensure_key(env, principal).await?;
+            for change in &setup.changes {
+                eprintln!("changed: {change}");
+            }
+            if setup.changes.is_empty() {
+                eprintln!("{} is set up; nothing changed", setup.alias);
+            }
+            for note in &setup.notes {
+                eprintln!("note: {note}");
+            }
+            println!("{}", setup.key_id);
+        }
+    }
+    Ok(())
+}
+
+async fn migrate(global: &Global, status: bool) -> Result<()> {
+    let url = global.database_url()?;
+    if !status {
+        jarvis_models::migrations::run_pending_migrations(url).await?;
+    }
+    let state = jarvis_models::migrations::migration_status(url).await?;
+    for m in &state.applied {
+        println!("applied  {}", m.name);
+    }
+    for m in &state.pending {
+        println!("pending  {}", m.name);
+    }
+    if !status {
+        eprintln!("schema is up to date ({} migrations)", state.applied.len());
+    }
+    Ok(())
+}
+
+/// The provider's master key, for messages.
+#[allow(dead_code)]
+fn describe(provider: &dyn KeyProvider) -> String {
+    provider.master_key().to_string()
+}

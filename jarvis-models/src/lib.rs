@@ -11,11 +11,13 @@
 pub mod audit;
 pub mod db;
 pub mod error;
+pub mod jobs;
 pub mod keys;
 pub mod migrations;
 pub mod models;
 pub mod schema;
 pub mod store;
+pub mod verify;
 
 pub use audit::DbAudit;
 pub use db::Database;

@@ -1,0 +1,107 @@
+//! `jarvis audit`: the audit summary per table and operation.
+
+use anyhow::{Context, Result, bail};
+use comfy_table::Table;
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamp};
+use diesel_async::RunQueryDsl;
+use jarvis_models::{Database, with_conn};
+
+use crate::config::Global;
+
+/// One line of the summary.
+#[derive(Debug, QueryableByName)]
+pub(crate) struct SummaryLine {
+    #[diesel(sql_type = Text)]
+    pub(crate) table_name: String,
+    #[diesel(sql_type = Text)]
+    pub(crate) operation_type: String,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) operation_count: i64,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) error_count: i64,
+    #[diesel(sql_type = Nullable<Double>)]
+    pub(crate) avg_duration_ms: Option<f64>,
+}
+
+/// `24h`, `7d`, `30m`, `45s` as a duration.
+pub(crate) fn parse_age(text: &str) -> Result<chrono::Duration> {
+    let text = text.trim();
+    let split = text.len().saturating_sub(1);
+    let (number, unit) = text.split_at(split);
+    let n: i64 = number
+        .parse()
+        .with_context(|| format!("`{text}`: expected a number and a unit (s, m, h, d)"))?;
+    Ok(match unit {
+        "s" => chrono::Duration::seconds(n),
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => bail!("`{text}`: the unit must be s, m, h or d"),
+    })
+}
+
+/// The summary of the audit log since `since` ago.
+pub(crate) async fn summary(db: &Database, since: chrono::Duration) -> Result<Vec<SummaryLine>> {
+    let cutoff = chrono::Utc::now().naive_utc() - since;
+    let mut conn = db.get().await?;
+    let sql = "SELECT table_name, operation_type, COUNT(*) AS operation_count,
+                      SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS error_count,
+                      AVG(duration_ms) AS avg_duration_ms
+               FROM encryption_audit_log WHERE created_at > $1
+               GROUP BY table_name, operation_type ORDER BY table_name, operation_type";
+    let sqlite_sql = sql.replace("$1", "?");
+    let lines: Vec<SummaryLine> = match &mut conn {
+        jarvis_models::db::Conn::Postgres(_) => with_conn!(&mut conn, |c| diesel::sql_query(sql)
+            .bind::<Timestamp, _>(cutoff)
+            .load(c)
+            .await?),
+        jarvis_models::db::Conn::Sqlite(_) => {
+            with_conn!(&mut conn, |c| diesel::sql_query(&sqlite_sql)
+                .bind::<Timestamp, _>(cutoff)
+                .load(c)
+                .await?)
+        }
+    };
+    Ok(lines)
+}
+
+/// Prints the summary as a table, or as JSON.
+pub(crate) fn print(lines: &[SummaryLine], json: bool) {
+    if json {
+        let out: Vec<_> = lines
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "table": l.table_name,
+                    "operation": l.operation_type,
+                    "count": l.operation_count,
+                    "errors": l.error_count,
+                    "avg_duration_ms": l.avg_duration_ms,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(out));
+        return;
+    }
+    let mut table = Table::new();
+    table.set_header(["table", "operation", "count", "errors", "avg ms"]);
+    for l in lines {
+        table.add_row([
+            l.table_name.clone(),
+            l.operation_type.clone(),
+            l.operation_count.to_string(),
+            l.error_count.to_string(),
+            l.avg_duration_ms
+                .map_or("-".to_owned(), |d| format!("{d:.3}")),
+        ]);
+    }
+    println!("{table}");
+}
+
+pub(crate) async fn run(global: &Global, since: &str, json: bool) -> Result<()> {
+    let since = parse_age(since)?;
+    let db = Database::connect(global.database_url()?, 2).await?;
+    print(&summary(&db, since).await?, json);
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Global options and what they build: the key provider, the encryptor, the store.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use jarvis_crypt::{
+    AwsKms, Encryptor, KeyProvider, KmsConnection, KmsOptions, LocalKeyProvider, SearchKey,
+};
+use jarvis_models::{Database, DbAudit, Store};
+
+/// Which key provider holds the master key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ProviderChoice {
+    /// A local master key (file or `JARVIS_LOCAL_MASTER_KEY`): development and the demo.
+    Local,
+    /// AWS KMS.
+    AwsKms,
+}
+
+/// Options every command accepts, before or after the subcommand.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// Database: `postgres://...`, or a SQLite path or `sqlite://path`.
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
+    pub(crate) database_url: Option<String>,
+
+    /// Key provider [default: `aws-kms` when a KMS key id is set, else `local`].
+    #[arg(long, global = true, value_enum)]
+    pub(crate) provider: Option<ProviderChoice>,
+
+    /// Local master key file (mode 0600).
+    #[arg(
+        long,
+        global = true,
+        env = "JARVIS_LOCAL_KEY_FILE",
+        default_value = jarvis_crypt::DEFAULT_KEY_FILE
+    )]
+    pub(crate) local_key_file: PathBuf,
+
+    /// AWS KMS master key: id, ARN or alias.
+    #[arg(long, global = true, env = "KMS_KEY_ID")]
+    pub(crate) kms_key_id: Option<String>,
+
+    /// Root search key (raw bytes of the value, at least 32); when unset, the key stored
+    /// wrapped in `jarvis_keys` is used (generated on first use).
+    #[arg(
+        long,
+        global = true,
+        env = "ENCRYPTION_SEARCH_SALT",
+        hide_env_values = true
+    )]
+    pub(crate) search_key: Option<String>,
+}
+
+impl Global {
+    pub(crate) fn provider_choice(&self) -> ProviderChoice {
+        self.provider.unwrap_or(if self.kms_key_id.is_some() {
+            ProviderChoice::AwsKms
+        } else {
+            ProviderChoice::Local
+        })
+    }
+
+    pub(crate) fn database_url(&self) -> Result<&str> {
+        self.database_url
+            .as_deref()
+            .context("no database: set DATABASE_URL or --database-url")
+    }
+
+    /// The configured key provider.
+    pub(crate) async fn provider(&self) -> Result<Arc<dyn KeyProvider>> {
+        Ok(match self.provider_choice() {
+            ProviderChoice::Local => {
+                let provider = if std::env::var_os(jarvis_crypt::MASTER_KEY_VAR).is_some() {
+                    LocalKeyProvider::from_env()?
+                } else {
+                    LocalKeyProvider::from_file(&self.local_key_file)?
+                };
+                Arc::new(provider)
+            }
+            ProviderChoice::AwsKms => {
+                let Some(key) = &self.kms_key_id else {
+                    bail!("the aws-kms provider needs a key: set KMS_KEY_ID or --kms-key-id");
+                };
+                let connection = KmsConnection::from_env(KmsOptions::default()).await?;
+                Arc::new(AwsKms::new(connection, key).await?)
+            }
+        })
+    }
+
+    /// The database, the encryptor and the store, with the diesel audit sink.
+    pub(crate) async fn open(&self) -> Result<Opened> {
+        let url = self.database_url()?;
+        let db = Database::connect(url, 8).await?;
+        let provider = self.provider().await?;
+        let search_key = match &self.search_key {
+            Some(value) => SearchKey::new(value.as_bytes().to_vec())?,
+            None => jarvis_models::keys::stored_search_key(&db, provider.as_ref()).await?,
+        };
+        let encryptor = Encryptor::builder(provider).search_key(search_key).build();
+        let audit = DbAudit::start(db.clone());
+        let store = Store::new(db.clone(), encryptor.clone(), Arc::new(audit.clone()));
+        Ok(Opened {
+            db,
+            encryptor,
+            audit,
+            store,
+        })
+    }
+}
+
+/// An opened database with its encryptor and store.
+#[allow(dead_code)] // `store` serves the jobs that write
+pub(crate) struct Opened {
+    pub(crate) db: Database,
+    pub(crate) encryptor: Encryptor,
+    pub(crate) audit: DbAudit,
+    pub(crate) store: Store,
+}

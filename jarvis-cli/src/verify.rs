@@ -1,0 +1,87 @@
+//! `jarvis verify`: decrypt everything, report rows by master key and form, and failures.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use comfy_table::Table;
+use jarvis_models::verify::VerifyReport;
+
+use crate::config::Global;
+
+pub(crate) async fn run(global: &Global, table: Option<&str>, json: bool) -> Result<ExitCode> {
+    let opened = global.open().await?;
+    let report = jarvis_models::verify::verify(&opened.db, &opened.encryptor, table).await?;
+    opened.audit.shutdown().await;
+    print(&report, json);
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub(crate) fn print(report: &VerifyReport, json: bool) {
+    if json {
+        let columns: Vec<_> = report
+            .columns
+            .iter()
+            .map(|((table, column), c)| {
+                serde_json::json!({
+                    "table": table, "column": column, "current": c.current, "legacy": c.legacy,
+                    "plaintext": c.plaintext, "null": c.null, "failed": c.failed,
+                    "by_master_key": c.by_master_key,
+                })
+            })
+            .collect();
+        let failures: Vec<_> = report
+            .failures
+            .iter()
+            .map(|f| serde_json::json!({"table": f.table, "id": f.id, "column": f.column, "error": f.error_kind}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"columns": columns, "failures": failures, "clean": report.is_clean()})
+        );
+        return;
+    }
+    let mut table = Table::new();
+    table.set_header([
+        "table",
+        "column",
+        "current",
+        "legacy",
+        "plaintext",
+        "null",
+        "failed",
+        "master keys",
+    ]);
+    for ((t, column), c) in &report.columns {
+        let keys: Vec<String> = c
+            .by_master_key
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect();
+        table.add_row([
+            t.to_string(),
+            column.to_string(),
+            c.current.to_string(),
+            c.legacy.to_string(),
+            c.plaintext.to_string(),
+            c.null.to_string(),
+            c.failed.to_string(),
+            keys.join("\n"),
+        ]);
+    }
+    println!("{table}");
+    for f in &report.failures {
+        println!(
+            "FAILED {} id {} {}: {}",
+            f.table, f.id, f.column, f.error_kind
+        );
+    }
+    if report.is_clean() {
+        eprintln!("every value verified");
+    } else {
+        eprintln!("{} values failed", report.failures.len());
+    }
+}

@@ -1,0 +1,170 @@
+//! The `jarvis` binary end to end.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn jarvis(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_jarvis"));
+    command.current_dir(dir).args(args);
+    for var in [
+        "DATABASE_URL",
+        "KMS_KEY_ID",
+        "ENCRYPTION_SEARCH_SALT",
+        "JARVIS_LOCAL_KEY_FILE",
+        "JARVIS_LOCAL_MASTER_KEY",
+    ] {
+        command.env_remove(var);
+    }
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("jarvis runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn assert_ok(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        stdout(output),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn demo_runs_with_no_configuration_and_shows_no_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = jarvis(dir.path(), &["demo"], &[]);
+    assert_ok(&output, "demo");
+    let out = stdout(&output);
+    for expected in [
+        "demo directory",
+        "local master key",
+        "stored           3 users",
+        "lookup",
+        "rotated",
+        "refreshed",
+        "stored form of users row",
+        "email_iv 12 B",
+        "email_auth_tag 16 B",
+        "audit summary",
+        "encrypt",
+    ] {
+        assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
+    }
+    let all = format!("{out}{}", String::from_utf8_lossy(&output.stderr));
+    for secret in [
+        "sk_live_demo",
+        "ghp_demo",
+        "ya29.demo",
+        "1//demo",
+        "ada@example.com",
+    ] {
+        assert!(!all.contains(secret), "the demo printed `{secret}`");
+    }
+    // The master key file's contents never appear.
+    let key_line = out
+        .lines()
+        .find(|l| l.starts_with("local master key"))
+        .expect("key line");
+    let path = key_line
+        .split('(')
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("key path");
+    let key_file = std::fs::read_to_string(path).expect("key file");
+    let hex_key = key_file
+        .lines()
+        .find(|l| l.starts_with("1 "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("key");
+    assert!(!all.contains(hex_key));
+    let mode = std::fs::metadata(path).expect("meta").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn init_creates_a_private_key_file_once_and_prints_its_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = jarvis(dir.path(), &["init"], &[]);
+    assert_ok(&first, "init");
+    let id = stdout(&first).trim().to_owned();
+    assert!(id.starts_with("local-"), "{id}");
+    let path = dir.path().join(jarvis_crypt::DEFAULT_KEY_FILE);
+    let mode = std::fs::metadata(&path)
+        .expect("key file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let before = std::fs::read(&path).expect("read");
+    let second = jarvis(dir.path(), &["init"], &[]);
+    assert_ok(&second, "init again");
+    assert_eq!(stdout(&second).trim(), id, "idempotent");
+    assert_eq!(std::fs::read(&path).expect("read"), before);
+}
+
+#[test]
+fn init_sets_up_a_kms_key_idempotently() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let endpoint = jarvis_tests::kms_endpoint();
+    let env_name = format!("cli-{}", std::process::id());
+    let args = ["init", "--provider", "aws-kms", "--env", &env_name];
+    let vars = [("AWS_ENDPOINT_URL_KMS", endpoint.as_str())];
+    let first = jarvis(dir.path(), &args, &vars);
+    assert_ok(&first, "init aws-kms");
+    let second = jarvis(dir.path(), &args, &vars);
+    assert_ok(&second, "init aws-kms again");
+    assert_eq!(stdout(&first), stdout(&second));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("nothing changed"));
+}
+
+/// migrate, then verify and audit on a database of each backend.
+fn migrate_verify_audit(url: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let vars = [("DATABASE_URL", url), ("JARVIS_LOCAL_MASTER_KEY", key)];
+    let status = jarvis(dir.path(), &["migrate", "--status"], &vars);
+    assert_ok(&status, "migrate --status");
+    assert!(stdout(&status).contains("pending"));
+    assert_ok(&jarvis(dir.path(), &["migrate"], &vars), "migrate");
+    let status = jarvis(dir.path(), &["migrate", "--status"], &vars);
+    assert!(!stdout(&status).contains("pending"), "{}", stdout(&status));
+
+    let verify = jarvis(dir.path(), &["verify", "--json"], &vars);
+    assert_ok(&verify, "verify");
+    let report: serde_json::Value = serde_json::from_str(&stdout(&verify)).expect("json");
+    assert_eq!(report["clean"], true);
+
+    let audit = jarvis(dir.path(), &["audit", "--since", "1h", "--json"], &vars);
+    assert_ok(&audit, "audit");
+    let _: serde_json::Value = serde_json::from_str(&stdout(&audit)).expect("json");
+
+    // A wrong table name is refused clearly.
+    let bad = jarvis(dir.path(), &["verify", "--table", "nope"], &vars);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown table"));
+}
+
+#[test]
+fn migrate_verify_audit_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = dir.path().join("cli.sqlite3").display().to_string();
+    migrate_verify_audit(&url);
+}
+
+#[test]
+fn migrate_verify_audit_on_postgres() {
+    migrate_verify_audit(&jarvis_tests::fresh_postgres_database("cli"));
+}
+
+#[test]
+fn commands_that_need_a_database_say_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = jarvis(dir.path(), &["verify"], &[]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("DATABASE_URL"));
+}

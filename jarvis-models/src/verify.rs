@@ -1,0 +1,315 @@
+//! Verification: decrypt every encrypted field of every row, count rows by master key and by
+//! form, and list every failure.
+//!
+//! Forms: `current` (12-byte nonce, jarvis wrapped key), `legacy` (16-byte IV, bare KMS blob;
+//! counted, not decrypted, not a failure), `plaintext` (a migrating column not yet encrypted),
+//! `null` (a nullable field without a value). A current value that does not decrypt is a
+//! failure with its error kind.
+
+use std::collections::BTreeMap;
+
+use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
+use diesel_async::RunQueryDsl;
+use jarvis_crypt::{Binding, Encryptor, KeyEnvelope, StoredField};
+
+use crate::db::Database;
+use crate::error::ModelError;
+use crate::models::{ApiKeyRow, EncryptedBackupRow, OAuthTokenRow, UserRow};
+use crate::schema::{api_keys, encrypted_backups, oauth_tokens, users};
+use crate::with_conn;
+
+/// The tables `verify` knows, with their encrypted (ciphertext) columns.
+pub const TABLES: [(&str, &[&str]); 4] = [
+    ("users", &["encrypted_email"]),
+    ("api_keys", &["encrypted_key"]),
+    (
+        "oauth_tokens",
+        &["encrypted_access_token", "encrypted_refresh_token"],
+    ),
+    ("encrypted_backups", &["encrypted_data"]),
+];
+
+const PAGE: i64 = 1000;
+
+/// Counts of one encrypted column.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ColumnReport {
+    /// Values that decrypted, by master key (`id#vN` or the KMS key ARN).
+    pub by_master_key: BTreeMap<String, u64>,
+    /// Values in the current form (decrypted or not).
+    pub current: u64,
+    /// Legacy values.
+    pub legacy: u64,
+    /// Rows still holding plaintext.
+    pub plaintext: u64,
+    /// Rows without a value.
+    pub null: u64,
+    /// Values that failed.
+    pub failed: u64,
+}
+
+/// One value that failed to verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Table.
+    pub table: &'static str,
+    /// Row id.
+    pub id: i64,
+    /// Ciphertext column.
+    pub column: &'static str,
+    /// The error's kind.
+    pub error_kind: &'static str,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Per (table, column).
+    pub columns: BTreeMap<(&'static str, &'static str), ColumnReport>,
+    /// Every failure.
+    pub failures: Vec<Failure>,
+}
+
+impl VerifyReport {
+    /// Whether every value verified (legacy and plaintext rows are not failures).
+    pub fn is_clean(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// One value to check.
+struct Entry {
+    table: &'static str,
+    column: &'static str,
+    id: i64,
+    stored: Option<StoredField>,
+    plaintext: bool,
+}
+
+fn stored(
+    ct: Option<jarvis_crypt::Ciphertext>,
+    iv: Option<jarvis_crypt::Nonce>,
+    tag: Option<jarvis_crypt::AuthTag>,
+    dk: Option<jarvis_crypt::WrappedKey>,
+) -> Option<StoredField> {
+    match (ct, iv, tag, dk) {
+        (Some(ciphertext), Some(nonce), Some(tag), Some(data_key)) => Some(StoredField {
+            ciphertext,
+            nonce,
+            tag,
+            data_key,
+        }),
+        _ => None,
+    }
+}
+
+/// Verifies every table, or only `only`.
+pub async fn verify(
+    db: &Database,
+    encryptor: &Encryptor,
+    only: Option<&str>,
+) -> Result<VerifyReport, ModelError> {
+    if let Some(table) = only
+        && !TABLES.iter().any(|(t, _)| *t == table)
+    {
+        let known: Vec<&str> = TABLES.iter().map(|(t, _)| *t).collect();
+        return Err(jarvis_crypt::Error::Configuration(format!(
+            "unknown table `{table}`; known: {}",
+            known.join(", ")
+        ))
+        .into());
+    }
+    let mut report = VerifyReport::default();
+    for (table, columns) in TABLES {
+        if only.is_some_and(|t| t != table) {
+            continue;
+        }
+        for column in columns {
+            report.columns.entry((table, column)).or_default();
+        }
+        let mut after = 0i64;
+        loop {
+            let (entries, last) = page(db, table, after).await?;
+            let Some(last) = last else { break };
+            after = last;
+            check(encryptor, entries, &mut report).await;
+        }
+    }
+    Ok(report)
+}
+
+async fn page(
+    db: &Database,
+    table: &'static str,
+    after: i64,
+) -> Result<(Vec<Entry>, Option<i64>), ModelError> {
+    let mut conn = db.get().await?;
+    let mut entries = Vec::new();
+    let last;
+    match table {
+        "users" => {
+            let rows: Vec<UserRow> = with_conn!(&mut conn, |c| users::table
+                .filter(users::id.gt(after))
+                .order(users::id)
+                .limit(PAGE)
+                .select(UserRow::as_select())
+                .load(c)
+                .await?);
+            last = rows.last().map(|r| r.id);
+            for r in rows {
+                entries.push(Entry {
+                    table,
+                    column: "encrypted_email",
+                    id: r.id,
+                    plaintext: r.email.is_some(),
+                    stored: stored(
+                        r.encrypted_email,
+                        r.email_iv,
+                        r.email_auth_tag,
+                        r.email_data_key,
+                    ),
+                });
+            }
+        }
+        "api_keys" => {
+            let rows: Vec<ApiKeyRow> = with_conn!(&mut conn, |c| api_keys::table
+                .filter(api_keys::id.gt(after))
+                .order(api_keys::id)
+                .limit(PAGE)
+                .select(ApiKeyRow::as_select())
+                .load(c)
+                .await?);
+            last = rows.last().map(|r| r.id);
+            for r in rows {
+                entries.push(Entry {
+                    table,
+                    column: "encrypted_key",
+                    id: r.id,
+                    plaintext: false,
+                    stored: stored(
+                        Some(r.encrypted_key),
+                        Some(r.key_iv),
+                        Some(r.key_auth_tag),
+                        Some(r.key_data_key),
+                    ),
+                });
+            }
+        }
+        "oauth_tokens" => {
+            let rows: Vec<OAuthTokenRow> = with_conn!(&mut conn, |c| oauth_tokens::table
+                .filter(oauth_tokens::id.gt(after))
+                .order(oauth_tokens::id)
+                .limit(PAGE)
+                .select(OAuthTokenRow::as_select())
+                .load(c)
+                .await?);
+            last = rows.last().map(|r| r.id);
+            for r in rows {
+                entries.push(Entry {
+                    table,
+                    column: "encrypted_access_token",
+                    id: r.id,
+                    plaintext: false,
+                    stored: stored(
+                        Some(r.encrypted_access_token),
+                        Some(r.access_token_iv),
+                        Some(r.access_token_auth_tag),
+                        Some(r.access_token_data_key),
+                    ),
+                });
+                entries.push(Entry {
+                    table,
+                    column: "encrypted_refresh_token",
+                    id: r.id,
+                    plaintext: false,
+                    stored: stored(
+                        r.encrypted_refresh_token,
+                        r.refresh_token_iv,
+                        r.refresh_token_auth_tag,
+                        r.refresh_token_data_key,
+                    ),
+                });
+            }
+        }
+        _ => {
+            let rows: Vec<EncryptedBackupRow> = with_conn!(&mut conn, |c| encrypted_backups::table
+                .filter(encrypted_backups::id.gt(after))
+                .order(encrypted_backups::id)
+                .limit(PAGE)
+                .select(EncryptedBackupRow::as_select())
+                .load(c)
+                .await?);
+            last = rows.last().map(|r| r.id);
+            for r in rows {
+                entries.push(Entry {
+                    table,
+                    column: "encrypted_data",
+                    id: r.id,
+                    plaintext: false,
+                    stored: stored(
+                        r.encrypted_data,
+                        r.data_iv,
+                        r.data_auth_tag,
+                        r.data_data_key,
+                    ),
+                });
+            }
+        }
+    }
+    Ok((entries, last))
+}
+
+async fn check(encryptor: &Encryptor, entries: Vec<Entry>, report: &mut VerifyReport) {
+    let mut current = Vec::new();
+    for entry in entries {
+        let counts = report
+            .columns
+            .entry((entry.table, entry.column))
+            .or_default();
+        match &entry.stored {
+            None if entry.plaintext => counts.plaintext += 1,
+            None => counts.null += 1,
+            Some(s) if s.is_legacy() => counts.legacy += 1,
+            Some(_) => {
+                counts.current += 1;
+                current.push(entry);
+            }
+        }
+    }
+    let items: Vec<(Binding<'_>, &StoredField)> = current
+        .iter()
+        .filter_map(|e| {
+            let stored = e.stored.as_ref()?;
+            Some((Binding::new(e.table, e.column, e.id), stored))
+        })
+        .collect();
+    let results = encryptor.decrypt_many(&items).await;
+    for (entry, result) in current.iter().zip(results) {
+        let counts = report
+            .columns
+            .entry((entry.table, entry.column))
+            .or_default();
+        match result {
+            Ok(_) => {
+                let key = entry
+                    .stored
+                    .as_ref()
+                    .and_then(|s| match s.data_key.envelope() {
+                        Ok(KeyEnvelope::Jarvis { master_key, .. }) => Some(master_key.to_string()),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| "unknown".to_owned());
+                *counts.by_master_key.entry(key).or_default() += 1;
+            }
+            Err(e) => {
+                counts.failed += 1;
+                report.failures.push(Failure {
+                    table: entry.table,
+                    id: entry.id,
+                    column: entry.column,
+                    error_kind: e.kind().as_str(),
+                });
+            }
+        }
+    }
+}

@@ -112,7 +112,6 @@ impl Global {
 }
 
 /// An opened database with its encryptor and store.
-#[allow(dead_code)] // `store` serves the jobs that write
 pub(crate) struct Opened {
     pub(crate) db: Database,
     pub(crate) encryptor: Encryptor,

@@ -7,6 +7,7 @@
 mod audit;
 mod config;
 mod demo;
+mod jobs;
 mod verify;
 
 use std::process::ExitCode;
@@ -45,6 +46,25 @@ enum Command {
         /// List applied and pending migrations instead.
         #[arg(long)]
         status: bool,
+    },
+    /// Encrypt a plaintext column into its encrypted columns and search hash, in verified,
+    /// resumable batches (safe to kill; several workers or processes may run at once).
+    EncryptExisting {
+        /// The table (today: `users`).
+        #[arg(long)]
+        table: String,
+        /// The plaintext column (today: `email`).
+        #[arg(long)]
+        column: String,
+        /// Rows per batch (one transaction each).
+        #[arg(long, default_value_t = jarvis_models::jobs::EncryptExistingOptions::DEFAULT_BATCH_SIZE)]
+        batch_size: usize,
+        /// Count what would be done; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Concurrent batch loops in this process.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
     },
     /// Decrypt every encrypted field; report rows by master key and form, and every failure.
     Verify {
@@ -95,6 +115,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo => demo::run().await?,
         Command::Init { env, principal } => init(global, &env, principal.as_deref()).await?,
         Command::Migrate { status } => migrate(global, status).await?,
+        Command::EncryptExisting {
+            table,
+            column,
+            batch_size,
+            dry_run,
+            workers,
+        } => jobs::encrypt_existing(global, table, column, batch_size, dry_run, workers).await?,
         Command::Verify { table, json } => {
             return verify::run(global, table.as_deref(), json).await;
         }

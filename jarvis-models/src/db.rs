@@ -13,6 +13,7 @@ use std::fmt;
 
 use diesel::sqlite::SqliteConnection;
 use diesel_async::AsyncPgConnection;
+use diesel_async::RunQueryDsl;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
@@ -113,6 +114,65 @@ impl Database {
             Database::Postgres(pool) => Conn::Postgres(pool.get().await.map_err(pool_error)?),
             Database::Sqlite(pool) => Conn::Sqlite(pool.get().await.map_err(pool_error)?),
         })
+    }
+}
+
+/// A transaction on a pooled connection. Committed or rolled back, the connection returns to
+/// the pool; dropped while open (the future cancelled) or after a failed `COMMIT`/`ROLLBACK`,
+/// it is taken out of the pool and closed, so the database rolls back and releases its locks
+/// instead of a later user inheriting an open transaction.
+pub(crate) struct Transaction {
+    conn: Option<Conn>,
+}
+
+impl Transaction {
+    pub(crate) async fn begin(db: &Database) -> Result<Self, ModelError> {
+        let conn = db.get().await?;
+        let begin = match &conn {
+            Conn::Postgres(_) => "BEGIN",
+            Conn::Sqlite(_) => "BEGIN IMMEDIATE",
+        };
+        let mut tx = Transaction { conn: Some(conn) };
+        tx.run_sql(begin).await?;
+        Ok(tx)
+    }
+
+    pub(crate) fn conn(&mut self) -> Result<&mut Conn, ModelError> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| ModelError::Pool("the transaction has ended".into()))
+    }
+
+    async fn run_sql(&mut self, sql: &'static str) -> Result<(), ModelError> {
+        let conn = self.conn()?;
+        crate::with_conn!(conn, |c| diesel::sql_query(sql).execute(c).await?);
+        Ok(())
+    }
+
+    pub(crate) async fn commit(mut self) -> Result<(), ModelError> {
+        self.run_sql("COMMIT").await?;
+        drop(self.conn.take());
+        Ok(())
+    }
+
+    pub(crate) async fn rollback(mut self) {
+        match self.run_sql("ROLLBACK").await {
+            Ok(()) => drop(self.conn.take()),
+            Err(error) => tracing::warn!(
+                error = %error,
+                "ROLLBACK failed; closing the connection"
+            ),
+        }
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        match self.conn.take() {
+            Some(Conn::Postgres(pooled)) => drop(Object::take(pooled)),
+            Some(Conn::Sqlite(pooled)) => drop(Object::take(pooled)),
+            None => {}
+        }
     }
 }
 

@@ -26,7 +26,7 @@ use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, QueryableByName, Se
 use diesel_async::RunQueryDsl;
 use jarvis_crypt::{AuditEvent, AuditSink, Encrypted, Encryptor, Operation};
 
-use crate::db::{Conn, Database};
+use crate::db::{Conn, Database, Transaction};
 use crate::error::ModelError;
 use crate::models::{
     ApiKey, ApiKeyRow, EncryptedBackup, EncryptedBackupRow, OAuthToken, OAuthTokenRow, User,
@@ -175,25 +175,23 @@ impl Store {
     // ---- transactions and ids -------------------------------------------------------------
 
     /// Runs `work` in a write transaction (`BEGIN IMMEDIATE` on SQLite), committing on success.
+    /// If the caller's future is dropped midway, the connection is closed, not pooled, so the
+    /// database rolls the transaction back.
     async fn write<T, F>(&self, work: F) -> Result<T>
     where
         F: for<'c> FnOnce(&'c mut Conn) -> futures::future::BoxFuture<'c, Result<T>>,
     {
-        let mut conn = self.db.get().await?;
-        let begin = match &conn {
-            Conn::Postgres(_) => "BEGIN",
-            Conn::Sqlite(_) => "BEGIN IMMEDIATE",
-        };
-        with_conn!(&mut conn, |c| diesel::sql_query(begin).execute(c).await?);
-        let result = work(&mut conn).await;
-        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        let ended: Result<usize> = with_conn!(&mut conn, |c| diesel::sql_query(end)
-            .execute(c)
-            .await
-            .map_err(Into::into));
-        match (result, ended) {
-            (Ok(value), Ok(_)) => Ok(value),
-            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+        let mut tx = Transaction::begin(&self.db).await?;
+        let result = work(tx.conn()?).await;
+        match result {
+            Ok(value) => {
+                tx.commit().await?;
+                Ok(value)
+            }
+            Err(e) => {
+                tx.rollback().await;
+                Err(e)
+            }
         }
     }
 

@@ -76,10 +76,9 @@ use std::time::{Duration, Instant};
 
 use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
 use diesel_async::RunQueryDsl;
-use diesel_async::pooled_connection::deadpool::Object;
 use jarvis_crypt::{AuditEvent, AuditSink, Encrypted, Encryptor, Operation};
 
-use crate::db::{Conn, Database};
+use crate::db::{Conn, Database, Transaction};
 use crate::error::ModelError;
 use crate::models::{User, UserRow};
 use crate::schema::users;
@@ -548,63 +547,4 @@ fn verification_failed(id: i64) -> ModelError {
         "encrypt-existing: the new stored form of users {id} does not decrypt to its \
          plaintext; the batch was rolled back"
     )))
-}
-
-/// A transaction on a pooled connection. Committed or rolled back, the connection returns to
-/// the pool; dropped while open (the future cancelled) or after a failed `COMMIT`/`ROLLBACK`,
-/// it is taken out of the pool and closed, so the database rolls back and releases its locks
-/// instead of a later user inheriting an open transaction.
-struct Transaction {
-    conn: Option<Conn>,
-}
-
-impl Transaction {
-    async fn begin(db: &Database) -> Result<Self> {
-        let conn = db.get().await?;
-        let begin = match &conn {
-            Conn::Postgres(_) => "BEGIN",
-            Conn::Sqlite(_) => "BEGIN IMMEDIATE",
-        };
-        let mut tx = Transaction { conn: Some(conn) };
-        tx.run_sql(begin).await?;
-        Ok(tx)
-    }
-
-    fn conn(&mut self) -> Result<&mut Conn> {
-        self.conn
-            .as_mut()
-            .ok_or_else(|| ModelError::Pool("the transaction has ended".into()))
-    }
-
-    async fn run_sql(&mut self, sql: &'static str) -> Result<()> {
-        let conn = self.conn()?;
-        with_conn!(conn, |c| diesel::sql_query(sql).execute(c).await?);
-        Ok(())
-    }
-
-    async fn commit(mut self) -> Result<()> {
-        self.run_sql("COMMIT").await?;
-        drop(self.conn.take());
-        Ok(())
-    }
-
-    async fn rollback(mut self) {
-        match self.run_sql("ROLLBACK").await {
-            Ok(()) => drop(self.conn.take()),
-            Err(error) => tracing::warn!(
-                error = %error,
-                "encrypt-existing: ROLLBACK failed; closing the connection"
-            ),
-        }
-    }
-}
-
-impl Drop for Transaction {
-    fn drop(&mut self) {
-        match self.conn.take() {
-            Some(Conn::Postgres(pooled)) => drop(Object::take(pooled)),
-            Some(Conn::Sqlite(pooled)) => drop(Object::take(pooled)),
-            None => {}
-        }
-    }
 }

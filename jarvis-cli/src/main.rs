@@ -14,7 +14,6 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use jarvis_crypt::KeyProvider;
 
 use crate::config::{Global, ProviderChoice};
 
@@ -86,10 +85,32 @@ enum Command {
     },
 }
 
+/// The crates a bare `RUST_LOG` level applies to.
+const JARVIS_TARGETS: [&str; 3] = ["jarvis", "jarvis_crypt", "jarvis_models"];
+
+/// `RUST_LOG` with bare levels applied to the jarvis crates only: `RUST_LOG=debug` means
+/// debug for jarvis and `warn` for dependencies, since database drivers log bound parameters
+/// at debug level. Dependencies named explicitly (`RUST_LOG=info,tokio_postgres=debug`) keep
+/// what they are given.
+fn log_filter(rust_log: &str) -> String {
+    let mut directives = vec!["warn".to_owned()];
+    for part in rust_log.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if part.contains('=') || part.contains('[') || part.contains("::") {
+            directives.push(part.to_owned());
+        } else if part.parse::<tracing::Level>().is_ok() || part == "off" {
+            directives.extend(JARVIS_TARGETS.iter().map(|t| format!("{t}={part}")));
+        } else {
+            // A bare target name: that target at trace, as EnvFilter reads it.
+            directives.push(part.to_owned());
+        }
+    }
+    directives.join(",")
+}
+
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .map(|f| f.add_directive("warn".parse().unwrap_or_default()))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,jarvis=info"));
+    let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(&rust_log))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -186,8 +207,19 @@ async fn migrate(global: &Global, status: bool) -> Result<()> {
     Ok(())
 }
 
-/// The provider's master key, for messages.
-#[allow(dead_code)]
-fn describe(provider: &dyn KeyProvider) -> String {
-    provider.master_key().to_string()
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn bare_levels_apply_to_jarvis_only() {
+        assert_eq!(
+            log_filter("debug"),
+            "warn,jarvis=debug,jarvis_crypt=debug,jarvis_models=debug"
+        );
+        assert_eq!(
+            log_filter("info,tokio_postgres=debug"),
+            "warn,jarvis=info,jarvis_crypt=info,jarvis_models=info,tokio_postgres=debug"
+        );
+    }
 }

@@ -74,3 +74,41 @@ pub(crate) async fn encrypt_existing(
     );
     Ok(())
 }
+
+pub(crate) async fn retire_key(
+    global: &Global,
+    key: &str,
+    pending_days: i32,
+) -> Result<std::process::ExitCode> {
+    if global.provider_choice() != crate::config::ProviderChoice::AwsKms {
+        anyhow::bail!(
+            "retire-key schedules the deletion of a KMS key: use --provider aws-kms \
+             (a local key version is retired by removing it from the key file once verify \
+             shows no row under it)"
+        );
+    }
+    let connection =
+        jarvis_crypt::KmsConnection::from_env(jarvis_crypt::KmsOptions::default()).await?;
+    let arn = jarvis_crypt::AwsKms::new(connection.clone(), key)
+        .await?
+        .key_arn()
+        .to_owned();
+    let db = jarvis_models::Database::connect(global.database_url()?, 2).await?;
+    let usage = jarvis_models::verify::key_usage(&db, &arn).await?;
+    if !usage.is_unused() {
+        eprintln!("refused: {arn} is still needed by");
+        for ((table, column), n) in &usage.columns {
+            if *n > 0 {
+                eprintln!("  {n} values in {table}.{column}");
+            }
+        }
+        if usage.backups > 0 {
+            eprintln!("  {} recorded backups", usage.backups);
+        }
+        eprintln!("move them first: jarvis rotate --to-key <another key>");
+        return Ok(std::process::ExitCode::from(1));
+    }
+    let state = connection.retire_key(&arn, pending_days).await?;
+    println!("{arn}: disabled, {state}, deleted in {pending_days} days unless cancelled");
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -74,6 +74,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Disable a KMS master key and schedule its deletion, refused while any row or recorded
+    /// backup still needs it.
+    RetireKey {
+        /// The key: id, ARN or alias.
+        key: String,
+        /// Days before KMS deletes the key (7 to 30); the deletion can be cancelled meanwhile.
+        #[arg(long, default_value_t = 30)]
+        pending_days: i32,
+    },
     /// The audit summary per table and operation.
     Audit {
         /// How far back: `24h`, `7d`, `30m`.
@@ -145,6 +154,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => jobs::encrypt_existing(global, table, column, batch_size, dry_run, workers).await?,
         Command::Verify { table, json } => {
             return verify::run(global, table.as_deref(), json).await;
+        }
+        Command::RetireKey { key, pending_days } => {
+            return jobs::retire_key(global, &key, pending_days).await;
         }
         Command::Audit { since, json } => audit::run(global, &since, json).await?,
     }

@@ -208,3 +208,61 @@ impl SpawnPiped for Command {
         self.stdout(Stdio::piped()).spawn().expect("spawn")
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retire_key_is_refused_while_rows_need_the_key() {
+    let endpoint = jarvis_tests::kms_endpoint();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = dir.path().join("retire.sqlite3").display().to_string();
+    let env_name = format!("retire-{}", std::process::id());
+    let kms = |args: &[&str]| {
+        let mut c = command(dir.path(), &url, args);
+        c.env("AWS_ENDPOINT_URL_KMS", &endpoint)
+            .env_remove("JARVIS_LOCAL_MASTER_KEY")
+            .args(["--provider", "aws-kms"]);
+        c
+    };
+    let init = kms(&["init", "--env", &env_name]).output().expect("init");
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let key_id = String::from_utf8_lossy(&init.stdout).trim().to_owned();
+
+    run(dir.path(), &url, &["migrate"]);
+    let db = Database::connect(&url, 2).await.expect("db");
+    seed(&db, 10).await;
+    let job = kms(&["encrypt-existing", "--table", "users", "--column", "email"])
+        .env("KMS_KEY_ID", &key_id)
+        .output()
+        .expect("encrypt-existing");
+    assert!(
+        job.status.success(),
+        "{}",
+        String::from_utf8_lossy(&job.stderr)
+    );
+
+    let refused = kms(&["retire-key", &key_id]).output().expect("retire-key");
+    assert_eq!(refused.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        why.contains("refused") && why.contains("10 values in users.encrypted_email"),
+        "{why}"
+    );
+
+    let mut conn = db.get().await.expect("conn");
+    with_conn!(&mut conn, |c| sql_query("DELETE FROM users")
+        .execute(c)
+        .await
+        .expect("delete"));
+    let accepted = kms(&["retire-key", &key_id, "--pending-days", "7"])
+        .output()
+        .expect("retire-key");
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    assert!(String::from_utf8_lossy(&accepted.stdout).contains("PendingDeletion"));
+}

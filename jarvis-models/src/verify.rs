@@ -313,3 +313,53 @@ async fn check(encryptor: &Encryptor, entries: Vec<Entry>, report: &mut VerifyRe
         }
     }
 }
+
+/// Where a master key is still needed: wrapped-key columns and recorded backups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyUsage {
+    /// Values per (table, column) whose data key is wrapped under the key.
+    pub columns: BTreeMap<(&'static str, &'static str), u64>,
+    /// Recorded backups whose `master_key_id` is the key.
+    pub backups: u64,
+}
+
+impl KeyUsage {
+    /// Whether nothing needs the key.
+    pub fn is_unused(&self) -> bool {
+        self.backups == 0 && self.columns.values().all(|n| *n == 0)
+    }
+}
+
+/// Counts what still needs the master key `key_id` (an id or ARN as stored in wrapped keys),
+/// reading the envelopes only: nothing is decrypted and no provider is called.
+pub async fn key_usage(db: &Database, key_id: &str) -> Result<KeyUsage, ModelError> {
+    let mut usage = KeyUsage::default();
+    for (table, _) in TABLES {
+        let mut after = 0i64;
+        loop {
+            let (entries, last) = page(db, table, after).await?;
+            let Some(last) = last else { break };
+            after = last;
+            for entry in entries {
+                let needs = entry.stored.as_ref().is_some_and(|s| {
+                    matches!(s.data_key.envelope(),
+                        Ok(KeyEnvelope::Jarvis { master_key, .. }) if master_key.key_id == key_id)
+                });
+                if needs {
+                    *usage
+                        .columns
+                        .entry((entry.table, entry.column))
+                        .or_default() += 1;
+                }
+            }
+        }
+    }
+    let mut conn = db.get().await?;
+    let backups: i64 = with_conn!(&mut conn, |c| encrypted_backups::table
+        .filter(encrypted_backups::master_key_id.eq(key_id))
+        .count()
+        .get_result(c)
+        .await?);
+    usage.backups = u64::try_from(backups).unwrap_or(0);
+    Ok(usage)
+}

@@ -234,6 +234,26 @@ impl KmsConnection {
         })
     }
 
+    /// Disables a key and schedules its deletion after `pending_days` (7 to 30; KMS's
+    /// waiting period, during which the deletion can still be cancelled). Returns the key's
+    /// state afterwards (`PendingDeletion`).
+    pub async fn retire_key(&self, key: &str, pending_days: i32) -> Result<String> {
+        let (key_id, _) = self.resolve(key).await?;
+        call(self.client().disable_key().key_id(&key_id).send()).await?;
+        let out = call(
+            self.client()
+                .schedule_key_deletion()
+                .key_id(&key_id)
+                .pending_window_in_days(pending_days)
+                .send(),
+        )
+        .await?;
+        Ok(out
+            .key_state()
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_else(|| "PendingDeletion".to_owned()))
+    }
+
     async fn key_policy(&self, key_id: &str) -> Result<Value> {
         let out = call(
             self.client()

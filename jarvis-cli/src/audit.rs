@@ -27,23 +27,29 @@ pub(crate) struct SummaryLine {
 /// `24h`, `7d`, `30m`, `45s` as a duration.
 pub(crate) fn parse_age(text: &str) -> Result<chrono::Duration> {
     let text = text.trim();
-    let split = text.len().saturating_sub(1);
-    let (number, unit) = text.split_at(split);
-    let n: i64 = number
+    let Some((split, unit)) = text.char_indices().last() else {
+        bail!("expected a number and a unit (s, m, h, d), such as `24h`");
+    };
+    let n: i64 = text[..split]
         .parse()
         .with_context(|| format!("`{text}`: expected a number and a unit (s, m, h, d)"))?;
-    Ok(match unit {
-        "s" => chrono::Duration::seconds(n),
-        "m" => chrono::Duration::minutes(n),
-        "h" => chrono::Duration::hours(n),
-        "d" => chrono::Duration::days(n),
+    let age = match unit {
+        's' => chrono::Duration::try_seconds(n),
+        'm' => chrono::Duration::try_minutes(n),
+        'h' => chrono::Duration::try_hours(n),
+        'd' => chrono::Duration::try_days(n),
         _ => bail!("`{text}`: the unit must be s, m, h or d"),
-    })
+    };
+    age.filter(|a| *a >= chrono::Duration::zero() && *a <= chrono::Duration::days(365_000))
+        .with_context(|| format!("`{text}` is out of range"))
 }
 
 /// The summary of the audit log since `since` ago.
 pub(crate) async fn summary(db: &Database, since: chrono::Duration) -> Result<Vec<SummaryLine>> {
-    let cutoff = chrono::Utc::now().naive_utc() - since;
+    let cutoff = chrono::Utc::now()
+        .naive_utc()
+        .checked_sub_signed(since)
+        .context("--since reaches before the calendar's start")?;
     let mut conn = db.get().await?;
     let sql = "SELECT table_name, operation_type, COUNT(*) AS operation_count,
                       SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS error_count,
@@ -104,4 +110,18 @@ pub(crate) async fn run(global: &Global, since: &str, json: bool) -> Result<()> 
     let db = Database::connect(global.database_url()?, 2).await?;
     print(&summary(&db, since).await?, json);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_age;
+
+    #[test]
+    fn ages_parse_and_bad_ones_are_errors() {
+        assert_eq!(parse_age("24h").expect("24h"), chrono::Duration::hours(24));
+        assert_eq!(parse_age("7d").expect("7d"), chrono::Duration::days(7));
+        for bad in ["", "h", "5é", "-1h", "99999999999999d", "12x"] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -20,7 +20,7 @@ pub(crate) enum ProviderChoice {
 }
 
 /// Options every command accepts, before or after the subcommand.
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub(crate) struct Global {
     /// Database: `postgres://...`, or a SQLite path or `sqlite://path`.
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
@@ -44,7 +44,8 @@ pub(crate) struct Global {
     pub(crate) kms_key_id: Option<String>,
 
     /// Root search key (raw bytes of the value, at least 32); when unset, the key stored
-    /// wrapped in `jarvis_keys` is used (generated on first use).
+    /// wrapped in `jarvis_keys` is used (generated on first use). Prefer the environment
+    /// variable: a command line is visible to other users of the machine.
     #[arg(
         long,
         global = true,
@@ -52,6 +53,17 @@ pub(crate) struct Global {
         hide_env_values = true
     )]
     pub(crate) search_key: Option<String>,
+}
+
+impl std::fmt::Debug for Global {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Neither the URL (it may carry a password) nor the search key.
+        f.debug_struct("Global")
+            .field("provider", &self.provider)
+            .field("local_key_file", &self.local_key_file)
+            .field("kms_key_id", &self.kms_key_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Global {

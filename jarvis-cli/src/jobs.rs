@@ -80,6 +80,9 @@ pub(crate) async fn retire_key(
     key: &str,
     pending_days: i32,
 ) -> Result<std::process::ExitCode> {
+    if !(7..=30).contains(&pending_days) {
+        anyhow::bail!("--pending-days must be between 7 and 30 (KMS's waiting period)");
+    }
     if global.provider_choice() != crate::config::ProviderChoice::AwsKms {
         anyhow::bail!(
             "retire-key schedules the deletion of a KMS key: use --provider aws-kms \
@@ -94,6 +97,12 @@ pub(crate) async fn retire_key(
         .key_arn()
         .to_owned();
     let db = jarvis_models::Database::connect(global.database_url()?, 2).await?;
+    if let Some(current) = &global.kms_key_id {
+        let current_arn = jarvis_crypt::AwsKms::new(connection.clone(), current).await?;
+        if current_arn.key_arn() == arn {
+            anyhow::bail!("{arn} is the configured KMS_KEY_ID: new data is still written under it");
+        }
+    }
     let usage = jarvis_models::verify::key_usage(&db, &arn).await?;
     if !usage.is_unused() {
         eprintln!("refused: {arn} is still needed by");
@@ -105,7 +114,16 @@ pub(crate) async fn retire_key(
         if usage.backups > 0 {
             eprintln!("  {} recorded backups", usage.backups);
         }
-        eprintln!("move them first: jarvis rotate --to-key <another key>");
+        if usage.search_keys > 0 {
+            eprintln!("  the search key stored in jarvis_keys");
+        }
+        if usage.legacy > 0 {
+            eprintln!(
+                "  {} legacy values, whose bare KMS blobs do not say which key they need",
+                usage.legacy
+            );
+        }
+        eprintln!("move them under another master key first");
         return Ok(std::process::ExitCode::from(1));
     }
     let state = connection.retire_key(&arn, pending_days).await?;

@@ -196,21 +196,30 @@ impl Encryptor {
         &self,
         items: &[(Binding<'_>, &StoredField)],
     ) -> Vec<Result<Vec<u8>>> {
+        // Forms are checked first: a value refused by its form (a legacy row while legacy
+        // rows are off) never reaches the provider.
+        let forms: Vec<Result<()>> = items.iter().map(|(_, s)| self.check_form(s)).collect();
         let wrapped: Vec<(&WrappedKey, KeyPurpose)> = items
             .iter()
-            .map(|(_, stored)| (&stored.data_key, KeyPurpose::Field))
+            .zip(&forms)
+            .filter(|(_, form)| form.is_ok())
+            .map(|((_, stored), _)| (&stored.data_key, KeyPurpose::Field))
             .collect();
-        let keys = self
+        let mut keys = self
             .inner
             .cache
             .unwrap_many(|w| self.provider_for(w), &wrapped)
-            .await;
+            .await
+            .into_iter();
         items
             .iter()
-            .zip(keys)
-            .map(|((binding, stored), key)| {
-                self.check_form(stored)?;
-                open(&key?, binding, stored)
+            .zip(forms)
+            .map(|((binding, stored), form)| {
+                form?;
+                let key = keys
+                    .next()
+                    .unwrap_or_else(|| Err(Error::stored("bulk unwrap lost a key")))?;
+                open(&key, binding, stored)
             })
             .collect()
     }
@@ -218,6 +227,13 @@ impl Encryptor {
     /// Re-wraps a data key under `to` (a master key of the primary or another provider of the
     /// same kind), without touching the values encrypted under it.
     pub async fn rewrap(&self, wrapped: &WrappedKey, to: &MasterKeyRef) -> Result<WrappedKey> {
+        if wrapped.is_legacy() {
+            // A legacy row keeps its 16-byte IV and no associated data: with a current wrapped
+            // key it would read as neither form. Legacy rows are re-encrypted, not re-wrapped.
+            return Err(Error::Configuration(
+                "a legacy row's data key cannot be re-wrapped: re-encrypt the value instead".into(),
+            ));
+        }
         let provider = self.provider_for(wrapped)?;
         self.inner.cache.count_rewrap();
         provider

@@ -192,7 +192,9 @@ impl LocalKeyProvider {
     pub fn rotate_file(path: impl AsRef<Path>) -> Result<u32> {
         let path = path.as_ref();
         let current = Self::from_file(path)?;
-        let next = current.current + 1;
+        let next = current.current.checked_add(1).ok_or_else(|| {
+            Error::Configuration("the local master key has reached its last version".into())
+        })?;
         let mut body = Zeroizing::new(String::from(
             "# jarvis-crypt local master key: keep secret, never commit\n",
         ));
@@ -226,8 +228,8 @@ impl LocalKeyProvider {
         self.versions.keys().copied()
     }
 
-    /// Only the versions up to `version` are used: `version` becomes current. For tests and
-    /// for rolling back a rotation.
+    /// `version` becomes current: new data keys are wrapped under it. Every loaded version
+    /// still unwraps. For tests and for rolling back a rotation.
     pub fn with_current_version(mut self, version: u32) -> Result<Self> {
         if !self.versions.contains_key(&version) {
             return Err(Error::UnknownMasterKey {
@@ -339,10 +341,10 @@ fn random_key() -> SecretBox<[u8; KEY_LEN]> {
 fn parse_version(text: &str) -> Result<u32> {
     match text.trim().parse::<u32>() {
         Ok(v) if v > 0 => Ok(v),
-        _ => Err(Error::Configuration(format!(
-            "local master key version `{}` is not a positive integer",
-            text.trim()
-        ))),
+        // The text is not echoed: a key written in the version's place would be printed.
+        _ => Err(Error::Configuration(
+            "a local master key version is not a positive integer (expected `<version> <64 hex digits>`)".into(),
+        )),
     }
 }
 

@@ -245,7 +245,8 @@ impl ColumnHasher {
         mac.update(value);
         let full: [u8; 32] = mac.finalize().into_bytes().into();
         let bytes = match self.spec.bits {
-            Some(bits) if bits < 256 => {
+            // `new` refuses 0; a spec built field by field with `Some(0)` keeps the full hash.
+            Some(bits) if (1..256).contains(&bits) => {
                 let bits = usize::from(bits);
                 let mut out = full[..bits.div_ceil(8)].to_vec();
                 let spare = out.len() * 8 - bits;

@@ -37,6 +37,18 @@ use crate::with_conn;
 
 type Result<T, E = ModelError> = std::result::Result<T, E>;
 
+/// The first row of `$query`, locked for the transaction on PostgreSQL (`FOR UPDATE`), so a
+/// read-modify-write never loses a concurrent update; SQLite's `BEGIN IMMEDIATE` already holds
+/// the write lock.
+macro_rules! first_for_update {
+    ($conn:expr, $query:expr) => {
+        match $conn {
+            Conn::Postgres(c) => $query.for_update().first(&mut **c).await.optional()?,
+            Conn::Sqlite(c) => $query.first(&mut **c).await.optional()?,
+        }
+    };
+}
+
 /// A new API key.
 #[derive(Clone)]
 pub struct NewApiKey {
@@ -301,12 +313,13 @@ impl Store {
         result
     }
 
-    /// The user with this email (normalized: trimmed, lower case), through its search hash.
+    /// The user with this email (normalized: trimmed, lower case), through its search hash;
+    /// rows not yet migrated (plaintext only) are matched on their plaintext column.
     pub async fn find_user_by_email(&self, email: &str) -> Result<Option<User>> {
         let started = Instant::now();
         let result = async {
             let mut conn = self.db.get().await?;
-            let found = User::email_find(&self.encryptor, email, |filter| async move {
+            let found = User::email_find(&self.encryptor, email, |filter| async {
                 Ok::<_, ModelError>(with_conn!(&mut conn, |c| users::table
                     .filter(filter)
                     .select(UserRow::as_select())
@@ -314,7 +327,23 @@ impl Store {
                     .await?))
             })
             .await?;
-            Ok(found.into_iter().next())
+            if let Some(user) = found.into_iter().next() {
+                return Ok(Some(user));
+            }
+            let normalized = jarvis_crypt::Normalize::EMAIL.apply(email).into_owned();
+            let rows: Vec<UserRow> = with_conn!(&mut conn, |c| users::table
+                .filter(users::encrypted_email.is_null())
+                .filter(
+                    diesel::dsl::sql::<diesel::sql_types::Bool>("LOWER(TRIM(email)) = ")
+                        .bind::<diesel::sql_types::Text, _>(normalized.clone()),
+                )
+                .select(UserRow::as_select())
+                .load(c)
+                .await?);
+            let users = User::decrypt_rows(rows, &self.encryptor).await?;
+            Ok(users
+                .into_iter()
+                .find(|u| jarvis_crypt::Normalize::EMAIL.apply(&u.email) == normalized))
         }
         .await;
         let ids = result.as_ref().ok().and_then(|u| u.as_ref()).map(|u| u.id);
@@ -367,13 +396,9 @@ impl Store {
         let result = self
             .write(move |conn| {
                 Box::pin(async move {
-                    let row: UserRow = with_conn!(conn, |c| users::table
-                        .find(id)
-                        .select(UserRow::as_select())
-                        .first(c)
-                        .await
-                        .optional()?)
-                    .ok_or(ModelError::NotFound { table: "users", id })?;
+                    let row: UserRow =
+                        first_for_update!(conn, users::table.find(id).select(UserRow::as_select()))
+                            .ok_or(ModelError::NotFound { table: "users", id })?;
                     let mut user = User::decrypt_row(row, &enc).await?;
                     user.email = email;
                     user.updated_at = now();
@@ -537,12 +562,10 @@ impl Store {
         let result = self
             .write(move |conn| {
                 Box::pin(async move {
-                    let row: ApiKeyRow = with_conn!(conn, |c| api_keys::table
-                        .find(id)
-                        .select(ApiKeyRow::as_select())
-                        .first(c)
-                        .await
-                        .optional()?)
+                    let row: ApiKeyRow = first_for_update!(
+                        conn,
+                        api_keys::table.find(id).select(ApiKeyRow::as_select())
+                    )
                     .ok_or(ModelError::NotFound {
                         table: "api_keys",
                         id,
@@ -720,12 +743,12 @@ impl Store {
         let result = self
             .write(move |conn| {
                 Box::pin(async move {
-                    let row: OAuthTokenRow = with_conn!(conn, |c| oauth_tokens::table
-                        .find(id)
-                        .select(OAuthTokenRow::as_select())
-                        .first(c)
-                        .await
-                        .optional()?)
+                    let row: OAuthTokenRow = first_for_update!(
+                        conn,
+                        oauth_tokens::table
+                            .find(id)
+                            .select(OAuthTokenRow::as_select())
+                    )
                     .ok_or(ModelError::NotFound {
                         table: "oauth_tokens",
                         id,

@@ -82,8 +82,14 @@ struct Entry {
     table: &'static str,
     column: &'static str,
     id: i64,
-    stored: Option<StoredField>,
+    stored: Form,
     plaintext: bool,
+}
+
+/// The four columns of a value: a stored form, or none; partly NULL columns are neither.
+struct Form {
+    value: Option<StoredField>,
+    partial: bool,
 }
 
 fn stored(
@@ -91,16 +97,21 @@ fn stored(
     iv: Option<jarvis_crypt::Nonce>,
     tag: Option<jarvis_crypt::AuthTag>,
     dk: Option<jarvis_crypt::WrappedKey>,
-) -> Option<StoredField> {
-    match (ct, iv, tag, dk) {
-        (Some(ciphertext), Some(nonce), Some(tag), Some(data_key)) => Some(StoredField {
-            ciphertext,
-            nonce,
-            tag,
-            data_key,
-        }),
-        _ => None,
-    }
+) -> Form {
+    let (value, partial) = match (ct, iv, tag, dk) {
+        (Some(ciphertext), Some(nonce), Some(tag), Some(data_key)) => (
+            Some(StoredField {
+                ciphertext,
+                nonce,
+                tag,
+                data_key,
+            }),
+            false,
+        ),
+        (None, None, None, None) => (None, false),
+        _ => (None, true),
+    };
+    Form { value, partial }
 }
 
 /// Verifies every table, or only `only`.
@@ -266,7 +277,17 @@ async fn check(encryptor: &Encryptor, entries: Vec<Entry>, report: &mut VerifyRe
             .columns
             .entry((entry.table, entry.column))
             .or_default();
-        match &entry.stored {
+        if entry.stored.partial {
+            counts.failed += 1;
+            report.failures.push(Failure {
+                table: entry.table,
+                id: entry.id,
+                column: entry.column,
+                error_kind: "invalid_stored_form",
+            });
+            continue;
+        }
+        match &entry.stored.value {
             None if entry.plaintext => counts.plaintext += 1,
             None => counts.null += 1,
             Some(s) if s.is_legacy() => counts.legacy += 1,
@@ -279,7 +300,7 @@ async fn check(encryptor: &Encryptor, entries: Vec<Entry>, report: &mut VerifyRe
     let items: Vec<(Binding<'_>, &StoredField)> = current
         .iter()
         .filter_map(|e| {
-            let stored = e.stored.as_ref()?;
+            let stored = e.stored.value.as_ref()?;
             Some((Binding::new(e.table, e.column, e.id), stored))
         })
         .collect();
@@ -293,6 +314,7 @@ async fn check(encryptor: &Encryptor, entries: Vec<Entry>, report: &mut VerifyRe
             Ok(_) => {
                 let key = entry
                     .stored
+                    .value
                     .as_ref()
                     .and_then(|s| match s.data_key.envelope() {
                         Ok(KeyEnvelope::Jarvis { master_key, .. }) => Some(master_key.to_string()),
@@ -321,12 +343,19 @@ pub struct KeyUsage {
     pub columns: BTreeMap<(&'static str, &'static str), u64>,
     /// Recorded backups whose `master_key_id` is the key.
     pub backups: u64,
+    /// Keys in `jarvis_keys` (the stored search key) wrapped under the key.
+    pub search_keys: u64,
+    /// Legacy values: their bare KMS blobs do not name a key, so any KMS key may be theirs.
+    pub legacy: u64,
 }
 
 impl KeyUsage {
     /// Whether nothing needs the key.
     pub fn is_unused(&self) -> bool {
-        self.backups == 0 && self.columns.values().all(|n| *n == 0)
+        self.backups == 0
+            && self.search_keys == 0
+            && self.legacy == 0
+            && self.columns.values().all(|n| *n == 0)
     }
 }
 
@@ -341,7 +370,15 @@ pub async fn key_usage(db: &Database, key_id: &str) -> Result<KeyUsage, ModelErr
             let Some(last) = last else { break };
             after = last;
             for entry in entries {
-                let needs = entry.stored.as_ref().is_some_and(|s| {
+                if entry
+                    .stored
+                    .value
+                    .as_ref()
+                    .is_some_and(StoredField::is_legacy)
+                {
+                    usage.legacy += 1;
+                }
+                let needs = entry.stored.value.as_ref().is_some_and(|s| {
                     matches!(s.data_key.envelope(),
                         Ok(KeyEnvelope::Jarvis { master_key, .. }) if master_key.key_id == key_id)
                 });
@@ -355,6 +392,17 @@ pub async fn key_usage(db: &Database, key_id: &str) -> Result<KeyUsage, ModelErr
         }
     }
     let mut conn = db.get().await?;
+    let stored_keys: Vec<Vec<u8>> = with_conn!(&mut conn, |c| crate::schema::jarvis_keys::table
+        .select(crate::schema::jarvis_keys::wrapped_key)
+        .load(c)
+        .await?);
+    usage.search_keys = stored_keys
+        .iter()
+        .filter(|bytes| {
+            matches!(KeyEnvelope::parse(bytes),
+                Ok(KeyEnvelope::Jarvis { master_key, .. }) if master_key.key_id == key_id)
+        })
+        .count() as u64;
     let backups: i64 = with_conn!(&mut conn, |c| encrypted_backups::table
         .filter(encrypted_backups::master_key_id.eq(key_id))
         .count()

@@ -182,7 +182,18 @@ impl ActiveKey {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<ActiveKey>>>;
+/// The encrypt side of one (master key, purpose): the active key, and the last failed
+/// provider call, shared with the callers that were waiting for it.
+#[derive(Default)]
+struct SlotState {
+    active: tokio::sync::Mutex<Option<ActiveKey>>,
+    /// Counts failed provider calls; a caller that sees it move while it waited for the lock
+    /// returns `last_failure` instead of calling the provider again.
+    failures: AtomicU64,
+    last_failure: Mutex<Option<Error>>,
+}
+
+type Slot = Arc<SlotState>;
 type UnwrapKey = (Vec<u8>, KeyPurpose);
 
 /// A decrypt-side entry. The key sits in a shared holder that the eviction listener empties,
@@ -287,7 +298,7 @@ impl DataKeyCache {
     pub async fn clear(&self) {
         let slots: Vec<Slot> = lock(&self.active).drain().map(|(_, slot)| slot).collect();
         for slot in slots {
-            slot.lock().await.take();
+            slot.active.lock().await.take();
         }
         self.unwrapped.invalidate_all();
         self.unwrapped.run_pending_tasks().await;
@@ -312,7 +323,8 @@ impl DataKeyCache {
     ) -> Result<Lease> {
         let len = u64::try_from(len).unwrap_or(u64::MAX);
         let slot = self.slot(provider.master_key(), purpose);
-        let mut active = slot.lock().await;
+        let failures_seen = slot.failures.load(Ordering::SeqCst);
+        let mut active = slot.active.lock().await;
         if let Some(current) = active.as_mut()
             && current.admits(&self.limits, self.clock.now(), len)
         {
@@ -328,7 +340,21 @@ impl DataKeyCache {
         // The slot stays locked during the provider call: concurrent misses wait for this
         // key instead of asking for keys of their own.
         bump(&self.counters.generate_calls);
-        let generated = provider.generate_data_key(purpose).await?;
+        // The call this caller waited for failed: share its error rather than queue another
+        // call behind each waiter (during an outage, N waiters would wait N timeouts).
+        if slot.failures.load(Ordering::SeqCst) != failures_seen
+            && let Some(error) = lock(&slot.last_failure).clone()
+        {
+            return Err(error);
+        }
+        let generated = match provider.generate_data_key(purpose).await {
+            Ok(generated) => generated,
+            Err(error) => {
+                *lock(&slot.last_failure) = Some(error.clone());
+                slot.failures.fetch_add(1, Ordering::SeqCst);
+                return Err(error);
+            }
+        };
         bump(&self.counters.keys_created);
         let now = self.clock.now();
         self.unwrapped

@@ -22,6 +22,7 @@ struct Recording {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     handed_out: Mutex<Vec<WipeWatch>>,
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl Recording {
@@ -38,6 +39,7 @@ impl Recording {
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             handed_out: Mutex::new(Vec::new()),
+            failing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -72,6 +74,12 @@ impl KeyProvider for Recording {
     async fn generate_data_key(&self, purpose: KeyPurpose) -> Result<GeneratedDataKey> {
         self.generated.fetch_add(1, Ordering::SeqCst);
         self.slow().await;
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(jarvis_crypt::Error::ProviderUnavailable {
+                attempts: 3,
+                message: "injected outage".into(),
+            });
+        }
         let generated = self.inner.generate_data_key(purpose).await?;
         self.record(&generated.key);
         Ok(generated)
@@ -348,4 +356,34 @@ async fn clear_forces_provider_calls() {
     assert_eq!(provider.unwrapped.load(Ordering::SeqCst), 1);
     let stats = enc.stats();
     assert_eq!(stats.provider_calls(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_call_is_shared_with_the_callers_waiting_for_it() {
+    let (provider, _clock, enc) = setup(CacheLimits::default());
+    provider.failing.store(true, Ordering::SeqCst);
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let enc = enc.clone();
+            tokio::spawn(async move { enc.encrypt(&place(i), b"value").await })
+        })
+        .collect();
+    for task in tasks {
+        let err = task.await.expect("join").expect_err("outage");
+        assert!(
+            matches!(err, jarvis_crypt::Error::ProviderUnavailable { .. }),
+            "{err}"
+        );
+    }
+    // The callers that queued behind the failing call got its error; they did not each call
+    // the provider in turn (without sharing, that is 32 calls; typically it is 1).
+    let calls = provider.generated.load(Ordering::SeqCst);
+    assert!(
+        calls < 4,
+        "{calls} provider calls for 32 concurrent encrypts"
+    );
+    // After the outage, the next encrypt calls the provider again and succeeds.
+    provider.failing.store(false, Ordering::SeqCst);
+    enc.encrypt(&place(1), b"value").await.expect("recovered");
+    assert_eq!(provider.generated.load(Ordering::SeqCst), calls + 1);
 }

@@ -102,16 +102,25 @@ impl Global {
         })
     }
 
-    /// The database, the encryptor and the store, with the diesel audit sink.
-    pub(crate) async fn open(&self) -> Result<Opened> {
+    /// The database, the encryptor and the store, with the diesel audit sink. Commands that
+    /// only decrypt (`verify`) pass `search = false`: they neither need the search key nor
+    /// create one in `jarvis_keys`.
+    pub(crate) async fn open(&self, search: bool) -> Result<Opened> {
         let url = self.database_url()?;
         let db = Database::connect(url, 8).await?;
         let provider = self.provider().await?;
         let search_key = match &self.search_key {
-            Some(value) => SearchKey::new(value.as_bytes().to_vec())?,
-            None => jarvis_models::keys::stored_search_key(&db, provider.as_ref()).await?,
+            Some(value) => Some(SearchKey::new(value.as_bytes().to_vec())?),
+            None if search => {
+                Some(jarvis_models::keys::stored_search_key(&db, provider.as_ref()).await?)
+            }
+            None => None,
         };
-        let encryptor = Encryptor::builder(provider).search_key(search_key).build();
+        let mut builder = Encryptor::builder(provider);
+        if let Some(key) = search_key {
+            builder = builder.search_key(key);
+        }
+        let encryptor = builder.build();
         let audit = DbAudit::start(db.clone());
         let store = Store::new(db.clone(), encryptor.clone(), Arc::new(audit.clone()));
         Ok(Opened {

@@ -29,7 +29,7 @@ pub(crate) async fn encrypt_existing(
     dry_run: bool,
     workers: usize,
 ) -> Result<()> {
-    let opened = global.open().await?;
+    let opened = global.open(true).await?;
     let mut options = EncryptExistingOptions::new(table, column, Arc::new(opened.audit.clone()));
     options.batch_size = batch_size;
     options.dry_run = dry_run;

@@ -9,7 +9,7 @@ use jarvis_models::verify::VerifyReport;
 use crate::config::Global;
 
 pub(crate) async fn run(global: &Global, table: Option<&str>, json: bool) -> Result<ExitCode> {
-    let opened = global.open().await?;
+    let opened = global.open(false).await?;
     let report = jarvis_models::verify::verify(&opened.db, &opened.encryptor, table).await?;
     opened.audit.shutdown().await;
     print(&report, json);

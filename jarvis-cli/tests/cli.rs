@@ -136,6 +136,8 @@ fn migrate_verify_audit(url: &str) {
 
     let verify = jarvis(dir.path(), &["verify", "--json"], &vars);
     assert_ok(&verify, "verify");
+    // verify only reads: it did not create a search key in jarvis_keys.
+    assert_eq!(stored_keys(url), 0);
     let report: serde_json::Value = serde_json::from_str(&stdout(&verify)).expect("json");
     assert_eq!(report["clean"], true);
 
@@ -147,6 +149,26 @@ fn migrate_verify_audit(url: &str) {
     let bad = jarvis(dir.path(), &["verify", "--table", "nope"], &vars);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown table"));
+}
+
+/// Rows in `jarvis_keys`.
+fn stored_keys(url: &str) -> i64 {
+    use diesel::QueryDsl;
+    use diesel_async::RunQueryDsl;
+    use jarvis_models::schema::jarvis_keys;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let db = jarvis_models::Database::connect(url, 1).await.expect("db");
+        let mut conn = db.get().await.expect("conn");
+        jarvis_models::with_conn!(&mut conn, |c| jarvis_keys::table
+            .count()
+            .get_result::<i64>(c)
+            .await
+            .expect("count"))
+    })
 }
 
 #[test]

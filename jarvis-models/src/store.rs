@@ -49,6 +49,92 @@ macro_rules! first_for_update {
     };
 }
 
+/// The model of row `$id` of `$table`, decrypted; the read is audited.
+macro_rules! find_by_id {
+    ($self:ident, $table:ident, $row:ty, $model:ty, $column:literal, $id:expr) => {{
+        let id: i64 = $id;
+        let started = Instant::now();
+        let result = async {
+            let mut conn = $self.db.get().await?;
+            let row: $row = with_conn!(&mut conn, |c| $table::table
+                .find(id)
+                .select(<$row>::as_select())
+                .first(c)
+                .await
+                .optional()?)
+            .ok_or(ModelError::NotFound {
+                table: stringify!($table),
+                id,
+            })?;
+            Ok(<$model>::decrypt_row(row, &$self.encryptor).await?)
+        }
+        .await;
+        $self.audit(
+            Operation::Decrypt,
+            stringify!($table),
+            $column,
+            [id],
+            started,
+            &result,
+        );
+        result
+    }};
+}
+
+/// Creates one row of `$table`: reserves its id, builds the model from `$id` and the time
+/// `$at`, encrypts it with `$enc` and inserts it, in one transaction; the write is audited.
+macro_rules! create_one {
+    ($self:ident, $enc:expr, $table:ident, $column:literal, $operation:expr,
+     |$id:ident, $at:ident| $build:expr) => {{
+        let started = Instant::now();
+        let enc = $enc;
+        let result = $self
+            .write(move |conn| {
+                Box::pin(async move {
+                    let $id = Self::reserve_ids(conn, stringify!($table), 1).await?[0];
+                    let $at = now();
+                    let model = $build;
+                    let row = model.encrypt_row(&enc).await?;
+                    with_conn!(conn, |c| diesel::insert_into($table::table)
+                        .values(&row)
+                        .execute(c)
+                        .await?);
+                    Ok(model)
+                })
+            })
+            .await;
+        let ids = result.as_ref().map(|m| m.id).ok();
+        $self.audit(
+            $operation,
+            stringify!($table),
+            $column,
+            ids,
+            started,
+            &result,
+        );
+        result
+    }};
+}
+
+/// Marks row `$id` of `$table` inactive.
+macro_rules! deactivate {
+    ($self:ident, $table:ident, $id:expr) => {{
+        let id: i64 = $id;
+        let mut conn = $self.db.get().await?;
+        let changed = with_conn!(&mut conn, |c| diesel::update($table::table.find(id))
+            .set(($table::is_active.eq(false), $table::updated_at.eq(now())))
+            .execute(c)
+            .await?);
+        if changed == 0 {
+            return Err(ModelError::NotFound {
+                table: stringify!($table),
+                id,
+            });
+        }
+        Ok(())
+    }};
+}
+
 /// A new API key.
 #[derive(Clone)]
 pub struct NewApiKey {
@@ -289,28 +375,7 @@ impl Store {
 
     /// The user `id`.
     pub async fn find_user(&self, id: i64) -> Result<User> {
-        let started = Instant::now();
-        let result = async {
-            let mut conn = self.db.get().await?;
-            let row: UserRow = with_conn!(&mut conn, |c| users::table
-                .find(id)
-                .select(UserRow::as_select())
-                .first(c)
-                .await
-                .optional()?)
-            .ok_or(ModelError::NotFound { table: "users", id })?;
-            Ok(User::decrypt_row(row, &self.encryptor).await?)
-        }
-        .await;
-        self.audit(
-            Operation::Decrypt,
-            "users",
-            "encrypted_email",
-            [id],
-            started,
-            &result,
-        );
-        result
+        find_by_id!(self, users, UserRow, User, "encrypted_email", id)
     }
 
     /// The user with this email (normalized: trimmed, lower case), through its search hash;
@@ -426,73 +491,30 @@ impl Store {
 
     /// Creates an API key.
     pub async fn create_api_key(&self, new: NewApiKey) -> Result<ApiKey> {
-        let started = Instant::now();
-        let enc = self.encryptor.clone();
-        let result = self
-            .write(move |conn| {
-                Box::pin(async move {
-                    let id = Self::reserve_ids(conn, "api_keys", 1).await?[0];
-                    let at = now();
-                    let key = ApiKey {
-                        id,
-                        service_name: new.service_name,
-                        key: new.key,
-                        metadata: new.metadata,
-                        is_active: true,
-                        rotation_count: 0,
-                        last_rotated_at: None,
-                        expires_at: new.expires_at,
-                        created_at: at,
-                        updated_at: at,
-                    };
-                    let row = key.encrypt_row(&enc).await?;
-                    with_conn!(conn, |c| diesel::insert_into(api_keys::table)
-                        .values(&row)
-                        .execute(c)
-                        .await?);
-                    Ok(key)
-                })
-            })
-            .await;
-        let ids = result.as_ref().map(|k| k.id).ok();
-        self.audit(
-            Operation::Encrypt,
-            "api_keys",
+        create_one!(
+            self,
+            self.encryptor.clone(),
+            api_keys,
             "encrypted_key",
-            ids,
-            started,
-            &result,
-        );
-        result
+            Operation::Encrypt,
+            |id, at| ApiKey {
+                id,
+                service_name: new.service_name,
+                key: new.key,
+                metadata: new.metadata,
+                is_active: true,
+                rotation_count: 0,
+                last_rotated_at: None,
+                expires_at: new.expires_at,
+                created_at: at,
+                updated_at: at,
+            }
+        )
     }
 
     /// The API key `id`, active or not.
     pub async fn find_api_key(&self, id: i64) -> Result<ApiKey> {
-        let started = Instant::now();
-        let result = async {
-            let mut conn = self.db.get().await?;
-            let row: ApiKeyRow = with_conn!(&mut conn, |c| api_keys::table
-                .find(id)
-                .select(ApiKeyRow::as_select())
-                .first(c)
-                .await
-                .optional()?)
-            .ok_or(ModelError::NotFound {
-                table: "api_keys",
-                id,
-            })?;
-            Ok(ApiKey::decrypt_row(row, &self.encryptor).await?)
-        }
-        .await;
-        self.audit(
-            Operation::Decrypt,
-            "api_keys",
-            "encrypted_key",
-            [id],
-            started,
-            &result,
-        );
-        result
+        find_by_id!(self, api_keys, ApiKeyRow, ApiKey, "encrypted_key", id)
     }
 
     /// The active API key whose key is `key`, through its search hash.
@@ -598,96 +620,46 @@ impl Store {
 
     /// Marks an API key inactive.
     pub async fn deactivate_api_key(&self, id: i64) -> Result<()> {
-        let mut conn = self.db.get().await?;
-        let changed = with_conn!(&mut conn, |c| diesel::update(api_keys::table.find(id))
-            .set((
-                api_keys::is_active.eq(false),
-                api_keys::updated_at.eq(now())
-            ))
-            .execute(c)
-            .await?);
-        if changed == 0 {
-            return Err(ModelError::NotFound {
-                table: "api_keys",
-                id,
-            });
-        }
-        Ok(())
+        deactivate!(self, api_keys, id)
     }
 
     // ---- OAuth tokens ---------------------------------------------------------------------
 
     /// Stores OAuth tokens; both tokens share a fresh data key of their own.
     pub async fn create_oauth_token(&self, new: NewOAuthToken) -> Result<OAuthToken> {
-        let started = Instant::now();
-        let enc = self.encryptor.with_fresh_data_key();
-        let result = self
-            .write(move |conn| {
-                Box::pin(async move {
-                    let id = Self::reserve_ids(conn, "oauth_tokens", 1).await?[0];
-                    let at = now();
-                    let token = OAuthToken {
-                        id,
-                        user_id: new.user_id,
-                        provider: new.provider,
-                        access_token: new.access_token,
-                        refresh_token: new.refresh_token,
-                        scope: new.scope,
-                        expires_at: new.expires_at,
-                        is_active: true,
-                        rotation_count: 0,
-                        last_rotated_at: None,
-                        created_at: at,
-                        updated_at: at,
-                    };
-                    let row = token.encrypt_row(&enc).await?;
-                    with_conn!(conn, |c| diesel::insert_into(oauth_tokens::table)
-                        .values(&row)
-                        .execute(c)
-                        .await?);
-                    Ok(token)
-                })
-            })
-            .await;
-        let ids = result.as_ref().map(|t| t.id).ok();
-        self.audit(
-            Operation::Encrypt,
-            "oauth_tokens",
+        create_one!(
+            self,
+            self.encryptor.with_fresh_data_key(),
+            oauth_tokens,
             "encrypted_access_token",
-            ids,
-            started,
-            &result,
-        );
-        result
+            Operation::Encrypt,
+            |id, at| OAuthToken {
+                id,
+                user_id: new.user_id,
+                provider: new.provider,
+                access_token: new.access_token,
+                refresh_token: new.refresh_token,
+                scope: new.scope,
+                expires_at: new.expires_at,
+                is_active: true,
+                rotation_count: 0,
+                last_rotated_at: None,
+                created_at: at,
+                updated_at: at,
+            }
+        )
     }
 
     /// The OAuth token `id`.
     pub async fn find_oauth_token(&self, id: i64) -> Result<OAuthToken> {
-        let started = Instant::now();
-        let result = async {
-            let mut conn = self.db.get().await?;
-            let row: OAuthTokenRow = with_conn!(&mut conn, |c| oauth_tokens::table
-                .find(id)
-                .select(OAuthTokenRow::as_select())
-                .first(c)
-                .await
-                .optional()?)
-            .ok_or(ModelError::NotFound {
-                table: "oauth_tokens",
-                id,
-            })?;
-            Ok(OAuthToken::decrypt_row(row, &self.encryptor).await?)
-        }
-        .await;
-        self.audit(
-            Operation::Decrypt,
-            "oauth_tokens",
+        find_by_id!(
+            self,
+            oauth_tokens,
+            OAuthTokenRow,
+            OAuthToken,
             "encrypted_access_token",
-            [id],
-            started,
-            &result,
-        );
-        result
+            id
+        )
     }
 
     /// A user's OAuth tokens, all or only the active ones, decrypted in bulk.
@@ -783,65 +755,32 @@ impl Store {
 
     /// Marks OAuth tokens inactive.
     pub async fn deactivate_oauth_token(&self, id: i64) -> Result<()> {
-        let mut conn = self.db.get().await?;
-        let changed = with_conn!(&mut conn, |c| diesel::update(oauth_tokens::table.find(id))
-            .set((
-                oauth_tokens::is_active.eq(false),
-                oauth_tokens::updated_at.eq(now())
-            ))
-            .execute(c)
-            .await?);
-        if changed == 0 {
-            return Err(ModelError::NotFound {
-                table: "oauth_tokens",
-                id,
-            });
-        }
-        Ok(())
+        deactivate!(self, oauth_tokens, id)
     }
 
     // ---- backups --------------------------------------------------------------------------
 
     /// Records a backup (its bytes encrypted in the row when given).
     pub async fn create_backup(&self, new: NewBackup) -> Result<EncryptedBackup> {
-        let started = Instant::now();
-        let enc = self.encryptor.clone();
-        let result = self
-            .write(move |conn| {
-                Box::pin(async move {
-                    let id = Self::reserve_ids(conn, "encrypted_backups", 1).await?[0];
-                    let at = now();
-                    let backup = EncryptedBackup {
-                        id,
-                        backup_name: new.backup_name,
-                        backup_type: new.backup_type,
-                        storage_path: new.storage_path,
-                        data: new.data,
-                        size_bytes: new.size_bytes,
-                        checksum: new.checksum,
-                        master_key_id: new.master_key_id,
-                        created_at: at,
-                        updated_at: at,
-                    };
-                    let row = backup.encrypt_row(&enc).await?;
-                    with_conn!(conn, |c| diesel::insert_into(encrypted_backups::table)
-                        .values(&row)
-                        .execute(c)
-                        .await?);
-                    Ok(backup)
-                })
-            })
-            .await;
-        let ids = result.as_ref().map(|b| b.id).ok();
-        self.audit(
-            Operation::Backup,
-            "encrypted_backups",
+        create_one!(
+            self,
+            self.encryptor.clone(),
+            encrypted_backups,
             "encrypted_data",
-            ids,
-            started,
-            &result,
-        );
-        result
+            Operation::Backup,
+            |id, at| EncryptedBackup {
+                id,
+                backup_name: new.backup_name,
+                backup_type: new.backup_type,
+                storage_path: new.storage_path,
+                data: new.data,
+                size_bytes: new.size_bytes,
+                checksum: new.checksum,
+                master_key_id: new.master_key_id,
+                created_at: at,
+                updated_at: at,
+            }
+        )
     }
 
     /// Every recorded backup, newest first, decrypted.

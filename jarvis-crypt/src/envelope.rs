@@ -241,6 +241,15 @@ impl Encryptor {
             .await
     }
 
+    /// Unwraps the data key of an encrypted backup stream ([`crate::stream`]) through the
+    /// provider that holds its master key (the primary one or one added with
+    /// [`decrypt_with`](EncryptorBuilder::decrypt_with)). Backup data keys bypass the data-key
+    /// cache: each stream has a key of its own, used once.
+    pub async fn unwrap_backup_key(&self, wrapped: &WrappedKey) -> Result<DataKey> {
+        let provider = self.provider_for(wrapped)?;
+        provider.unwrap_data_key(wrapped, KeyPurpose::Backup).await
+    }
+
     /// The search hash of `value` for a column, under the root search key.
     pub fn search_hash(
         &self,
@@ -275,7 +284,13 @@ impl Encryptor {
     }
 
     fn check_form(&self, stored: &StoredField) -> Result<()> {
-        let legacy_key = stored.data_key.is_legacy();
+        // The answer of `WrappedKey::is_legacy` (non-empty, first byte not the envelope magic)
+        // without parsing the envelope, which allocates its key id: this runs per value.
+        let legacy_key = stored
+            .data_key
+            .as_bytes()
+            .first()
+            .is_some_and(|&b| b != crate::keys::WRAPPED_KEY_MAGIC[0]);
         match (stored.nonce.len(), legacy_key) {
             (NONCE_LEN, false) => Ok(()),
             (LEGACY_NONCE_LEN, true) if self.inner.allow_legacy => Ok(()),

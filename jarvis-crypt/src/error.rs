@@ -4,6 +4,10 @@
 //! plaintext, key bytes or a search key: messages name what failed, never the data.
 
 use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use crate::stream::StreamFault;
 
 /// Every failure of `jarvis-crypt`, by what the caller does next.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -71,6 +75,16 @@ pub enum Error {
     /// readable by others, an unparsable variable).
     #[error("configuration: {0}")]
     Configuration(String),
+
+    /// An encrypted backup stream does not authenticate as a whole: it was cut short, changed,
+    /// reordered or extended. The [`StreamFault`] says which; no plaintext of a chunk that did
+    /// not authenticate is ever handed out.
+    #[error("backup stream rejected: {0}")]
+    StreamTampered(StreamFault),
+
+    /// Reading or writing a stream failed (the file, pipe or socket under it).
+    #[error("i/o error: {0}")]
+    Io(Arc<io::Error>),
 }
 
 impl Error {
@@ -87,11 +101,39 @@ impl Error {
             Error::ProviderUnavailable { .. } => ErrorKind::ProviderUnavailable,
             Error::InvalidPlaintext(_) => ErrorKind::InvalidPlaintext,
             Error::Configuration(_) => ErrorKind::Configuration,
+            Error::StreamTampered(_) => ErrorKind::StreamTampered,
+            Error::Io(_) => ErrorKind::Io,
         }
     }
 
     pub(crate) fn stored(what: impl Into<String>) -> Self {
         Error::InvalidStoredForm(what.into())
+    }
+}
+
+/// An I/O error becomes [`Error::Io`], unless it carries an [`Error`] (as the errors of the
+/// stream adapters do), which comes back out as it was.
+impl From<io::Error> for Error {
+    fn from(err: io::Error) -> Self {
+        match err.get_ref().and_then(|e| e.downcast_ref::<Error>()) {
+            Some(inner) => inner.clone(),
+            None => Error::Io(Arc::new(err)),
+        }
+    }
+}
+
+/// For `AsyncRead`/`AsyncWrite` implementations: the [`Error`] travels inside the I/O error
+/// (kind `InvalidData` for a value or stream that does not authenticate or parse).
+impl From<Error> for io::Error {
+    fn from(err: Error) -> Self {
+        let kind = match &err {
+            Error::Io(inner) => inner.kind(),
+            Error::AuthenticationFailed
+            | Error::InvalidStoredForm(_)
+            | Error::StreamTampered(_) => io::ErrorKind::InvalidData,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, err)
     }
 }
 
@@ -119,6 +161,10 @@ pub enum ErrorKind {
     InvalidPlaintext,
     /// See [`Error::Configuration`].
     Configuration,
+    /// See [`Error::StreamTampered`].
+    StreamTampered,
+    /// See [`Error::Io`].
+    Io,
 }
 
 impl ErrorKind {
@@ -135,6 +181,8 @@ impl ErrorKind {
             ErrorKind::ProviderUnavailable => "provider_unavailable",
             ErrorKind::InvalidPlaintext => "invalid_plaintext",
             ErrorKind::Configuration => "configuration",
+            ErrorKind::StreamTampered => "stream_tampered",
+            ErrorKind::Io => "io",
         }
     }
 }

@@ -14,6 +14,7 @@ mod local;
 mod model;
 pub mod search;
 mod stored;
+pub mod stream;
 
 pub use aad::{AAD_VERSION, Binding, RowKey};
 pub use audit::{AuditEvent, AuditSink, MemoryAudit, NoAudit, Operation};
@@ -35,6 +36,7 @@ pub use stored::{
     AuthTag, Ciphertext, MAX_SEARCH_HASH_LEN, MAX_WRAPPED_KEY_LEN, Nonce, SearchHash, StoredField,
     WrappedKey,
 };
+pub use stream::StreamFault;
 
 /// Re-exports for the code that `#[derive(Encrypted)]` generates. Not a public API.
 #[doc(hidden)]

@@ -322,6 +322,12 @@ impl Store {
     // ---- users ----------------------------------------------------------------------------
 
     /// Creates users, one per email, in one transaction.
+    ///
+    /// The rows go to the database in one statement per batch on PostgreSQL (each column
+    /// bound as one array, `INSERT .. SELECT * FROM UNNEST(..)`: nine parameters whatever the
+    /// batch size, and a statement prepared once); on SQLite all rows are inserted in one task
+    /// on the connection's blocking thread, with one prepared single-row statement (through
+    /// diesel-async each row's statement was a thread hand-off of its own).
     pub async fn create_users(&self, emails: Vec<String>) -> Result<Vec<User>> {
         let started = Instant::now();
         let enc = self.encryptor.clone();
@@ -344,7 +350,75 @@ impl Store {
                     for user in &users {
                         rows.push(user.encrypt_row(&enc).await?);
                     }
-                    crate::insert_all!(conn, users::table, rows);
+                    match conn {
+                        Conn::Postgres(c) => {
+                            use diesel::sql_types::{Array, Binary, Nullable, Text, Timestamp};
+                            let n = rows.len();
+                            let mut id = Vec::with_capacity(n);
+                            let mut email = Vec::with_capacity(n);
+                            let mut ciphertext = Vec::with_capacity(n);
+                            let mut iv = Vec::with_capacity(n);
+                            let mut tag = Vec::with_capacity(n);
+                            let mut data_key = Vec::with_capacity(n);
+                            let mut hash = Vec::with_capacity(n);
+                            let mut created_at = Vec::with_capacity(n);
+                            let mut updated_at = Vec::with_capacity(n);
+                            for row in rows {
+                                let UserRow {
+                                    id: row_id,
+                                    email: row_email,
+                                    encrypted_email,
+                                    email_iv,
+                                    email_auth_tag,
+                                    email_data_key,
+                                    email_hash,
+                                    created_at: row_created_at,
+                                    updated_at: row_updated_at,
+                                } = row;
+                                id.push(row_id);
+                                email.push(row_email);
+                                ciphertext.push(encrypted_email);
+                                iv.push(email_iv);
+                                tag.push(email_auth_tag);
+                                data_key.push(email_data_key);
+                                hash.push(email_hash);
+                                created_at.push(row_created_at);
+                                updated_at.push(row_updated_at);
+                            }
+                            diesel::sql_query(
+                                "INSERT INTO users (id, email, encrypted_email, email_iv, \
+                                 email_auth_tag, email_data_key, email_hash, created_at, \
+                                 updated_at) \
+                                 SELECT * FROM UNNEST($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                            )
+                            .bind::<Array<BigInt>, _>(id)
+                            .bind::<Array<Nullable<Text>>, _>(email)
+                            .bind::<Array<Nullable<Binary>>, _>(ciphertext)
+                            .bind::<Array<Nullable<Binary>>, _>(iv)
+                            .bind::<Array<Nullable<Binary>>, _>(tag)
+                            .bind::<Array<Nullable<Binary>>, _>(data_key)
+                            .bind::<Array<Nullable<Binary>>, _>(hash)
+                            .bind::<Array<Timestamp>, _>(created_at)
+                            .bind::<Array<Timestamp>, _>(updated_at)
+                            .execute(&mut **c)
+                            .await?;
+                        }
+                        Conn::Sqlite(c) => {
+                            // One prepared single-row statement, run for every row on the
+                            // blocking thread: diesel's own batch insert would open a
+                            // transaction of its own inside this one.
+                            c.spawn_blocking(move |c| {
+                                for row in &rows {
+                                    diesel::RunQueryDsl::execute(
+                                        diesel::insert_into(users::table).values(row),
+                                        c,
+                                    )?;
+                                }
+                                Ok(())
+                            })
+                            .await?;
+                        }
+                    }
                     Ok(users)
                 })
             })
@@ -436,6 +510,52 @@ impl Store {
                 .load(c)
                 .await?);
             Ok(User::decrypt_rows(rows, &self.encryptor).await?)
+        }
+        .await;
+        let ids = result
+            .as_ref()
+            .map(|u| u.iter().map(|u| u.id).collect::<Vec<_>>())
+            .unwrap_or_default();
+        self.audit(
+            Operation::Decrypt,
+            "users",
+            "encrypted_email",
+            ids,
+            started,
+            &result,
+        );
+        result
+    }
+
+    /// Up to `limit` users with ids greater than `after_id`, by id, decrypted in bulk (one
+    /// unwrap per distinct data key): a keyset page. Unlike [`Self::list_users`]'s `OFFSET`,
+    /// whose cost grows with the offset, each page is one index range scan; pass the last id
+    /// of a page (or `0` to start) to read the next.
+    pub async fn scan_users(&self, after_id: i64, limit: i64) -> Result<Vec<User>> {
+        let started = Instant::now();
+        // Rows are decrypted in chunks as they arrive: while one chunk is decrypted, the
+        // database sends the next (the connection is driven by a task of its own).
+        const CHUNK: usize = 256;
+        let result = async {
+            use futures::TryStreamExt;
+            let mut conn = self.db.get().await?;
+            let mut users = Vec::with_capacity(usize::try_from(limit).unwrap_or(0).min(10_000));
+            with_conn!(&mut conn, |c| {
+                let mut chunks = std::pin::pin!(
+                    users::table
+                        .filter(users::id.gt(after_id))
+                        .order(users::id)
+                        .limit(limit)
+                        .select(UserRow::as_select())
+                        .load_stream::<UserRow>(c)
+                        .await?
+                        .try_chunks(CHUNK)
+                );
+                while let Some(rows) = chunks.try_next().await.map_err(|e| e.1)? {
+                    users.extend(User::decrypt_rows(rows, &self.encryptor).await?);
+                }
+            });
+            Ok(users)
         }
         .await;
         let ids = result

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use jarvis_crypt::{
-    AwsKms, Encryptor, KeyProvider, KmsConnection, KmsOptions, LocalKeyProvider, SearchKey,
+    AwsKms, Encryptor, KeyProvider, KmsConnection, KmsOptions, LocalKeyProvider, MasterKeyRef,
+    SearchKey,
 };
 use jarvis_models::{Database, DbAudit, Store};
 
@@ -84,14 +85,7 @@ impl Global {
     /// The configured key provider.
     pub(crate) async fn provider(&self) -> Result<Arc<dyn KeyProvider>> {
         Ok(match self.provider_choice() {
-            ProviderChoice::Local => {
-                let provider = if std::env::var_os(jarvis_crypt::MASTER_KEY_VAR).is_some() {
-                    LocalKeyProvider::from_env()?
-                } else {
-                    LocalKeyProvider::from_file(&self.local_key_file)?
-                };
-                Arc::new(provider)
-            }
+            ProviderChoice::Local => Arc::new(self.local_provider()?),
             ProviderChoice::AwsKms => {
                 let Some(key) = &self.kms_key_id else {
                     bail!("the aws-kms provider needs a key: set KMS_KEY_ID or --kms-key-id");
@@ -106,21 +100,35 @@ impl Global {
     /// only decrypt (`verify`) pass `search = false`: they neither need the search key nor
     /// create one in `jarvis_keys`.
     pub(crate) async fn open(&self, search: bool) -> Result<Opened> {
+        self.open_with(OpenOptions {
+            search,
+            ..OpenOptions::default()
+        })
+        .await
+    }
+
+    /// [`open`](Self::open) with more choices: legacy rows accepted, or new data keys
+    /// generated under another master key (the configured one still decrypts).
+    pub(crate) async fn open_with(&self, options: OpenOptions) -> Result<Opened> {
         let url = self.database_url()?;
         let db = Database::connect(url, 8).await?;
-        let provider = self.provider().await?;
+        let configured = self.provider().await?;
         let search_key = match &self.search_key {
             Some(value) => Some(SearchKey::new(value.as_bytes().to_vec())?),
-            None if search => {
-                Some(jarvis_models::keys::stored_search_key(&db, provider.as_ref()).await?)
+            // The search key stays wrapped under the configured master key.
+            None if options.search => {
+                Some(jarvis_models::keys::stored_search_key(&db, configured.as_ref()).await?)
             }
             None => None,
         };
-        let mut builder = Encryptor::builder(provider);
+        let mut builder = match options.write_under {
+            Some(target) => Encryptor::builder(target).decrypt_with(configured),
+            None => Encryptor::builder(configured),
+        };
         if let Some(key) = search_key {
             builder = builder.search_key(key);
         }
-        let encryptor = builder.build();
+        let encryptor = builder.allow_legacy(options.allow_legacy).build();
         let audit = DbAudit::start(db.clone());
         let store = Store::new(db.clone(), encryptor.clone(), Arc::new(audit.clone()));
         Ok(Opened {
@@ -130,6 +138,64 @@ impl Global {
             store,
         })
     }
+
+    /// The master key `key` names, and a provider that writes under it: for `aws-kms` a key
+    /// id, ARN or alias; for `local` a version of the local key (`2`, `v2` or `<id>#v2`).
+    pub(crate) async fn target_key(
+        &self,
+        key: &str,
+    ) -> Result<(MasterKeyRef, Arc<dyn KeyProvider>)> {
+        let provider: Arc<dyn KeyProvider> = match self.provider_choice() {
+            ProviderChoice::AwsKms => {
+                let connection = KmsConnection::from_env(KmsOptions::default()).await?;
+                Arc::new(AwsKms::new(connection, key).await?)
+            }
+            ProviderChoice::Local => {
+                let local = self.local_provider()?;
+                let version = key
+                    .strip_prefix(local.key_id())
+                    .and_then(|rest| rest.strip_prefix('#'))
+                    .unwrap_or(key);
+                let version: u32 = version
+                    .strip_prefix('v')
+                    .unwrap_or(version)
+                    .parse()
+                    .ok()
+                    .filter(|v| *v > 0)
+                    .with_context(|| {
+                        format!(
+                            "--to-key with the local provider is a version of the local key, \
+                             such as `2`, `v2` or `{}#v2`",
+                            local.key_id()
+                        )
+                    })?;
+                Arc::new(local.with_current_version(version)?)
+            }
+        };
+        Ok((provider.master_key(), provider))
+    }
+
+    fn local_provider(&self) -> Result<LocalKeyProvider> {
+        Ok(
+            if std::env::var_os(jarvis_crypt::MASTER_KEY_VAR).is_some() {
+                LocalKeyProvider::from_env()?
+            } else {
+                LocalKeyProvider::from_file(&self.local_key_file)?
+            },
+        )
+    }
+}
+
+/// Choices of [`Global::open_with`].
+#[derive(Default)]
+pub(crate) struct OpenOptions {
+    /// The search key is needed (taken from `jarvis_keys`, created there on first use, when
+    /// `ENCRYPTION_SEARCH_SALT` is not set).
+    pub(crate) search: bool,
+    /// Legacy rows are accepted.
+    pub(crate) allow_legacy: bool,
+    /// New data keys come from this provider; the configured one still decrypts.
+    pub(crate) write_under: Option<Arc<dyn KeyProvider>>,
 }
 
 /// An opened database with its encryptor and store.

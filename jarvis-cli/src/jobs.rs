@@ -3,10 +3,16 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::Result;
-use jarvis_models::jobs::{EncryptExistingOptions, Progress, encrypt_existing as run_job};
+use std::io::IsTerminal;
 
-use crate::config::Global;
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use jarvis_models::jobs::{
+    EncryptExistingOptions, Progress, RotateMode, RotateOptions, encrypt_existing as run_job,
+};
+
+use crate::audit::parse_age;
+use crate::config::{Global, OpenOptions};
 
 /// A flag set by Ctrl-C: jobs stop before their next batch.
 fn stop_on_ctrl_c() -> Arc<AtomicBool> {
@@ -19,6 +25,64 @@ fn stop_on_ctrl_c() -> Arc<AtomicBool> {
         }
     });
     stop
+}
+
+/// Shows a job's progress on standard error: a progress bar (rows done, rate, ETA) on a
+/// terminal, a plain line per batch otherwise (logs, CI).
+struct ProgressView {
+    bar: Option<ProgressBar>,
+    job: &'static str,
+    started: std::time::Instant,
+}
+
+impl ProgressView {
+    fn new(job: &'static str) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{bar:40}] {pos}/{len} rows, {per_sec}, ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(job);
+            bar
+        });
+        ProgressView {
+            bar,
+            job,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn update(&self, p: Progress) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(p.total.max(p.rows_done));
+                bar.set_position(p.rows_done);
+            }
+            None => {
+                let rate = p.rows_done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+                let left = p.total.saturating_sub(p.rows_done) as f64;
+                eprintln!(
+                    "{}: {}/{} rows ({} batches), {:.0} rows/s, ETA {:.0} s",
+                    self.job,
+                    p.rows_done,
+                    p.total,
+                    p.batches,
+                    rate,
+                    left / rate.max(1e-9)
+                );
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 pub(crate) async fn encrypt_existing(
@@ -35,20 +99,9 @@ pub(crate) async fn encrypt_existing(
     options.dry_run = dry_run;
     options.workers = workers;
     options.stop = Some(stop_on_ctrl_c());
-    let started = std::time::Instant::now();
-    let progress = move |p: Progress| {
-        let rate = p.rows_done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        let left = p.total.saturating_sub(p.rows_done) as f64;
-        eprintln!(
-            "encrypt-existing: {}/{} rows ({} batches), {:.0} rows/s, ETA {:.0} s",
-            p.rows_done,
-            p.total,
-            p.batches,
-            rate,
-            left / rate.max(1e-9)
-        );
-    };
-    let result = run_job(&opened.store, &options, &progress).await;
+    let view = ProgressView::new("encrypt-existing");
+    let result = run_job(&opened.store, &options, &|p| view.update(p)).await;
+    view.finish();
     opened.audit.shutdown().await;
     let report = result?;
     println!(
@@ -71,6 +124,99 @@ pub(crate) async fn encrypt_existing(
         } else {
             ""
         },
+    );
+    Ok(())
+}
+
+/// What `jarvis rotate` was asked to do.
+#[derive(Debug)]
+pub(crate) struct RotateArgs {
+    pub(crate) table: Option<String>,
+    pub(crate) older_than: Option<String>,
+    pub(crate) to_key: Option<String>,
+    pub(crate) reencrypt: bool,
+    pub(crate) legacy: bool,
+    pub(crate) batch_size: usize,
+    pub(crate) workers: usize,
+    pub(crate) dry_run: bool,
+}
+
+pub(crate) async fn rotate(global: &Global, args: RotateArgs) -> Result<()> {
+    let target = match &args.to_key {
+        Some(key) => Some(global.target_key(key).await?),
+        None => None,
+    };
+    let (mode, write_under) = match (&args.older_than, target, args.reencrypt, args.legacy) {
+        (Some(age), None, false, false) => (RotateMode::OlderThan(parse_age(age)?), None),
+        (None, Some((to, _)), false, false) => (RotateMode::ToKey(to), None),
+        (None, target, true, false) => (RotateMode::Reencrypt, target.map(|(_, p)| p)),
+        (None, None, false, true) => (RotateMode::Legacy, None),
+        _ => anyhow::bail!(
+            "choose one of --older-than AGE, --to-key KEY, --reencrypt [--to-key KEY], --legacy"
+        ),
+    };
+    let opened = global
+        .open_with(OpenOptions {
+            search: true,
+            allow_legacy: mode == RotateMode::Legacy,
+            write_under,
+        })
+        .await?;
+    let mut options = RotateOptions::new(mode, Arc::new(opened.audit.clone()));
+    options.table = args.table;
+    options.batch_size = args.batch_size;
+    options.workers = args.workers;
+    options.dry_run = args.dry_run;
+    options.stop = Some(stop_on_ctrl_c());
+    let view = ProgressView::new("rotate");
+    let result = jarvis_models::jobs::rotate(&opened.store, &options, &|p| view.update(p)).await;
+    view.finish();
+    opened.audit.shutdown().await;
+    let report = result?;
+    for t in &report.tables {
+        let done = if report.dry_run {
+            format!("{} rows to do", t.rows_at_start)
+        } else {
+            format!(
+                "{} of {} rows done ({} values) in {} batches",
+                t.rows_rotated, t.rows_at_start, t.values, t.batches
+            )
+        };
+        println!(
+            "{} {}: {done}; {} remaining{}",
+            if report.dry_run {
+                "dry run"
+            } else {
+                report.mode
+            },
+            t.table,
+            t.rows_remaining,
+            if t.legacy_skipped > 0 {
+                format!(
+                    "; {} legacy rows left alone (run `jarvis rotate --legacy`)",
+                    t.legacy_skipped
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    if matches!(options.mode, RotateMode::ToKey(_)) {
+        println!(
+            "{} data keys re-wrapped, {} stored keys re-wrapped",
+            report.keys_rewrapped, report.stored_keys_rewrapped
+        );
+    }
+    println!(
+        "{} rows in {:.1} s ({:.0} rows/s){}",
+        report.rows_rotated(),
+        report.duration.as_secs_f64(),
+        report.rows_per_second(),
+        if report.stopped {
+            "; stopped: rerun to resume"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

@@ -39,6 +39,10 @@ enum Command {
         /// The application's principal (aws-kms), granted only data-key use.
         #[arg(long)]
         principal: Option<String>,
+        /// Local provider: add a new version to the key file and make it current (new data
+        /// keys are wrapped under it; `jarvis rotate --to-key N` moves the old ones).
+        #[arg(long)]
+        new_version: bool,
     },
     /// Apply pending schema migrations.
     Migrate {
@@ -64,6 +68,44 @@ enum Command {
         /// Concurrent batch loops in this process.
         #[arg(long, default_value_t = 1)]
         workers: usize,
+    },
+    /// Re-encrypt values under fresh data keys, re-wrap data keys under another master key,
+    /// or upgrade legacy rows, in verified, resumable batches (safe to kill; several workers
+    /// or processes may run at once). Updates `rotation_count` and `last_rotated_at`.
+    #[command(group(
+        clap::ArgGroup::new("mode")
+            .required(true)
+            .multiple(true)
+            .args(["older_than", "to_key", "reencrypt", "legacy"])
+    ))]
+    Rotate {
+        /// Only this table (`users`, `api_keys`, `oauth_tokens`, `encrypted_backups`).
+        #[arg(long)]
+        table: Option<String>,
+        /// Re-encrypt rows last rotated (or created) longer ago than this: `90d`, `12h`.
+        #[arg(long, conflicts_with_all = ["to_key", "reencrypt", "legacy"])]
+        older_than: Option<String>,
+        /// Re-wrap every data key under this master key (KMS ReEncrypt; no data is
+        /// re-encrypted); with `--reencrypt`, write the fresh data keys under it. A KMS key
+        /// id, ARN or alias, or a version of the local key (`2`).
+        #[arg(long, conflicts_with = "legacy")]
+        to_key: Option<String>,
+        /// Re-encrypt every value under fresh data keys: the answer to a compromised key.
+        #[arg(long)]
+        reencrypt: bool,
+        /// Rewrite legacy rows (16-byte IV, bare KMS blob) in the current form, search hash
+        /// included.
+        #[arg(long)]
+        legacy: bool,
+        /// Rows per batch (one transaction each).
+        #[arg(long, default_value_t = jarvis_models::jobs::RotateOptions::DEFAULT_BATCH_SIZE)]
+        batch_size: usize,
+        /// Concurrent batch loops in this process.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Count what would be done; write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Decrypt every encrypted field; report rows by master key and form, and every failure.
     Verify {
@@ -143,7 +185,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let global = &cli.global;
     match cli.command {
         Command::Demo => demo::run().await?,
-        Command::Init { env, principal } => init(global, &env, principal.as_deref()).await?,
+        Command::Init {
+            env,
+            principal,
+            new_version,
+        } => init(global, &env, principal.as_deref(), new_version).await?,
         Command::Migrate { status } => migrate(global, status).await?,
         Command::EncryptExisting {
             table,
@@ -152,6 +198,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             dry_run,
             workers,
         } => jobs::encrypt_existing(global, table, column, batch_size, dry_run, workers).await?,
+        Command::Rotate {
+            table,
+            older_than,
+            to_key,
+            reencrypt,
+            legacy,
+            batch_size,
+            workers,
+            dry_run,
+        } => {
+            jobs::rotate(
+                global,
+                jobs::RotateArgs {
+                    table,
+                    older_than,
+                    to_key,
+                    reencrypt,
+                    legacy,
+                    batch_size,
+                    workers,
+                    dry_run,
+                },
+            )
+            .await?;
+        }
         Command::Verify { table, json } => {
             return verify::run(global, table.as_deref(), json).await;
         }
@@ -163,8 +234,27 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn init(global: &Global, env: &str, principal: Option<&str>) -> Result<()> {
+async fn init(
+    global: &Global,
+    env: &str,
+    principal: Option<&str>,
+    new_version: bool,
+) -> Result<()> {
     match global.provider_choice() {
+        ProviderChoice::Local if new_version => {
+            let path = &global.local_key_file;
+            let version = jarvis_crypt::LocalKeyProvider::rotate_file(path)?;
+            let provider = jarvis_crypt::LocalKeyProvider::from_file(path)?;
+            eprintln!(
+                "added version {version} to {}; new data keys are wrapped under it",
+                path.display()
+            );
+            println!("{}#v{version}", provider.key_id());
+        }
+        ProviderChoice::AwsKms if new_version => anyhow::bail!(
+            "--new-version is for the local key file; KMS rotates its key material itself \
+             (automatic rotation is enabled by `jarvis init`); for a new KMS key use another --env"
+        ),
         ProviderChoice::Local => {
             let path = &global.local_key_file;
             let existed = path.exists();

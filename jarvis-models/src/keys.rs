@@ -66,3 +66,42 @@ pub async fn stored_search_key(
         .await?;
     Ok(SearchKey::new(key.expose_secret().to_vec())?)
 }
+
+/// Re-wraps every key of `jarvis_keys` that is not yet under the master key `to` (for
+/// `rotate --to-key`, so the old master key can be retired); returns how many were.
+pub async fn rewrap_stored_keys(
+    db: &Database,
+    provider: &dyn KeyProvider,
+    to: &jarvis_crypt::MasterKeyRef,
+) -> Result<u64, ModelError> {
+    let mut conn = db.get().await?;
+    let rows: Vec<(i64, String, Vec<u8>)> = with_conn!(&mut conn, |c| jarvis_keys::table
+        .select((jarvis_keys::id, jarvis_keys::name, jarvis_keys::wrapped_key))
+        .load(c)
+        .await?);
+    let mut rewrapped = 0;
+    for (id, name, bytes) in rows {
+        let wrapped = WrappedKey::new(bytes)?;
+        if wrapped.envelope()?.master_key() == Some(to) {
+            continue;
+        }
+        if name != SEARCH_KEY_NAME {
+            return Err(jarvis_crypt::Error::Configuration(format!(
+                "jarvis_keys `{name}`: unknown key name, not re-wrapped"
+            ))
+            .into());
+        }
+        let new = provider
+            .rewrap_data_key(&wrapped, KeyPurpose::SearchKey, to)
+            .await?;
+        with_conn!(&mut conn, |c| diesel::update(jarvis_keys::table.find(id))
+            .set((
+                jarvis_keys::wrapped_key.eq(new.as_bytes()),
+                jarvis_keys::master_key_id.eq(&to.key_id),
+            ))
+            .execute(c)
+            .await?);
+        rewrapped += 1;
+    }
+    Ok(rewrapped)
+}

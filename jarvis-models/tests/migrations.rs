@@ -21,7 +21,7 @@ use jarvis_models::migrations::{
 };
 use jarvis_models::schema::{
     active_api_keys_summary, api_keys, encrypted_backups, encryption_audit_log,
-    encryption_audit_summary, jarvis_keys, oauth_tokens, oauth_tokens_summary, users,
+    encryption_audit_summary, jarvis_jobs, jarvis_keys, oauth_tokens, oauth_tokens_summary, users,
 };
 use serde_json::json;
 use tempfile::TempDir;
@@ -140,13 +140,14 @@ both_backends!(
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-const TABLES: [&str; 6] = [
+const TABLES: [&str; 7] = [
     "users",
     "api_keys",
     "oauth_tokens",
     "encrypted_backups",
     "encryption_audit_log",
     "jarvis_keys",
+    "jarvis_jobs",
 ];
 const VIEWS: [&str; 3] = [
     "active_api_keys_summary",
@@ -342,7 +343,7 @@ fn assert_close(actual: Option<f64>, expected: Option<f64>, what: &str) {
 fn up_down_up(backend: Backend) {
     let db = database(backend, "models_up_down_up");
     let embedded = backend.embedded_migrations();
-    assert_eq!(embedded.len(), 7);
+    assert_eq!(embedded.len(), 8);
 
     let status = migration_status_blocking(&db.url).expect("status of an empty database");
     assert_eq!(
@@ -499,7 +500,8 @@ fn declared_schema() -> BTreeMap<&'static str, (bool, Vec<DeclaredColumn>)> {
         };
     }
     relations!(
-        users, api_keys, oauth_tokens, encrypted_backups, encryption_audit_log, jarvis_keys;
+        users, api_keys, oauth_tokens, encrypted_backups, encryption_audit_log, jarvis_keys,
+        jarvis_jobs;
         active_api_keys_summary, oauth_tokens_summary, encryption_audit_summary
     )
 }
@@ -802,6 +804,8 @@ fn schema_round_trips_every_table(backend: Backend) {
         Option<Vec<u8>>,
         NaiveDateTime,
         NaiveDateTime,
+        i32,
+        Option<NaiveDateTime>,
     );
     let row = on!(&mut conn, c => users::table.find(user).first::<UserRow>(c)).expect("load user");
     assert_eq!(
@@ -815,7 +819,9 @@ fn schema_round_trips_every_table(backend: Backend) {
             Some(bytes(4, 40)),
             Some(bytes(5, 32)),
             t,
-            t
+            t,
+            0,
+            None
         )
     );
 
@@ -1441,7 +1447,7 @@ async fn async_up_down(db: TestDatabase) {
     let applied = migrations::run_pending_migrations(&db.url)
         .await
         .expect("async up");
-    assert_eq!(applied.len(), 7);
+    assert_eq!(applied.len(), 8);
     let status = migrations::migration_status(&db.url)
         .await
         .expect("async status");
@@ -1449,11 +1455,11 @@ async fn async_up_down(db: TestDatabase) {
     let reverted = migrations::revert_all_migrations(&db.url)
         .await
         .expect("async down");
-    assert_eq!(reverted.len(), 7);
+    assert_eq!(reverted.len(), 8);
     let status = migrations::migration_status(&db.url)
         .await
         .expect("async status");
-    assert_eq!(status.pending.len(), 7);
+    assert_eq!(status.pending.len(), 8);
 }
 
 #[tokio::test]

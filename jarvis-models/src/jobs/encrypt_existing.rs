@@ -71,13 +71,15 @@
 //! right cannot be decided here; they are counted in `rows_conflicting`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
 use diesel_async::RunQueryDsl;
 use jarvis_crypt::{AuditEvent, AuditSink, Encrypted, Encryptor, Operation};
 
+use super::runner::Batches;
+pub use super::runner::Progress;
 use crate::db::{Conn, Database, Transaction};
 use crate::error::ModelError;
 use crate::models::{User, UserRow};
@@ -164,29 +166,6 @@ impl EncryptExistingOptions {
         }
         Ok(())
     }
-
-    fn stop_requested(&self) -> bool {
-        self.stop
-            .as_ref()
-            .is_some_and(|stop| AtomicBool::load(stop, Ordering::SeqCst))
-    }
-}
-
-/// Reported to the progress callback after each committed batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Progress {
-    /// Rows encrypted by this run so far (all workers).
-    pub rows_done: u64,
-    /// Rows pending when the run started (rows written in plaintext meanwhile can make
-    /// `rows_done` exceed it; other processes' work makes it stop short).
-    pub total: u64,
-    /// Batches committed by this run so far (all workers).
-    pub batches: u64,
-    /// Rows of the batch just committed.
-    pub batch_rows: u64,
-    /// The worker that committed it (`0..workers`).
-    pub worker: usize,
 }
 
 /// What a run did.
@@ -277,19 +256,15 @@ pub async fn encrypt_existing(
     let job = Job {
         store,
         options,
-        progress,
-        total: before.pending,
         verifier: store.encryptor().with_fresh_data_key(),
-        rows_done: AtomicU64::new(0),
-        batches: AtomicU64::new(0),
-        failed: AtomicBool::new(false),
-        stopped: AtomicBool::new(false),
     };
-    let results =
-        futures::future::join_all((0..options.workers).map(|worker| job.worker(worker))).await;
-    report.rows_encrypted = AtomicU64::load(&job.rows_done, Ordering::SeqCst);
-    report.batches = AtomicU64::load(&job.batches, Ordering::SeqCst);
-    if let Some(error) = results.into_iter().find_map(Result::err) {
+    let batches = Batches::new(options.stop.as_ref(), progress, 0, before.pending);
+    let result = batches
+        .run(options.workers, |worker| job.batch(worker))
+        .await;
+    report.rows_encrypted = batches.rows_done();
+    report.batches = batches.batches();
+    if let Err(error) = result {
         tracing::error!(
             error = %error,
             rows_encrypted = report.rows_encrypted,
@@ -301,7 +276,7 @@ pub async fn encrypt_existing(
     let after = counts(store.database()).await?;
     report.rows_remaining = after.pending;
     report.rows_conflicting = after.conflicting;
-    report.stopped = AtomicBool::load(&job.stopped, Ordering::SeqCst) && after.pending > 0;
+    report.stopped = batches.stopped() && after.pending > 0;
     report.duration = started.elapsed();
     tracing::info!(
         rows_encrypted = report.rows_encrypted,
@@ -345,55 +320,15 @@ async fn counts(db: &Database) -> Result<Counts> {
     })
 }
 
-/// The state the workers of one run share.
+/// What the batches of one run share.
 struct Job<'a> {
     store: &'a Store,
     options: &'a EncryptExistingOptions,
-    progress: &'a (dyn Fn(Progress) + Sync),
-    total: u64,
     /// Decrypts new rows through the key provider (an empty cache of its own).
     verifier: Encryptor,
-    rows_done: AtomicU64,
-    batches: AtomicU64,
-    /// A worker failed: the others stop before their next batch.
-    failed: AtomicBool,
-    /// A worker saw the stop flag.
-    stopped: AtomicBool,
 }
 
 impl Job<'_> {
-    /// One batch loop: until nothing is pending (for this worker), the stop flag, a failure.
-    async fn worker(&self, worker: usize) -> Result<()> {
-        loop {
-            if AtomicBool::load(&self.failed, Ordering::SeqCst) {
-                return Ok(());
-            }
-            if self.options.stop_requested() {
-                self.stopped.store(true, Ordering::SeqCst);
-                return Ok(());
-            }
-            let rows = match self.batch(worker).await {
-                Ok(rows) => rows,
-                Err(error) => {
-                    self.failed.store(true, Ordering::SeqCst);
-                    return Err(error);
-                }
-            };
-            if rows == 0 {
-                return Ok(());
-            }
-            let rows_done = self.rows_done.fetch_add(rows, Ordering::SeqCst) + rows;
-            let batches = self.batches.fetch_add(1, Ordering::SeqCst) + 1;
-            (self.progress)(Progress {
-                rows_done,
-                total: self.total,
-                batches,
-                batch_rows: rows,
-                worker,
-            });
-        }
-    }
-
     /// One batch, audited: the number of rows encrypted (0: nothing pending).
     async fn batch(&self, worker: usize) -> Result<u64> {
         let started = Instant::now();

@@ -4,9 +4,13 @@
 //!
 //! - [`encrypt_existing`](encrypt_existing::encrypt_existing): encrypt the plaintext column of
 //!   a table in the migrating state (`jarvis encrypt-existing`).
+//! - [`rotate`](rotate::rotate): re-encrypt values, re-wrap data keys under another master
+//!   key, or upgrade legacy rows (`jarvis rotate`).
 
 pub mod encrypt_existing;
+pub mod rotate;
+mod runner;
 
-pub use encrypt_existing::{
-    EncryptExistingOptions, EncryptExistingReport, Progress, encrypt_existing,
-};
+pub use encrypt_existing::{EncryptExistingOptions, EncryptExistingReport, encrypt_existing};
+pub use rotate::{RotateMode, RotateOptions, RotateReport, TableReport, rotate};
+pub use runner::Progress;

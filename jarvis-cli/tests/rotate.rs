@@ -1,0 +1,647 @@
+//! `jarvis rotate` through the binary: re-wrapping between two KMS keys and retiring the old
+//! one, re-encryption killed midway and resumed, legacy rows reported and upgraded, rotation
+//! by age and between versions of the local key.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel::sql_types::{BigInt, Binary, Integer, Nullable};
+use diesel::{QueryableByName, sql_query};
+use diesel_async::RunQueryDsl;
+use jarvis_crypt::{
+    AwsKms, Encryptor, KeyProvider, KmsConnection, KmsOptions, LocalKeyProvider, NoAudit,
+    SearchKey, cipher,
+};
+use jarvis_models::migrations::Backend;
+use jarvis_models::{Database, NewApiKey, NewBackup, NewOAuthToken, Store, with_conn};
+
+const SALT: &str = "a search salt for the rotate tests, long enough to be accepted";
+
+/// The binary with a clean environment plus `vars`.
+fn jarvis(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_jarvis"));
+    command.current_dir(dir).args(args);
+    for var in [
+        "KMS_KEY_ID",
+        "ENCRYPTION_SEARCH_SALT",
+        "JARVIS_LOCAL_KEY_FILE",
+        "JARVIS_LOCAL_MASTER_KEY",
+        "RUST_LOG",
+    ] {
+        command.env_remove(var);
+    }
+    for (k, v) in vars {
+        command.env(k, v);
+    }
+    command
+}
+
+fn run(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let output = jarvis(dir, args, vars).output().expect("jarvis runs");
+    assert!(
+        output.status.success(),
+        "jarvis {args:?}: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn verify_json(dir: &Path, vars: &[(&str, &str)]) -> serde_json::Value {
+    let verify = run(dir, &["verify", "--json"], vars);
+    serde_json::from_slice(&verify.stdout).expect("verify --json")
+}
+
+/// Per column of a verify report: (current, legacy, by master key).
+fn columns(report: &serde_json::Value) -> Vec<(String, u64, u64, serde_json::Value)> {
+    report["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .map(|c| {
+            (
+                format!(
+                    "{}.{}",
+                    c["table"].as_str().unwrap_or(""),
+                    c["column"].as_str().unwrap_or("")
+                ),
+                c["current"].as_u64().unwrap_or(0),
+                c["legacy"].as_u64().unwrap_or(0),
+                c["by_master_key"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+async fn count(db: &Database, sql: &str) -> i64 {
+    let mut conn = db.get().await.expect("conn");
+    let rows: Vec<Count> = with_conn!(&mut conn, |c| sql_query(sql).load(c).await.expect(sql));
+    rows[0].n
+}
+
+async fn execute(db: &Database, sql: &str) {
+    let mut conn = db.get().await.expect("conn");
+    with_conn!(&mut conn, |c| sql_query(sql).execute(c).await.expect(sql));
+}
+
+#[derive(QueryableByName, PartialEq, Eq, Debug, Clone, PartialOrd, Ord)]
+struct Stored {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Nullable<Binary>)]
+    ciphertext: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    data_key: Option<Vec<u8>>,
+    #[diesel(sql_type = Integer)]
+    rotation_count: i32,
+}
+
+async fn users(db: &Database) -> Vec<Stored> {
+    let mut conn = db.get().await.expect("conn");
+    with_conn!(&mut conn, |c| sql_query(
+        "SELECT id, encrypted_email AS ciphertext, email_data_key AS data_key, rotation_count \
+         FROM users ORDER BY id"
+    )
+    .load(c)
+    .await
+    .expect("users"))
+}
+
+/// Every distinct wrapped data key of every encrypted column.
+const DISTINCT_DATA_KEYS: &str = "SELECT COUNT(*) AS n FROM (
+    SELECT email_data_key AS k FROM users WHERE email_data_key IS NOT NULL
+    UNION SELECT key_data_key FROM api_keys
+    UNION SELECT access_token_data_key FROM oauth_tokens
+    UNION SELECT refresh_token_data_key FROM oauth_tokens WHERE refresh_token_data_key IS NOT NULL
+    UNION SELECT data_data_key FROM encrypted_backups WHERE data_data_key IS NOT NULL) AS keys";
+
+fn store(db: &Database, provider: Arc<dyn KeyProvider>, search: SearchKey) -> Store {
+    let encryptor = Encryptor::builder(provider).search_key(search).build();
+    Store::new(db.clone(), encryptor, Arc::new(NoAudit))
+}
+
+/// Users, API keys, OAuth tokens and an inline backup.
+async fn seed(store: &Store, users: usize) {
+    let emails: Vec<String> = (0..users).map(|i| format!("user{i}@example.com")).collect();
+    for chunk in emails.chunks(2_000) {
+        store.create_users(chunk.to_vec()).await.expect("users");
+    }
+    for i in 0..3 {
+        store
+            .create_api_key(NewApiKey {
+                service_name: format!("service-{i}"),
+                key: format!("sk_live_rotate_{i}"),
+                metadata: None,
+                expires_at: None,
+            })
+            .await
+            .expect("api key");
+    }
+    for i in 0..2 {
+        store
+            .create_oauth_token(NewOAuthToken {
+                user_id: Some(1),
+                provider: "google".into(),
+                access_token: format!("ya29.rotate-{i}"),
+                refresh_token: Some(format!("1//rotate-{i}")),
+                scope: None,
+                expires_at: None,
+            })
+            .await
+            .expect("oauth token");
+    }
+    store
+        .create_backup(NewBackup {
+            backup_name: "inline".into(),
+            backup_type: "full".into(),
+            storage_path: None,
+            data: Some(b"a small backup".to_vec()),
+            size_bytes: Some(14),
+            checksum: None,
+            master_key_id: None,
+        })
+        .await
+        .expect("backup");
+}
+
+async fn kms_key(connection: &KmsConnection, name: &str) -> String {
+    let env = format!("{name}-{}-{}", std::process::id(), rand_suffix());
+    connection
+        .ensure_key(&env, None)
+        .await
+        .expect("kms key")
+        .key_arn
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now()) % 1_000_000
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn to_key_rewraps_every_data_key_once_then_the_old_key_retires() {
+    let endpoint = jarvis_tests::kms_endpoint();
+    let connection = KmsConnection::from_env(KmsOptions::default())
+        .await
+        .expect("kms");
+    let old = kms_key(&connection, "rotate-old").await;
+    let new = kms_key(&connection, "rotate-new").await;
+    let url = jarvis_tests::fresh_postgres_database("cli_rotate_to_key");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vars_old = [
+        ("DATABASE_URL", url.as_str()),
+        ("AWS_ENDPOINT_URL_KMS", endpoint.as_str()),
+        ("KMS_KEY_ID", old.as_str()),
+    ];
+    let vars_new = [
+        ("DATABASE_URL", url.as_str()),
+        ("AWS_ENDPOINT_URL_KMS", endpoint.as_str()),
+        ("KMS_KEY_ID", new.as_str()),
+    ];
+    run(dir.path(), &["migrate"], &vars_old);
+    let db = Database::connect(&url, 4).await.expect("db");
+    let provider: Arc<dyn KeyProvider> = Arc::new(
+        AwsKms::new(connection.clone(), &old)
+            .await
+            .expect("old key"),
+    );
+    // The search key is generated and stored in jarvis_keys, wrapped under the old key.
+    let search = jarvis_models::keys::stored_search_key(&db, provider.as_ref())
+        .await
+        .expect("search key");
+    seed(&store(&db, provider, search), 1_200).await;
+    let distinct = count(&db, DISTINCT_DATA_KEYS).await;
+    let before = users(&db).await;
+
+    // While rows need the old key, it cannot be retired.
+    let refused = jarvis(dir.path(), &["retire-key", &old], &vars_new)
+        .output()
+        .expect("retire-key");
+    assert_eq!(refused.status.code(), Some(1), "{}", stdout(&refused));
+
+    let rotated = run(
+        dir.path(),
+        &[
+            "rotate",
+            "--to-key",
+            &new,
+            "--batch-size",
+            "500",
+            "--workers",
+            "2",
+        ],
+        &vars_old,
+    );
+    let out = stdout(&rotated);
+    assert!(
+        out.contains(&format!(
+            "{distinct} data keys re-wrapped, 1 stored keys re-wrapped"
+        )),
+        "each distinct data key re-wrapped once: {out}"
+    );
+    assert!(
+        out.contains("to-key users: 1200 of 1200 rows done"),
+        "{out}"
+    );
+
+    // Ciphertexts untouched, data keys changed, the rotation counted.
+    let after = users(&db).await;
+    assert_eq!(before.len(), after.len());
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b.ciphertext, a.ciphertext);
+        assert_ne!(b.data_key, a.data_key);
+        assert_eq!(a.rotation_count, b.rotation_count + 1);
+    }
+    // Every value decrypts, all under the new key.
+    let report = verify_json(dir.path(), &vars_new);
+    assert_eq!(report["clean"], true, "{report}");
+    for (column, current, _, by_key) in columns(&report) {
+        let keys: Vec<&String> = by_key.as_object().expect("keys").keys().collect();
+        assert!(
+            current == 0 || keys == vec![&new],
+            "{column} under {keys:?}, not only {new}"
+        );
+    }
+    // A second run finds nothing to do.
+    let again = stdout(&run(dir.path(), &["rotate", "--to-key", &new], &vars_old));
+    assert!(
+        again.contains("0 data keys re-wrapped, 0 stored keys re-wrapped"),
+        "{again}"
+    );
+
+    // Nothing needs the old key any more: it can be retired, and everything still reads.
+    let retired = run(
+        dir.path(),
+        &["retire-key", &old, "--pending-days", "7"],
+        &vars_new,
+    );
+    assert!(
+        stdout(&retired).contains("PendingDeletion"),
+        "{}",
+        stdout(&retired)
+    );
+    let provider: Arc<dyn KeyProvider> = Arc::new(
+        AwsKms::new(connection.clone(), &new)
+            .await
+            .expect("new key"),
+    );
+    let search = jarvis_models::keys::stored_search_key(&db, provider.as_ref())
+        .await
+        .expect("search key under the new master key");
+    let store = store(&db, provider, search);
+    let found = store
+        .find_user_by_email("USER7@example.com")
+        .await
+        .expect("lookup")
+        .expect("found");
+    assert_eq!(found.email, "user7@example.com");
+    assert_eq!(verify_json(dir.path(), &vars_new)["clean"], true);
+}
+
+/// `rotate --reencrypt` killed once a first batch has committed, then rerun: the rerun does
+/// only the rows left, every value ends under a data key of the job, and verifies.
+async fn reencrypt_killed_and_resumed(url: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let vars = [
+        ("DATABASE_URL", url),
+        ("JARVIS_LOCAL_MASTER_KEY", key),
+        ("ENCRYPTION_SEARCH_SALT", SALT),
+    ];
+    run(dir.path(), &["migrate"], &vars);
+    let db = Database::connect(url, 4).await.expect("db");
+    let provider: Arc<dyn KeyProvider> =
+        Arc::new(LocalKeyProvider::from_hex(key).expect("local key"));
+    let search = SearchKey::new(SALT.as_bytes().to_vec()).expect("salt");
+    seed(&store(&db, provider, search), 20_000).await;
+    let old_keys: BTreeSet<Vec<u8>> = users(&db)
+        .await
+        .into_iter()
+        .filter_map(|u| u.data_key)
+        .collect();
+
+    let args = ["rotate", "--reencrypt", "--batch-size", "200"];
+    let mut child = jarvis(dir.path(), &args, &vars)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Watch the database: kill once a first batch has committed.
+    let rotated = "SELECT COUNT(*) AS n FROM users WHERE rotation_count > 0";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count(&db, rotated).await == 0 {
+        assert!(Instant::now() < deadline, "no batch committed in time");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "job ended before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let done = count(&db, rotated).await;
+    assert!(done > 0 && done < 20_000, "killed midway: {done}");
+    assert_eq!(done % 200, 0, "only whole batches are committed");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) AS n FROM jarvis_jobs WHERE finished_at IS NULL"
+        )
+        .await,
+        1,
+        "the interrupted run is recorded as unfinished"
+    );
+
+    let rerun = stdout(&run(dir.path(), &args, &vars));
+    let left = 20_000 - done;
+    assert!(
+        rerun.contains(&format!("reencrypt users: {left} of {left} rows done")),
+        "the rerun resumes the interrupted run: {rerun}"
+    );
+    let after = users(&db).await;
+    assert!(
+        after.iter().all(|u| u.rotation_count == 1),
+        "every row re-encrypted exactly once"
+    );
+    assert!(
+        after
+            .iter()
+            .all(|u| u.data_key.as_ref().is_some_and(|k| !old_keys.contains(k))),
+        "no value is left under an old data key"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) AS n FROM jarvis_jobs WHERE finished_at IS NULL"
+        )
+        .await,
+        0
+    );
+    let report = verify_json(dir.path(), &vars);
+    assert_eq!(report["clean"], true, "{report}");
+    // A new run re-encrypts everything again, under new data keys.
+    let again = stdout(&run(
+        dir.path(),
+        &["rotate", "--reencrypt", "--table", "api_keys"],
+        &vars,
+    ));
+    assert!(
+        again.contains("reencrypt api_keys: 3 of 3 rows done"),
+        "{again}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reencrypt_killed_then_resumed_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = dir.path().join("reencrypt.sqlite3").display().to_string();
+    reencrypt_killed_and_resumed(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reencrypt_killed_then_resumed_on_postgres() {
+    reencrypt_killed_and_resumed(&jarvis_tests::fresh_postgres_database("cli_reencrypt")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_rows_are_reported_by_verify_and_upgraded_by_rotate_legacy() {
+    let endpoint = jarvis_tests::kms_endpoint();
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&endpoint)
+        .load()
+        .await;
+    let client = aws_sdk_kms::Client::new(&shared);
+    let connection = KmsConnection::from_client(client.clone(), KmsOptions::default());
+    let arn = kms_key(&connection, "rotate-legacy").await;
+    let url = jarvis_tests::fresh_postgres_database("cli_legacy");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vars = [
+        ("DATABASE_URL", url.as_str()),
+        ("AWS_ENDPOINT_URL_KMS", endpoint.as_str()),
+        ("KMS_KEY_ID", arn.as_str()),
+        ("ENCRYPTION_SEARCH_SALT", SALT),
+    ];
+    run(dir.path(), &["migrate"], &vars);
+    let db = Database::connect(&url, 4).await.expect("db");
+    let provider: Arc<dyn KeyProvider> =
+        Arc::new(AwsKms::new(connection.clone(), &arn).await.expect("key"));
+    let search = SearchKey::new(SALT.as_bytes().to_vec()).expect("salt");
+    let store = store(&db, provider, search);
+    seed(&store, 10).await;
+
+    // Rows as the earlier implementation wrote them: a data key from GenerateDataKey without
+    // an encryption context, 16-byte IVs, no associated data, the bare blob, and search
+    // hashes of another scheme.
+    let out = client
+        .generate_data_key()
+        .key_id(&arn)
+        .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
+        .send()
+        .await
+        .expect("legacy data key");
+    let key: [u8; 32] = out
+        .plaintext()
+        .expect("plaintext")
+        .as_ref()
+        .try_into()
+        .expect("32 bytes");
+    let blob = hex::encode(out.ciphertext_blob().expect("blob").as_ref());
+    let legacy = |plaintext: &str, n: u8| {
+        let iv = [n; 16];
+        let (ct, tag) =
+            cipher::seal_with_nonce(&key, &iv, b"", plaintext.as_bytes()).expect("seal");
+        (hex::encode(ct), hex::encode(iv), hex::encode(tag))
+    };
+    for i in 0..5u8 {
+        let (ct, iv, tag) = legacy(&format!("legacy{i}@example.com"), i + 1);
+        execute(
+            &db,
+            &format!(
+                "INSERT INTO users (encrypted_email, email_iv, email_auth_tag, email_data_key, email_hash) \
+                 VALUES ('\\x{ct}', '\\x{iv}', '\\x{tag}', '\\x{blob}', '\\x{}')",
+                hex::encode([0xAB; 32])
+            ),
+        )
+        .await;
+    }
+    let (ct, iv, tag) = legacy("sk_live_legacy", 9);
+    execute(
+        &db,
+        &format!(
+            "INSERT INTO api_keys (service_name, encrypted_key, key_iv, key_auth_tag, key_data_key) \
+             VALUES ('stripe', '\\x{ct}', '\\x{iv}', '\\x{tag}', '\\x{blob}')"
+        ),
+    )
+    .await;
+
+    // verify: legacy rows are legacy, not failures.
+    let report = verify_json(dir.path(), &vars);
+    assert_eq!(report["clean"], true, "{report}");
+    let by_column = columns(&report);
+    let legacy_of = |name: &str| {
+        by_column
+            .iter()
+            .find(|(c, ..)| c == name)
+            .map(|(_, current, legacy, _)| (*current, *legacy))
+            .expect(name)
+    };
+    assert_eq!(legacy_of("users.encrypted_email"), (10, 5));
+    assert_eq!(legacy_of("api_keys.encrypted_key"), (3, 1));
+    // Other modes leave them alone and say so.
+    let reencrypt = stdout(&run(
+        dir.path(),
+        &["rotate", "--reencrypt", "--table", "users"],
+        &vars,
+    ));
+    assert!(
+        reencrypt.contains("5 legacy rows left alone"),
+        "{reencrypt}"
+    );
+    // The legacy rows are not found by their email yet: their hashes are of another scheme.
+    assert!(
+        store
+            .find_user_by_email("legacy3@example.com")
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+
+    let upgraded = stdout(&run(dir.path(), &["rotate", "--legacy"], &vars));
+    assert!(
+        upgraded.contains("legacy users: 5 of 5 rows done"),
+        "{upgraded}"
+    );
+    assert!(
+        upgraded.contains("legacy api_keys: 1 of 1 rows done"),
+        "{upgraded}"
+    );
+    let report = verify_json(dir.path(), &vars);
+    assert_eq!(report["clean"], true, "{report}");
+    let by_column = columns(&report);
+    let forms = |name: &str| {
+        by_column
+            .iter()
+            .find(|(c, ..)| c == name)
+            .map(|(_, current, legacy, _)| (*current, *legacy))
+            .expect(name)
+    };
+    assert_eq!(forms("users.encrypted_email"), (15, 0));
+    assert_eq!(forms("api_keys.encrypted_key"), (4, 0));
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) AS n FROM users WHERE length(email_iv) <> 12"
+        )
+        .await,
+        0
+    );
+    // Found through the new search hash, with the current form's associated data.
+    let found = store
+        .find_user_by_email(" Legacy3@Example.com ")
+        .await
+        .expect("lookup")
+        .expect("found");
+    assert_eq!(found.email, "legacy3@example.com");
+    let api = store
+        .find_api_key_by_key("sk_live_legacy")
+        .await
+        .expect("lookup")
+        .expect("found");
+    assert_eq!(api.service_name, "stripe");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_than_and_local_key_versions_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = dir.path().join("rotate.sqlite3").display().to_string();
+    let key_file = dir.path().join("master.key").display().to_string();
+    let vars = [
+        ("DATABASE_URL", url.as_str()),
+        ("JARVIS_LOCAL_KEY_FILE", key_file.as_str()),
+        ("ENCRYPTION_SEARCH_SALT", SALT),
+    ];
+    let v1 = stdout(&run(dir.path(), &["init"], &vars)).trim().to_owned();
+    run(dir.path(), &["migrate"], &vars);
+    let db = Database::connect(&url, 2).await.expect("db");
+    let provider: Arc<dyn KeyProvider> =
+        Arc::new(LocalKeyProvider::from_file(&key_file).expect("key file"));
+    let search = SearchKey::new(SALT.as_bytes().to_vec()).expect("salt");
+    seed(&store(&db, provider, search), 50).await;
+    assert_eq!(db.backend(), Backend::Sqlite);
+
+    // Two API keys last rotated 100 days ago, users created 120 days ago: --older-than 90d
+    // takes exactly those.
+    execute(
+        &db,
+        "UPDATE api_keys SET last_rotated_at = datetime('now', '-100 days') WHERE id <= 2",
+    )
+    .await;
+    execute(
+        &db,
+        "UPDATE users SET created_at = datetime('now', '-120 days') WHERE id <= 7",
+    )
+    .await;
+    let out = stdout(&run(dir.path(), &["rotate", "--older-than", "90d"], &vars));
+    assert!(out.contains("older-than users: 7 of 7 rows done"), "{out}");
+    assert!(
+        out.contains("older-than api_keys: 2 of 2 rows done"),
+        "{out}"
+    );
+    assert!(
+        out.contains("older-than oauth_tokens: 0 of 0 rows done"),
+        "{out}"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) AS n FROM api_keys WHERE rotation_count = 1"
+        )
+        .await,
+        2
+    );
+    let again = stdout(&run(dir.path(), &["rotate", "--older-than", "90d"], &vars));
+    assert!(again.contains("0 rows in"), "nothing left: {again}");
+    let bad = jarvis(dir.path(), &["rotate", "--older-than", "soon"], &vars)
+        .output()
+        .expect("runs");
+    assert!(!bad.status.success());
+
+    // A new version of the local key; everything moves under it.
+    let v2 = stdout(&run(dir.path(), &["init", "--new-version"], &vars))
+        .trim()
+        .to_owned();
+    assert_eq!(v2, format!("{v1}#v2"));
+    let moved = stdout(&run(dir.path(), &["rotate", "--to-key", "2"], &vars));
+    assert!(
+        moved.contains("to-key users: 50 of 50 rows done"),
+        "{moved}"
+    );
+    let report = verify_json(dir.path(), &vars);
+    assert_eq!(report["clean"], true, "{report}");
+    for (column, current, _, by_key) in columns(&report) {
+        let keys: Vec<&String> = by_key.as_object().expect("keys").keys().collect();
+        assert!(current == 0 || keys == vec![&v2], "{column}: {keys:?}");
+    }
+    let unknown = jarvis(dir.path(), &["rotate", "--to-key", "9"], &vars)
+        .output()
+        .expect("runs");
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("unknown master key"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+}

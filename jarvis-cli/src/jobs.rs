@@ -201,7 +201,7 @@ pub(crate) async fn rotate(global: &Global, args: RotateArgs) -> Result<()> {
             }
         );
     }
-    if matches!(options.mode, RotateMode::ToKey(_)) {
+    if matches!(options.mode, RotateMode::ToKey(_)) || report.stored_keys_rewrapped > 0 {
         println!(
             "{} data keys re-wrapped, {} stored keys re-wrapped",
             report.keys_rewrapped, report.stored_keys_rewrapped

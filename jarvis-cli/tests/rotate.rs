@@ -645,3 +645,66 @@ async fn older_than_and_local_key_versions_on_sqlite() {
         String::from_utf8_lossy(&unknown.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reencrypt_under_a_new_kms_key_is_the_compromise_procedure() {
+    let endpoint = jarvis_tests::kms_endpoint();
+    let connection = KmsConnection::from_env(KmsOptions::default())
+        .await
+        .expect("kms");
+    let old = kms_key(&connection, "compromised").await;
+    let new = kms_key(&connection, "replacement").await;
+    let url = jarvis_tests::fresh_postgres_database("cli_compromise");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vars_old = [
+        ("DATABASE_URL", url.as_str()),
+        ("AWS_ENDPOINT_URL_KMS", endpoint.as_str()),
+        ("KMS_KEY_ID", old.as_str()),
+    ];
+    let vars_new = [
+        ("DATABASE_URL", url.as_str()),
+        ("AWS_ENDPOINT_URL_KMS", endpoint.as_str()),
+        ("KMS_KEY_ID", new.as_str()),
+    ];
+    run(dir.path(), &["migrate"], &vars_old);
+    let db = Database::connect(&url, 4).await.expect("db");
+    let provider: Arc<dyn KeyProvider> = Arc::new(
+        AwsKms::new(connection.clone(), &old)
+            .await
+            .expect("old key"),
+    );
+    let search = jarvis_models::keys::stored_search_key(&db, provider.as_ref())
+        .await
+        .expect("search key");
+    seed(&store(&db, provider, search), 300).await;
+    let before = users(&db).await;
+
+    let out = stdout(&run(
+        dir.path(),
+        &["rotate", "--reencrypt", "--to-key", &new],
+        &vars_old,
+    ));
+    assert!(
+        out.contains("reencrypt users: 300 of 300 rows done"),
+        "{out}"
+    );
+    assert!(out.contains("1 stored keys re-wrapped"), "{out}");
+    let after = users(&db).await;
+    for (b, a) in before.iter().zip(&after) {
+        assert_ne!(b.ciphertext, a.ciphertext, "re-encrypted, not re-wrapped");
+        assert_ne!(b.data_key, a.data_key);
+    }
+    let report = verify_json(dir.path(), &vars_new);
+    assert_eq!(report["clean"], true, "{report}");
+    for (column, current, _, by_key) in columns(&report) {
+        let keys: Vec<&String> = by_key.as_object().expect("keys").keys().collect();
+        assert!(current == 0 || keys == vec![&new], "{column}: {keys:?}");
+    }
+    let retired = run(
+        dir.path(),
+        &["retire-key", &old, "--pending-days", "7"],
+        &vars_new,
+    );
+    assert!(stdout(&retired).contains("PendingDeletion"));
+    assert_eq!(verify_json(dir.path(), &vars_new)["clean"], true);
+}

@@ -210,7 +210,8 @@ pub struct RotateReport {
     pub tables: Vec<TableReport>,
     /// Distinct data keys re-wrapped (`to-key`): one provider call each.
     pub keys_rewrapped: u64,
-    /// Keys of `jarvis_keys` (the stored search key) re-wrapped (`to-key`).
+    /// Keys of `jarvis_keys` (the stored search key) re-wrapped under the master key the
+    /// whole database moved to (`to-key`, or `reencrypt` under a new master key).
     pub stored_keys_rewrapped: u64,
     /// Whether the stop flag ended the run before every pending row was done.
     pub stopped: bool,
@@ -353,13 +354,18 @@ pub async fn rotate(
         }
     }
     report.stopped = report.stopped && report.rows_remaining() > 0;
-    // The stored search key goes along when the whole database moves to the new key.
-    if let RotateMode::ToKey(to) = &options.mode
+    // The stored search key goes along when the whole database moves to a master key.
+    let moved_to = match &options.mode {
+        RotateMode::ToKey(to) => Some(to.clone()),
+        RotateMode::Reencrypt => Some(store.encryptor().master_key()),
+        _ => None,
+    };
+    if let Some(to) = moved_to
         && !report.stopped
         && options.table.is_none()
     {
         report.stored_keys_rewrapped =
-            crate::keys::rewrap_stored_keys(db, store.encryptor().provider().as_ref(), to).await?;
+            crate::keys::rewrap_stored_keys(db, store.encryptor().provider().as_ref(), &to).await?;
     }
     if options.mode == RotateMode::Reencrypt && !report.stopped && report.rows_remaining() == 0 {
         finish(db, &reencrypt_parameters(store, &tables), started_at).await?;

@@ -83,11 +83,7 @@ async fn encrypt_concurrently(
                         .await
                         .expect("encrypt");
                     let nonce: [u8; 12] = stored.nonce.as_bytes().try_into().expect("12 bytes");
-                    seen.push((
-                        hasher.hash_one(stored.data_key.as_bytes()),
-                        nonce,
-                        n as u32,
-                    ));
+                    seen.push((hasher.hash_one(stored.data_key.as_bytes()), nonce, n as u32));
                 }
                 seen
             })
@@ -115,7 +111,10 @@ fn usage(seen: &[Seen]) -> HashMap<u64, (u64, u64)> {
 fn assert_no_repeated_nonce(seen: &[Seen]) {
     let mut pairs = HashSet::with_capacity(seen.len());
     for (key, nonce, _) in seen {
-        assert!(pairs.insert((*key, *nonce)), "a (data key, nonce) pair repeated");
+        assert!(
+            pairs.insert((*key, *nonce)),
+            "a (data key, nonce) pair repeated"
+        );
     }
     assert_eq!(pairs.len(), seen.len());
 }

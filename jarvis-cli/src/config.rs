@@ -6,8 +6,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use jarvis_crypt::{
-    AwsKms, Encryptor, KeyProvider, KmsConnection, KmsOptions, LocalKeyProvider, MasterKeyRef,
-    SearchKey,
+    AwsKms, CacheLimits, Encryptor, KeyProvider, KmsConnection, KmsOptions, LocalKeyProvider,
+    MasterKeyRef, SearchKey,
 };
 use jarvis_models::{Database, DbAudit, Store};
 
@@ -54,6 +54,12 @@ pub(crate) struct Global {
         hide_env_values = true
     )]
     pub(crate) search_key: Option<String>,
+
+    /// Values one data key encrypts before the next is generated [default: 1048576]; `1`
+    /// gives every value a data key of its own, as the original system did (one KMS call per
+    /// value).
+    #[arg(long, global = true, env = "JARVIS_DATA_KEY_MAX_VALUES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) data_key_max_values: Option<u64>,
 }
 
 impl std::fmt::Debug for Global {
@@ -127,6 +133,12 @@ impl Global {
         };
         if let Some(key) = search_key {
             builder = builder.search_key(key);
+        }
+        if let Some(max_messages) = self.data_key_max_values {
+            builder = builder.cache_limits(CacheLimits {
+                max_messages,
+                ..CacheLimits::default()
+            });
         }
         let encryptor = builder.allow_legacy(options.allow_legacy).build();
         let audit = DbAudit::start(db.clone());

@@ -99,6 +99,11 @@ impl FaultProxy {
         });
     }
 
+    /// Removes every rule: the end of an outage.
+    pub fn clear(&self) {
+        self.state.lock().expect("lock").rules.clear();
+    }
+
     /// Requests of `operation` that reached the proxy so far (faulted ones included).
     pub fn seen(&self, operation: &str) -> usize {
         *self

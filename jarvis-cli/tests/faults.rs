@@ -289,11 +289,7 @@ async fn throttling_latency_and_dropped_connections_are_retried() {
         "{}",
         proxy.seen("GenerateDataKey")
     );
-    assert!(
-        proxy.seen("Decrypt") >= 6 + 2,
-        "{}",
-        proxy.seen("Decrypt")
-    );
+    assert!(proxy.seen("Decrypt") >= 6 + 2, "{}", proxy.seen("Decrypt"));
     assert_eq!(count(&db, NEITHER).await, 0);
     verify_clean(dir.path(), &vars);
 }

@@ -903,6 +903,39 @@ impl Store {
         )
     }
 
+    /// The recorded backup named `name`, decrypted (its in-row bytes included); the read is
+    /// audited.
+    pub async fn find_backup_by_name(&self, name: &str) -> Result<Option<EncryptedBackup>> {
+        let started = Instant::now();
+        let result = async {
+            let mut conn = self.db.get().await?;
+            let row: Option<EncryptedBackupRow> =
+                with_conn!(&mut conn, |c| encrypted_backups::table
+                    .filter(encrypted_backups::backup_name.eq(name))
+                    .select(EncryptedBackupRow::as_select())
+                    .first(c)
+                    .await
+                    .optional()?);
+            match row {
+                Some(row) => Ok(Some(
+                    EncryptedBackup::decrypt_row(row, &self.encryptor).await?,
+                )),
+                None => Ok(None),
+            }
+        }
+        .await;
+        let ids = result.as_ref().ok().and_then(|b| b.as_ref().map(|b| b.id));
+        self.audit(
+            Operation::Decrypt,
+            "encrypted_backups",
+            "encrypted_data",
+            ids,
+            started,
+            &result,
+        );
+        result
+    }
+
     /// Every recorded backup, newest first, decrypted.
     pub async fn list_backups(&self) -> Result<Vec<EncryptedBackup>> {
         let started = Instant::now();

@@ -6,11 +6,11 @@
 //! `null` (a nullable field without a value). A current value that does not decrypt is a
 //! failure with its error kind.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
 use diesel_async::RunQueryDsl;
-use jarvis_crypt::{Binding, Encryptor, KeyEnvelope, StoredField};
+use jarvis_crypt::{Binding, Encryptor, KeyEnvelope, MasterKeyRef, StoredField};
 
 use crate::db::Database;
 use crate::error::ModelError;
@@ -410,4 +410,40 @@ pub async fn key_usage(db: &Database, key_id: &str) -> Result<KeyUsage, ModelErr
         .await?);
     usage.backups = u64::try_from(backups).unwrap_or(0);
     Ok(usage)
+}
+
+/// The master keys that the rows of `db` need: every master key named by a wrapped data key
+/// of an encrypted column ([`TABLES`]) or by the stored search key (`jarvis_keys`).
+///
+/// Like [`key_usage`], it reads the envelopes only: nothing is decrypted and no provider is
+/// called. Legacy values (bare KMS blobs) name no key and are not counted. A backup's
+/// manifest lists these keys, so that whoever restores it knows which keys it needs.
+pub async fn master_keys_in_use(db: &Database) -> Result<BTreeSet<MasterKeyRef>, ModelError> {
+    let mut keys = BTreeSet::new();
+    for (table, _) in TABLES {
+        let mut after = 0i64;
+        loop {
+            let (entries, last) = page(db, table, after).await?;
+            let Some(last) = last else { break };
+            after = last;
+            for entry in entries {
+                if let Some(Ok(KeyEnvelope::Jarvis { master_key, .. })) =
+                    entry.stored.value.as_ref().map(|s| s.data_key.envelope())
+                {
+                    keys.insert(master_key);
+                }
+            }
+        }
+    }
+    let mut conn = db.get().await?;
+    let stored_keys: Vec<Vec<u8>> = with_conn!(&mut conn, |c| crate::schema::jarvis_keys::table
+        .select(crate::schema::jarvis_keys::wrapped_key)
+        .load(c)
+        .await?);
+    for bytes in &stored_keys {
+        if let Ok(KeyEnvelope::Jarvis { master_key, .. }) = KeyEnvelope::parse(bytes) {
+            keys.insert(master_key);
+        }
+    }
+    Ok(keys)
 }

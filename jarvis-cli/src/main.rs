@@ -5,6 +5,7 @@
 //! parameters at debug level).
 
 mod audit;
+mod backup;
 mod config;
 mod demo;
 mod jobs;
@@ -125,6 +126,12 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         pending_days: i32,
     },
+    /// Encrypted backups: create (pg_dump or an SQLite copy, streamed through the backup
+    /// cipher), restore (authenticated first, then one transaction), verify, list.
+    Backup {
+        #[command(subcommand)]
+        command: backup::BackupCommand,
+    },
     /// The audit summary per table and operation.
     Audit {
         /// How far back: `24h`, `7d`, `30m`.
@@ -229,6 +236,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::RetireKey { key, pending_days } => {
             return jobs::retire_key(global, &key, pending_days).await;
         }
+        Command::Backup { command } => return backup::run(global, command).await,
         Command::Audit { since, json } => audit::run(global, &since, json).await?,
     }
     Ok(ExitCode::SUCCESS)

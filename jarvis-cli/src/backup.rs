@@ -1,0 +1,1168 @@
+//! `jarvis backup create|restore|verify|list`: encrypted, streamed database backups.
+//!
+//! **Create.** PostgreSQL is dumped with `pg_dump --clean --if-exists --no-owner
+//! --no-privileges` (one consistent snapshot; a forced restore replaces the objects); SQLite
+//! is copied online and consistently with `VACUUM INTO` into a private temporary file (mode
+//! 0600 in a fresh directory of mode 0700, deleted afterwards): that file briefly holds the
+//! database, plaintext columns included, on local disk. The dump is streamed through
+//! [`EncryptWriter`] under a fresh data key of the configured provider
+//! ([`KeyPurpose::Backup`](jarvis_crypt::KeyPurpose::Backup)), into `<file>.partial`, which is
+//! renamed to the file once complete and synced, while its SHA-256 is computed. The manifest
+//! records the backend, the schema version (latest applied migration) and the master keys
+//! the rows need ([`master_keys_in_use`], read before and after the dump: a key that appears
+//! meanwhile fails the backup). A row in `encrypted_backups` records the backup: name, type
+//! (`pg_dump` or `sqlite`), absolute path, size, checksum, and in `master_key_id` the master
+//! key that wraps the stream's data key (what `jarvis retire-key` checks).
+//!
+//! `--store-in-db` keeps a small backup (at most [`MAX_IN_DB_BYTES`] of encrypted stream) in
+//! the row itself, in the encrypted field `data`: the stream is then encrypted twice, by its
+//! own data key and by the row's field encryption, which binds it to that row.
+//!
+//! **Restore.** The whole stream is first authenticated with [`verify_stream`] (constant
+//! memory, nothing written), then written in one transaction. PostgreSQL: `psql -X -q -v
+//! ON_ERROR_STOP=1` is fed `BEGIN;`, the decrypted dump, then `COMMIT;`, all by this command.
+//! (`psql --single-transaction` is not used: it commits at the end of its input, and the end
+//! of a pipe whose writer was killed is an end of input, so a restore killed midway would
+//! commit half a dump. Here the `COMMIT` is only sent after the last chunk authenticated; if
+//! decryption fails in this second pass, psql is killed, its stdin still open, and the
+//! server rolls back.) SQLite: the stream is decrypted into `<target>.restoring`, synced,
+//! the target's WAL checkpointed, then renamed over the target and the stale `-wal`/`-shm`
+//! removed. A non-empty target (a table in schema `public`, or an SQLite file with tables)
+//! is refused without `--force`; on PostgreSQL the check is repeated inside the transaction.
+//!
+//! **Audit.** `backup` events come from recording the backup (and a failed one is recorded
+//! too); `restore` events go into the restored database, or into the catalog database of
+//! `--name` when the restore fails. Neither the database URL, nor keys, nor plaintext are
+//! printed or logged: URLs go to `pg_dump`/`psql` as `--dbname` without their password
+//! (which goes in `PGPASSWORD`), and psql's messages are reduced to their error lines.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, ready};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Subcommand;
+use comfy_table::Table;
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Integer, Text};
+use diesel_async::RunQueryDsl;
+use jarvis_crypt::stream::{self, DecryptReader, EncryptWriter, Manifest, StreamOptions};
+use jarvis_crypt::{
+    AuditEvent, AuditSink, Error as CryptError, KeyProvider, KmsConnection, KmsOptions,
+    MasterKeyRef, Operation, ProviderKind,
+};
+use jarvis_models::db::Conn;
+use jarvis_models::migrations::Backend;
+use jarvis_models::verify::master_keys_in_use;
+use jarvis_models::{Database, DbAudit, NewBackup, Store};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::process::Command;
+
+use crate::config::Global;
+
+/// The largest encrypted backup `--store-in-db` keeps in a row: 64 MiB.
+pub(crate) const MAX_IN_DB_BYTES: u64 = 64 * 1024 * 1024;
+
+/// `jarvis backup ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum BackupCommand {
+    /// Dump the database (pg_dump, or an online SQLite copy), encrypt it as a stream under a
+    /// fresh data key, write it to a file (or the database) and record it in
+    /// `encrypted_backups`. Prints its name, path, size and SHA-256.
+    Create {
+        /// The encrypted backup file (must not exist) [default: `<name>.jvbk` here].
+        #[arg(long, value_name = "FILE", conflicts_with = "store_in_db")]
+        out: Option<PathBuf>,
+        /// Keep the backup in its `encrypted_backups` row instead of a file (at most 64 MiB
+        /// encrypted; the row's field encryption adds a second layer bound to the row).
+        #[arg(long)]
+        store_in_db: bool,
+        /// Unique name of the backup [default: `backup-<UTC timestamp>`].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Restore a backup into the database of `--database-url`: the whole backup is
+    /// authenticated first, then written in one transaction (all or nothing).
+    #[command(group(
+        clap::ArgGroup::new("source").required(true).args(["input", "name"])
+    ))]
+    Restore {
+        /// The encrypted backup file.
+        #[arg(long = "in", value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// A recorded backup, by name (its file, or its bytes stored in the row).
+        #[arg(long)]
+        name: Option<String>,
+        /// With `--name`: the database whose `encrypted_backups` records the backup
+        /// [default: the `DATABASE_URL` environment variable]. The restore's target is
+        /// `--database-url`.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        catalog_url: Option<String>,
+        /// Restore over a non-empty database, replacing the objects of the backup.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Authenticate every chunk and the manifest of a backup file, print the manifest and
+    /// whether the configured provider has every master key it needs (no database needed).
+    /// Exit 1 if the backup is damaged or a key is missing.
+    Verify {
+        /// The encrypted backup file.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+    },
+    /// The recorded backups, newest first.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a `jarvis backup` command. A backup that does not authenticate exits 1.
+pub(crate) async fn run(global: &Global, command: BackupCommand) -> Result<ExitCode> {
+    let result = match command {
+        BackupCommand::Create {
+            out,
+            store_in_db,
+            name,
+        } => create(global, out, store_in_db, name).await,
+        BackupCommand::Restore {
+            input,
+            name,
+            catalog_url,
+            force,
+        } => restore(global, input, name, catalog_url, force).await,
+        BackupCommand::Verify { input } => verify(global, &input).await,
+        BackupCommand::List { json } => list(global, json).await,
+    };
+    match result {
+        Err(e) if rejected(&e) => {
+            eprintln!("error: {e:#}");
+            Ok(ExitCode::from(1))
+        }
+        other => other,
+    }
+}
+
+/// Whether the error is a backup that does not authenticate or whose key is unknown.
+fn rejected(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<CryptError>(),
+            Some(CryptError::StreamTampered(_) | CryptError::UnknownMasterKey { .. })
+        )
+    })
+}
+
+fn error_kind(e: &anyhow::Error) -> &'static str {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<CryptError>().map(|e| e.kind().as_str()))
+        .unwrap_or("backup")
+}
+
+// ---- create -------------------------------------------------------------------------------
+
+async fn create(
+    global: &Global,
+    out: Option<PathBuf>,
+    store_in_db: bool,
+    name: Option<String>,
+) -> Result<ExitCode> {
+    let started = Instant::now();
+    let url = global.database_url()?.to_owned();
+    let opened = global.open(false).await?;
+    let result = create_in(
+        global,
+        &opened.db,
+        &opened.store,
+        &url,
+        out,
+        store_in_db,
+        name,
+    )
+    .await;
+    if let Err(e) = &result {
+        opened.audit.record(
+            AuditEvent::new(Operation::Backup, "encrypted_backups".to_owned(), started)
+                .key(opened.encryptor.master_key().key_id)
+                .failed(error_kind(e)),
+        );
+    }
+    opened.audit.shutdown().await;
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// The manifest's name of a backend.
+fn backend_tag(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => "postgres",
+        Backend::Sqlite => "sqlite",
+    }
+}
+
+async fn create_in(
+    global: &Global,
+    db: &Database,
+    store: &Store,
+    url: &str,
+    out: Option<PathBuf>,
+    store_in_db: bool,
+    name: Option<String>,
+) -> Result<()> {
+    let started = Instant::now();
+    let backend = db.backend();
+    let name = name
+        .unwrap_or_else(|| format!("backup-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
+    if name.trim().is_empty() || name.len() > 200 {
+        bail!("a backup name is 1 to 200 characters");
+    }
+    if store.find_backup_by_name(&name).await?.is_some() {
+        bail!("a backup named `{name}` is already recorded; choose another --name");
+    }
+    let status = jarvis_models::migrations::migration_status(url).await?;
+    let schema_version = status
+        .applied
+        .last()
+        .map(|m| m.name.clone())
+        .context("the database has no jarvis schema: run `jarvis migrate` first")?;
+    let keys_before = master_keys_in_use(db).await?;
+    let backup_type = match backend {
+        Backend::Postgres => "pg_dump",
+        Backend::Sqlite => "sqlite",
+    };
+    let mut manifest = Manifest::new(backend_tag(backend), schema_version);
+    manifest.master_key_ids = keys_before.iter().map(ToString::to_string).collect();
+    manifest
+        .extra
+        .insert("backup_name".into(), serde_json::Value::from(name.clone()));
+    manifest
+        .extra
+        .insert("backup_type".into(), serde_json::Value::from(backup_type));
+    manifest.extra.insert(
+        "tool".into(),
+        serde_json::Value::from(format!("jarvis {}", env!("CARGO_PKG_VERSION"))),
+    );
+    let provider = global.provider().await?;
+
+    let (path, data, written) = if store_in_db {
+        let sink = Hashing::new(Vec::new(), Some(MAX_IN_DB_BYTES));
+        let (sink, summary) = encrypt_dump(sink, provider.as_ref(), &manifest, db, url).await?;
+        let (bytes, checksum, size) = sink.finish();
+        (None, Some(bytes), (summary, checksum, size))
+    } else {
+        let path =
+            std::path::absolute(out.unwrap_or_else(|| PathBuf::from(format!("{name}.jvbk"))))
+                .context("cannot make the --out path absolute")?;
+        if path.exists() {
+            bail!(
+                "{} exists; a backup never overwrites a file",
+                path.display()
+            );
+        }
+        let partial = with_suffix(&path, ".partial");
+        let file = private_file(&partial).await?;
+        let outcome = encrypt_dump(
+            Hashing::new(file, None),
+            provider.as_ref(),
+            &manifest,
+            db,
+            url,
+        )
+        .await;
+        let (sink, summary) = match outcome {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(e);
+            }
+        };
+        let (file, checksum, size) = sink.finish();
+        file.sync_all().await?;
+        drop(file);
+        tokio::fs::rename(&partial, &path).await?;
+        sync_parent(&path);
+        (Some(path), None, (summary, checksum, size))
+    };
+    let (summary, checksum, size) = written;
+
+    let keys_after = master_keys_in_use(db).await?;
+    let new_keys: Vec<String> = keys_after
+        .difference(&keys_before)
+        .map(ToString::to_string)
+        .collect();
+    if !new_keys.is_empty() {
+        if let Some(path) = &path {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+        bail!(
+            "rows came under other master keys while the backup ran (a rotation?): {}; \
+             its manifest would not list them, so it was discarded: run `jarvis backup create` again",
+            new_keys.join(", ")
+        );
+    }
+
+    let record = store
+        .create_backup(NewBackup {
+            backup_name: name.clone(),
+            backup_type: backup_type.to_owned(),
+            storage_path: path.as_ref().map(|p| p.display().to_string()),
+            data,
+            size_bytes: Some(i64::try_from(size)?),
+            checksum: Some(checksum.clone()),
+            master_key_id: Some(summary.master_key.key_id.clone()),
+        })
+        .await
+        .with_context(|| match &path {
+            Some(p) => format!(
+                "the backup file {} was written but not recorded",
+                p.display()
+            ),
+            None => "the backup was not recorded".to_owned(),
+        })?;
+    println!("name      {name}");
+    match &path {
+        Some(p) => println!("path      {}", p.display()),
+        None => println!("path      (stored in encrypted_backups, row {})", record.id),
+    }
+    println!("size      {size} bytes");
+    println!("sha256    {checksum}");
+    eprintln!(
+        "backed up {} bytes of {} dump ({} chunks) under master key {} in {:.1}s; \
+         the rows need {} master key(s)",
+        summary.plaintext_bytes,
+        backend.name(),
+        summary.chunks,
+        summary.master_key,
+        started.elapsed().as_secs_f64(),
+        keys_before.len()
+    );
+    Ok(())
+}
+
+/// Dumps the database into a stream encrypted onto `sink`; returns the sink and the summary.
+async fn encrypt_dump<W: AsyncWrite + Unpin + Send>(
+    sink: Hashing<W>,
+    provider: &dyn KeyProvider,
+    manifest: &Manifest,
+    db: &Database,
+    url: &str,
+) -> Result<(Hashing<W>, stream::StreamSummary)> {
+    let mut encrypt =
+        EncryptWriter::new(sink, provider, manifest, StreamOptions::default()).await?;
+    let dumped = match db.backend() {
+        Backend::Postgres => pg_dump(url, &mut encrypt).await,
+        Backend::Sqlite => sqlite_copy(db, &mut encrypt).await,
+    };
+    if let Err(e) = dumped {
+        if encrypt.get_ref().exceeded {
+            bail!(
+                "the backup is larger than {} MiB, the limit of --store-in-db: write it to a \
+                 file with --out",
+                MAX_IN_DB_BYTES / (1024 * 1024)
+            );
+        }
+        return Err(e);
+    }
+    let (sink, summary) = encrypt
+        .finish()
+        .await
+        .map_err(|e| anyhow!(e).context("cannot write the backup"))?;
+    if sink.exceeded {
+        bail!("the backup is larger than the limit of --store-in-db: use --out");
+    }
+    Ok((sink, summary))
+}
+
+async fn pg_dump<W: AsyncWrite + Unpin + ?Sized>(url: &str, writer: &mut W) -> Result<()> {
+    let mut command = Command::new("pg_dump");
+    command.args([
+        "--format=plain",
+        "--clean",
+        "--if-exists",
+        "--no-owner",
+        "--no-privileges",
+    ]);
+    pg_connection(&mut command, url)?;
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .context("cannot run pg_dump (install the PostgreSQL client tools)")?;
+    let mut stdout = child.stdout.take().context("pg_dump has no stdout")?;
+    let stderr = collect(child.stderr.take());
+    let copied = tokio::io::copy(&mut stdout, writer).await;
+    drop(stdout);
+    if copied.is_err() {
+        let _ = child.start_kill();
+    }
+    let status = child.wait().await?;
+    let messages = stderr.await.unwrap_or_default();
+    copied.context("cannot write the backup")?;
+    if !status.success() {
+        bail!("pg_dump failed ({status}): {}", error_lines(&messages));
+    }
+    Ok(())
+}
+
+async fn sqlite_copy<W: AsyncWrite + Unpin + ?Sized>(db: &Database, writer: &mut W) -> Result<()> {
+    // A directory of mode 0700 of our own; the copy holds plaintext columns until deleted.
+    let dir = tempfile::Builder::new()
+        .prefix("jarvis-backup-")
+        .tempdir()
+        .context("cannot create a private temporary directory")?;
+    let snapshot = dir.path().join("snapshot.sqlite");
+    // VACUUM INTO accepts an existing empty file: create it 0600 first.
+    drop(private_file(&snapshot).await?);
+    let target = snapshot
+        .to_str()
+        .context("the temporary directory's path is not UTF-8")?
+        .to_owned();
+    let mut conn = db.get().await?;
+    match &mut conn {
+        Conn::Sqlite(c) => {
+            diesel::sql_query("VACUUM INTO ?")
+                .bind::<Text, _>(target)
+                .execute(&mut **c)
+                .await
+                .context("VACUUM INTO (the online copy of the SQLite database) failed")?;
+        }
+        Conn::Postgres(_) => bail!("not an SQLite database"),
+    }
+    drop(conn);
+    let mut file = tokio::fs::File::open(&snapshot).await?;
+    tokio::io::copy(&mut file, writer)
+        .await
+        .context("cannot write the backup")?;
+    drop(file);
+    dir.close().context("cannot delete the temporary copy")?;
+    Ok(())
+}
+
+// ---- restore ------------------------------------------------------------------------------
+
+/// Where the encrypted stream is read from.
+enum Source {
+    File(PathBuf),
+    Bytes(Arc<[u8]>),
+}
+
+impl Source {
+    async fn open(&self) -> Result<Box<dyn AsyncRead + Unpin + Send>> {
+        Ok(match self {
+            Source::File(path) => Box::new(tokio::io::BufReader::with_capacity(
+                256 * 1024,
+                tokio::fs::File::open(path)
+                    .await
+                    .with_context(|| format!("cannot open {}", path.display()))?,
+            )),
+            Source::Bytes(bytes) => Box::new(std::io::Cursor::new(bytes.clone())),
+        })
+    }
+}
+
+/// The recorded backup of `--name`, in its catalog database.
+struct Recorded {
+    id: i64,
+    size: Option<i64>,
+    checksum: Option<String>,
+    audit: DbAudit,
+}
+
+async fn restore(
+    global: &Global,
+    input: Option<PathBuf>,
+    name: Option<String>,
+    catalog_url: Option<String>,
+    force: bool,
+) -> Result<ExitCode> {
+    let started = Instant::now();
+    let target_url = global
+        .database_url()
+        .context("restore needs its target: --database-url URL")?
+        .to_owned();
+    let provider = global.provider().await?;
+    let (source, label, recorded) = match (input, name) {
+        (Some(path), _) => {
+            let label = path.display().to_string();
+            (Source::File(path), label, None)
+        }
+        (None, Some(name)) => {
+            let catalog = catalog_url.context(
+                "--name looks the backup up in the database that recorded it: set --catalog-url \
+                 (or DATABASE_URL)",
+            )?;
+            let db = Database::connect(&catalog, 2).await?;
+            let audit = DbAudit::start(db.clone());
+            let encryptor = jarvis_crypt::Encryptor::builder(provider.clone()).build();
+            let store = Store::new(db, encryptor, Arc::new(audit.clone()));
+            let record = store
+                .find_backup_by_name(&name)
+                .await?
+                .with_context(|| format!("no backup named `{name}` is recorded"))?;
+            let source = match (record.data, record.storage_path) {
+                (Some(bytes), _) => Source::Bytes(bytes.into()),
+                (None, Some(path)) => Source::File(PathBuf::from(path)),
+                (None, None) => bail!("backup `{name}` has neither a file nor stored bytes"),
+            };
+            let recorded = Recorded {
+                id: record.id,
+                size: record.size_bytes,
+                checksum: record.checksum,
+                audit,
+            };
+            (source, format!("backup `{name}`"), Some(recorded))
+        }
+        (None, None) => bail!("restore needs --in FILE or --name NAME"),
+    };
+    let result = restore_from(
+        provider.as_ref(),
+        &source,
+        &target_url,
+        recorded.as_ref(),
+        force,
+    )
+    .await
+    .with_context(|| format!("restore of {label} failed"));
+    let key = match &result {
+        Ok(key) => key.key_id.clone(),
+        Err(_) => provider.master_key().key_id,
+    };
+    let mut event = AuditEvent::new(Operation::Restore, "encrypted_backups".to_owned(), started)
+        .key(key)
+        .records(recorded.as_ref().map(|r| r.id));
+    if let Err(e) = &result {
+        event = event.failed(error_kind(e));
+    }
+    match (&result, &recorded) {
+        (Ok(_), _) => {
+            // The restored database has the audit table now.
+            let db = Database::connect(&target_url, 1).await?;
+            let audit = DbAudit::start(db);
+            audit.record(event);
+            audit.shutdown().await;
+        }
+        (Err(_), Some(r)) => r.audit.record(event),
+        (Err(_), None) => tracing::debug!("the failed restore is not audited: no catalog database"),
+    }
+    if let Some(r) = &recorded {
+        r.audit.shutdown().await;
+    }
+    result?;
+    println!(
+        "restored {label} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Authenticates the whole stream, then restores it; returns the stream's master key.
+async fn restore_from(
+    provider: &dyn KeyProvider,
+    source: &Source,
+    target_url: &str,
+    recorded: Option<&Recorded>,
+    force: bool,
+) -> Result<MasterKeyRef> {
+    let backend = Backend::from_url(target_url);
+    let tables = existing_tables(target_url).await?;
+    if tables > 0 && !force {
+        bail!(
+            "the target database is not empty ({tables} tables); pass --force to replace the \
+             objects of the backup"
+        );
+    }
+    // Pass 1: every chunk, nothing written.
+    let mut reader = HashingReader::new(source.open().await?);
+    let summary = stream::verify_stream(provider, &mut reader)
+        .await
+        .context("the backup does not authenticate; the target database was not touched")?;
+    let (checksum, size) = reader.finish();
+    if let Some(r) = recorded {
+        if r.size.is_some_and(|s| u64::try_from(s).ok() != Some(size))
+            || r.checksum.as_ref().is_some_and(|c| *c != checksum)
+        {
+            bail!(
+                "the backup's bytes do not match its record (size or SHA-256): it was replaced; \
+                 the target database was not touched"
+            );
+        }
+    }
+    let expected = backend_tag(backend);
+    if summary.manifest.backend != expected {
+        bail!(
+            "the backup is of a {} database, the target is {}",
+            summary.manifest.backend,
+            backend.name()
+        );
+    }
+    eprintln!(
+        "authenticated {} chunks ({} bytes of dump, schema {}); restoring",
+        summary.chunks, summary.plaintext_bytes, summary.manifest.schema_version
+    );
+    match backend {
+        Backend::Postgres => psql_restore(provider, source, target_url, force).await?,
+        Backend::Sqlite => sqlite_restore(provider, source, target_url).await?,
+    }
+    Ok(summary.master_key)
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Tables of the target: in schema `public` (PostgreSQL), or of an existing SQLite file.
+async fn existing_tables(url: &str) -> Result<i64> {
+    let sql = match Backend::from_url(url) {
+        Backend::Postgres => {
+            "SELECT COUNT(*) AS n FROM pg_catalog.pg_tables WHERE schemaname = 'public'"
+        }
+        Backend::Sqlite => {
+            let path = Path::new(sqlite_path(url));
+            if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+                return Ok(0);
+            }
+            "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        }
+    };
+    let db = Database::connect(url, 1)
+        .await
+        .context("cannot connect to the target database")?;
+    let mut conn = db.get().await?;
+    let count: Count =
+        jarvis_models::with_conn!(&mut conn, |c| diesel::sql_query(sql).get_result(c).await?);
+    Ok(count.n)
+}
+
+enum Feed {
+    /// The stream failed to decrypt (it changed since it was verified).
+    Decrypt(anyhow::Error),
+    /// psql stopped reading.
+    Psql(io::Error),
+}
+
+async fn psql_restore(
+    provider: &dyn KeyProvider,
+    source: &Source,
+    url: &str,
+    force: bool,
+) -> Result<()> {
+    let mut command = Command::new("psql");
+    command.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=terse"]);
+    pg_connection(&mut command, url)?;
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .context("cannot run psql (install the PostgreSQL client tools)")?;
+    let mut stdin = child.stdin.take().context("psql has no stdin")?;
+    let stderr = collect(child.stderr.take());
+    let mut preamble = String::from("BEGIN;\nSET client_min_messages = warning;\n");
+    if !force {
+        preamble.push_str(
+            "DO $jarvis$ BEGIN IF EXISTS (SELECT 1 FROM pg_catalog.pg_tables \
+             WHERE schemaname = 'public') THEN RAISE EXCEPTION \
+             'jarvis: the target database is not empty'; END IF; END $jarvis$;\n",
+        );
+    }
+    let fed: Result<(), Feed> = async {
+        stdin
+            .write_all(preamble.as_bytes())
+            .await
+            .map_err(Feed::Psql)?;
+        let file = source.open().await.map_err(Feed::Decrypt)?;
+        let mut reader = DecryptReader::new(file, provider)
+            .await
+            .map_err(|e| Feed::Decrypt(e.into()))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .await
+                .map_err(|e| Feed::Decrypt(CryptError::from(e).into()))?;
+            if n == 0 {
+                break;
+            }
+            stdin.write_all(&buf[..n]).await.map_err(Feed::Psql)?;
+        }
+        // Only now, every chunk authenticated, does the transaction commit.
+        stdin.write_all(b"\nCOMMIT;\n").await.map_err(Feed::Psql)?;
+        stdin.flush().await.map_err(Feed::Psql)
+    }
+    .await;
+    match fed {
+        Err(Feed::Decrypt(e)) => {
+            // Killed with its stdin still open: no end of input, no COMMIT; it rolls back.
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            drop(stdin);
+            Err(e.context("the backup failed to decrypt while restoring; psql was killed and its transaction rolled back"))
+        }
+        Err(Feed::Psql(e)) => {
+            drop(stdin);
+            let status = child.wait().await?;
+            let messages = stderr.await.unwrap_or_default();
+            bail!(
+                "psql stopped ({status}, {e}); the transaction rolled back: {}",
+                error_lines(&messages)
+            )
+        }
+        Ok(()) => {
+            drop(stdin);
+            let status = child.wait().await?;
+            let messages = stderr.await.unwrap_or_default();
+            if !status.success() {
+                bail!(
+                    "psql failed ({status}); the transaction rolled back: {}",
+                    error_lines(&messages)
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct Checkpoint {
+    #[diesel(sql_type = Integer)]
+    busy: i32,
+}
+
+async fn sqlite_restore(provider: &dyn KeyProvider, source: &Source, url: &str) -> Result<()> {
+    let target = PathBuf::from(sqlite_path(url));
+    let restoring = with_suffix(&target, ".restoring");
+    let mut file = private_file(&restoring).await?;
+    let mut reader = source.open().await?;
+    if let Err(e) = stream::decrypt_stream(provider, &mut reader, &mut file).await {
+        drop(file);
+        let _ = tokio::fs::remove_file(&restoring).await;
+        return Err(anyhow!(e).context(
+            "the backup failed to decrypt while restoring; the target database was not touched",
+        ));
+    }
+    file.sync_all().await?;
+    drop(file);
+    if std::fs::metadata(&target).is_ok_and(|m| m.len() > 0) {
+        // Whatever the WAL holds goes into the old file, so no stale WAL is left to replay.
+        let db = Database::connect(url, 1).await?;
+        let mut conn = db.get().await?;
+        let checkpoint: Checkpoint = jarvis_models::with_conn!(&mut conn, |c| diesel::sql_query(
+            "PRAGMA wal_checkpoint(TRUNCATE)"
+        )
+        .get_result(c)
+        .await?);
+        drop(conn);
+        drop(db);
+        if checkpoint.busy != 0 {
+            let _ = tokio::fs::remove_file(&restoring).await;
+            bail!("the target database is in use; stop its users and restore again");
+        }
+    }
+    tokio::fs::rename(&restoring, &target).await?;
+    for suffix in ["-wal", "-shm"] {
+        match tokio::fs::remove_file(with_suffix(&target, suffix)).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    sync_parent(&target);
+    Ok(())
+}
+
+// ---- verify and list ----------------------------------------------------------------------
+
+async fn verify(global: &Global, input: &Path) -> Result<ExitCode> {
+    let mut file = Source::File(input.to_owned()).open().await?;
+    let header = stream::read_header(&mut file)
+        .await
+        .context("not a readable backup")?;
+    drop(file);
+    let provider = global.provider().await;
+    let verified = match &provider {
+        Ok(provider) => {
+            let mut file = Source::File(input.to_owned()).open().await?;
+            stream::verify_stream(provider.as_ref(), &mut file)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        Err(e) => Err(anyhow!("no key provider: {e:#}")),
+    };
+    let manifest = match &verified {
+        Ok(summary) => {
+            println!(
+                "backup    authentic: {} chunks of {} bytes, {} bytes of dump, {} bytes in all",
+                summary.chunks, summary.chunk_size, summary.plaintext_bytes, summary.stream_bytes
+            );
+            &summary.manifest
+        }
+        Err(e) => {
+            println!("backup    REJECTED: {e:#}");
+            println!("          (the manifest below is as stored, not authenticated)");
+            header.manifest()
+        }
+    };
+    println!("backend   {}", manifest.backend);
+    println!("schema    {}", manifest.schema_version);
+    println!("created   {}", manifest.created_at);
+    for (key, value) in &manifest.extra {
+        println!(
+            "{key:<9} {}",
+            value.as_str().map_or(value.to_string(), str::to_owned)
+        );
+    }
+    let mut needed: Vec<(&str, MasterKeyRef)> = vec![("stream", header.master_key().clone())];
+    let mut seen = BTreeSet::from([header.master_key().clone()]);
+    for id in &manifest.master_key_ids {
+        let key = parse_master_key(id);
+        if seen.insert(key.clone()) {
+            needed.push(("rows", key));
+        }
+    }
+    if needed.len() == 1 && !manifest.master_key_ids.is_empty() {
+        needed[0].0 = "stream+rows";
+    }
+    let mut missing = 0;
+    for (role, key) in &needed {
+        let status = match &provider {
+            Ok(provider) => key_status(provider.as_ref(), key).await,
+            Err(_) => Err("no key provider is configured".to_owned()),
+        };
+        match status {
+            Ok(note) => println!("key       {key} ({role}): available, {note}"),
+            Err(why) => {
+                missing += 1;
+                println!("key       {key} ({role}): MISSING: {why}");
+            }
+        }
+    }
+    Ok(if verified.is_err() || missing > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// A master key as the manifest lists it: `id#vN` (local) or a KMS key ARN.
+fn parse_master_key(text: &str) -> MasterKeyRef {
+    if let Some((id, version)) = text.rsplit_once("#v")
+        && let Ok(version) = version.parse()
+    {
+        return MasterKeyRef {
+            provider: ProviderKind::Local,
+            key_id: id.to_owned(),
+            version,
+        };
+    }
+    MasterKeyRef {
+        provider: ProviderKind::AwsKms,
+        key_id: text.to_owned(),
+        version: 0,
+    }
+}
+
+/// Whether the configured provider has `key`: `Ok(note)` or `Err(why not)`.
+async fn key_status(provider: &dyn KeyProvider, key: &MasterKeyRef) -> Result<String, String> {
+    if provider.kind() != key.provider {
+        return Err(format!(
+            "it is a {} key and the configured provider is {}",
+            key.provider,
+            provider.kind()
+        ));
+    }
+    match key.provider {
+        ProviderKind::AwsKms => {
+            let connection = KmsConnection::from_env(KmsOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            match connection.describe_key_state(&key.key_id).await {
+                Ok(state) if state.enabled => Ok(format!("KMS state {}", state.key_state)),
+                Ok(state) => Err(format!("KMS state {}", state.key_state)),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        _ if provider.can_unwrap(key) => Ok("in the configured key".to_owned()),
+        _ => Err("the configured local key has no such key or version".to_owned()),
+    }
+}
+
+async fn list(global: &Global, json: bool) -> Result<ExitCode> {
+    let opened = global.open(false).await?;
+    let backups = opened.store.list_backups().await;
+    opened.audit.shutdown().await;
+    let backups = backups?;
+    let place = |b: &jarvis_models::EncryptedBackup| match (&b.storage_path, &b.data) {
+        (_, Some(_)) => "(in the database)".to_owned(),
+        (Some(p), None) => p.clone(),
+        (None, None) => "-".to_owned(),
+    };
+    if json {
+        let out: Vec<_> = backups
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "id": b.id,
+                    "name": b.backup_name,
+                    "type": b.backup_type,
+                    "created_at": b.created_at.and_utc().to_rfc3339(),
+                    "storage_path": b.storage_path,
+                    "in_database": b.data.is_some(),
+                    "size_bytes": b.size_bytes,
+                    "checksum": b.checksum,
+                    "master_key_id": b.master_key_id,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(out));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new();
+    table.set_header([
+        "name",
+        "type",
+        "created (UTC)",
+        "size",
+        "where",
+        "master key",
+        "sha256",
+    ]);
+    for b in &backups {
+        table.add_row([
+            b.backup_name.clone(),
+            b.backup_type.clone(),
+            b.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            b.size_bytes.map_or("-".to_owned(), |s| s.to_string()),
+            place(b),
+            b.master_key_id.clone().unwrap_or_else(|| "-".to_owned()),
+            b.checksum
+                .as_deref()
+                .map_or("-".to_owned(), |c| c.chars().take(16).collect()),
+        ]);
+    }
+    println!("{table}");
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---- helpers ------------------------------------------------------------------------------
+
+/// The SQLite file of a `sqlite://` URL or a bare path.
+fn sqlite_path(url: &str) -> &str {
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url)
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Creates (or truncates) a file of mode 0600.
+async fn private_file(path: &Path) -> Result<tokio::fs::File> {
+    let file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    // An existing file keeps its mode through `open`: set it.
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .await?;
+    Ok(file)
+}
+
+/// Makes a rename durable: syncs the directory holding `path` (best effort).
+fn sync_parent(path: &Path) {
+    if let Some(dir) = path.parent()
+        && let Ok(dir) = std::fs::File::open(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        })
+    {
+        let _ = dir.sync_all();
+    }
+}
+
+/// Points a `pg_dump`/`psql` command at the database of `url` without putting the password
+/// on its command line (it goes in `PGPASSWORD`).
+fn pg_connection(command: &mut Command, url: &str) -> Result<()> {
+    let mut parsed =
+        url::Url::parse(url).map_err(|e| anyhow!("the PostgreSQL URL does not parse: {e}"))?;
+    if let Some(password) = parsed.password() {
+        let password = percent_encoding::percent_decode_str(password)
+            .decode_utf8()
+            .context("the PostgreSQL URL's password is not UTF-8")?
+            .into_owned();
+        command.env("PGPASSWORD", password);
+        parsed
+            .set_password(None)
+            .map_err(|()| anyhow!("the PostgreSQL URL has no host"))?;
+    }
+    command.arg("--dbname").arg(parsed.as_str());
+    Ok(())
+}
+
+/// Reads a child's stderr in the background (so it never blocks on a full pipe).
+fn collect<R: AsyncRead + Unpin + Send + 'static>(
+    pipe: Option<R>,
+) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut text = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut text).await;
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    })
+}
+
+/// The error lines of pg_dump's or psql's messages; their DETAIL and CONTEXT lines, which
+/// can quote row data, are left out.
+fn error_lines(messages: &str) -> String {
+    let lines: Vec<&str> = messages
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("FATAL") || l.contains("error:"))
+        .take(5)
+        .collect();
+    if lines.is_empty() {
+        "(no error message)".to_owned()
+    } else {
+        lines.join("; ")
+    }
+}
+
+/// A writer that counts and hashes what goes through, optionally refusing more than a limit.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+    limit: Option<u64>,
+    exceeded: bool,
+}
+
+impl<W> Hashing<W> {
+    fn new(inner: W, limit: Option<u64>) -> Self {
+        Hashing {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+            limit,
+            exceeded: false,
+        }
+    }
+
+    /// The writer, the SHA-256 (hex) and the byte count.
+    fn finish(self) -> (W, String, u64) {
+        (
+            self.inner,
+            hex::encode(&self.hasher.finalize()[..]),
+            self.bytes,
+        )
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Hashing<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this
+            .limit
+            .is_some_and(|limit| this.bytes + buf.len() as u64 > limit)
+        {
+            this.exceeded = true;
+            return Poll::Ready(Err(io::Error::other("the backup exceeds the size limit")));
+        }
+        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.hasher.update(&buf[..n]);
+        this.bytes += n as u64;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A reader that counts and hashes what goes through.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R> HashingReader<R> {
+    fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    fn finish(self) -> (String, u64) {
+        (hex::encode(&self.hasher.finalize()[..]), self.bytes)
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let new = &buf.filled()[before..];
+        this.hasher.update(new);
+        this.bytes += new.len() as u64;
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_keys_parse_back() {
+        let local = parse_master_key("local-abc#v2");
+        assert_eq!(local.provider, ProviderKind::Local);
+        assert_eq!((local.key_id.as_str(), local.version), ("local-abc", 2));
+        assert_eq!(local.to_string(), "local-abc#v2");
+        let kms = parse_master_key("arn:aws:kms:us-east-1:123456789012:key/k");
+        assert_eq!(kms.provider, ProviderKind::AwsKms);
+        assert_eq!(kms.version, 0);
+    }
+
+    #[test]
+    fn psql_messages_keep_error_lines_only() {
+        let text = "psql:<stdin>:9: ERROR:  duplicate key value\nDETAIL:  Key (email)=(a@b) exists.\nCONTEXT:  COPY users, line 1: \"x\"\n";
+        let shown = error_lines(text);
+        assert!(shown.contains("duplicate key"));
+        assert!(!shown.contains("a@b") && !shown.contains("COPY users"));
+    }
+}

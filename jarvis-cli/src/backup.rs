@@ -586,15 +586,14 @@ async fn restore_from(
         .await
         .context("the backup does not authenticate; the target database was not touched")?;
     let (checksum, size) = reader.finish();
-    if let Some(r) = recorded {
-        if r.size.is_some_and(|s| u64::try_from(s).ok() != Some(size))
-            || r.checksum.as_ref().is_some_and(|c| *c != checksum)
-        {
-            bail!(
-                "the backup's bytes do not match its record (size or SHA-256): it was replaced; \
-                 the target database was not touched"
-            );
-        }
+    if let Some(r) = recorded
+        && (r.size.is_some_and(|s| u64::try_from(s).ok() != Some(size))
+            || r.checksum.as_ref().is_some_and(|c| *c != checksum))
+    {
+        bail!(
+            "the backup's bytes do not match its record (size or SHA-256): it was replaced; \
+             the target database was not touched"
+        );
     }
     let expected = backend_tag(backend);
     if summary.manifest.backend != expected {

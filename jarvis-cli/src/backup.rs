@@ -1142,6 +1142,52 @@ impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
     }
 }
 
+/// Recorded backups whose rows need the master key `key_id` (an ARN or local key id), by
+/// the manifests of their files, read without any key: `(needing, unreadable)`, the names
+/// of the backups that list the key among their rows' keys and of those whose file could
+/// not be read. Backups stored in their row are judged by their `master_key_id` alone (their
+/// manifest is under the row's encryption); `retire-key` counts those already.
+pub(crate) async fn backups_needing(
+    db: &Database,
+    key_id: &str,
+) -> Result<(Vec<String>, Vec<String>)> {
+    use diesel::{ExpressionMethods, QueryDsl};
+    use jarvis_models::schema::encrypted_backups;
+    let mut conn = db.get().await?;
+    let files: Vec<(String, Option<String>)> = jarvis_models::with_conn!(&mut conn, |c| {
+        encrypted_backups::table
+            .filter(encrypted_backups::storage_path.is_not_null())
+            .select((
+                encrypted_backups::backup_name,
+                encrypted_backups::storage_path,
+            ))
+            .load(c)
+            .await?
+    });
+    let (mut needing, mut unreadable) = (Vec::new(), Vec::new());
+    for (name, path) in files {
+        let Some(path) = path else { continue };
+        let header = match tokio::fs::File::open(&path).await {
+            Ok(mut file) => stream::read_header(&mut file).await.ok(),
+            Err(_) => None,
+        };
+        match header {
+            Some(header) => {
+                let listed = header
+                    .manifest()
+                    .master_key_ids
+                    .iter()
+                    .any(|id| parse_master_key(id).key_id == key_id);
+                if listed || header.master_key().key_id == key_id {
+                    needing.push(name);
+                }
+            }
+            None => unreadable.push(name),
+        }
+    }
+    Ok((needing, unreadable))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -250,7 +250,12 @@ pub(crate) async fn retire_key(
         }
     }
     let usage = jarvis_models::verify::key_usage(&db, &arn).await?;
-    if !usage.is_unused() {
+    // Backups recorded under another key may still hold rows under this one.
+    let (backups, unreadable) = crate::backup::backups_needing(&db, &arn).await?;
+    for name in &unreadable {
+        eprintln!("note: backup {name}: its file cannot be read, so its keys are not known");
+    }
+    if !usage.is_unused() || !backups.is_empty() {
         eprintln!("refused: {arn} is still needed by");
         for ((table, column), n) in &usage.columns {
             if *n > 0 {
@@ -259,6 +264,9 @@ pub(crate) async fn retire_key(
         }
         if usage.backups > 0 {
             eprintln!("  {} recorded backups", usage.backups);
+        }
+        for name in &backups {
+            eprintln!("  backup {name}, whose rows are under it (its manifest says)");
         }
         if usage.search_keys > 0 {
             eprintln!("  the search key stored in jarvis_keys");

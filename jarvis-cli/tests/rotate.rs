@@ -708,3 +708,64 @@ async fn reencrypt_under_a_new_kms_key_is_the_compromise_procedure() {
     assert!(stdout(&retired).contains("PendingDeletion"));
     assert_eq!(verify_json(dir.path(), &vars_new)["clean"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retire_key_counts_backups_whose_rows_need_the_key() {
+    let endpoint = jarvis_tests::kms_endpoint();
+    let connection = KmsConnection::from_env(KmsOptions::default())
+        .await
+        .expect("kms");
+    let old = kms_key(&connection, "backup-old").await;
+    let new = kms_key(&connection, "backup-new").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = dir.path().join("backups.sqlite3").display().to_string();
+    let vars_old = [
+        ("DATABASE_URL", url.as_str()),
+        ("AWS_ENDPOINT_URL_KMS", endpoint.as_str()),
+        ("KMS_KEY_ID", old.as_str()),
+        ("ENCRYPTION_SEARCH_SALT", SALT),
+    ];
+    let vars_new = [
+        ("DATABASE_URL", url.as_str()),
+        ("AWS_ENDPOINT_URL_KMS", endpoint.as_str()),
+        ("KMS_KEY_ID", new.as_str()),
+        ("ENCRYPTION_SEARCH_SALT", SALT),
+    ];
+    run(dir.path(), &["migrate"], &vars_old);
+    let db = Database::connect(&url, 2).await.expect("db");
+    let provider: Arc<dyn KeyProvider> = Arc::new(
+        AwsKms::new(connection.clone(), &old)
+            .await
+            .expect("old key"),
+    );
+    let search = SearchKey::new(SALT.as_bytes().to_vec()).expect("salt");
+    seed(&store(&db, provider, search), 20).await;
+
+    // A backup under the new key of rows still under the old one.
+    let file = dir
+        .path()
+        .join("before-rotation.jvbk")
+        .display()
+        .to_string();
+    run(dir.path(), &["backup", "create", "--out", &file], &vars_new);
+    run(dir.path(), &["rotate", "--to-key", &new], &vars_old);
+
+    let refused = jarvis(dir.path(), &["retire-key", &old], &vars_new)
+        .output()
+        .expect("retire-key");
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{why}");
+    assert!(why.contains("whose rows are under it"), "{why}");
+
+    execute(
+        &db,
+        "DELETE FROM encrypted_backups WHERE storage_path IS NOT NULL",
+    )
+    .await;
+    let accepted = run(
+        dir.path(),
+        &["retire-key", &old, "--pending-days", "7"],
+        &vars_new,
+    );
+    assert!(stdout(&accepted).contains("PendingDeletion"));
+}

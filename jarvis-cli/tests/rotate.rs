@@ -191,33 +191,79 @@ fn rand_suffix() -> u64 {
     RandomState::new().hash_one(Instant::now()) % 1_000_000
 }
 
+/// Two fresh KMS keys and a migrated database: the set-up of the tests that move a database
+/// from one master key to another.
+struct TwoKeys {
+    endpoint: String,
+    connection: KmsConnection,
+    old: String,
+    new: String,
+    url: String,
+    dir: tempfile::TempDir,
+    db: Database,
+}
+
+impl TwoKeys {
+    /// On `url`, or on a SQLite file in the fixture's directory when `None`.
+    async fn new(name: &str, url: Option<String>) -> Self {
+        let endpoint = jarvis_tests::kms_endpoint();
+        let connection = KmsConnection::from_env(KmsOptions::default())
+            .await
+            .expect("kms");
+        let old = kms_key(&connection, &format!("{name}-old")).await;
+        let new = kms_key(&connection, &format!("{name}-new")).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = url.unwrap_or_else(|| dir.path().join("jarvis.sqlite3").display().to_string());
+        let vars = [
+            ("DATABASE_URL", url.as_str()),
+            ("AWS_ENDPOINT_URL_KMS", endpoint.as_str()),
+            ("KMS_KEY_ID", old.as_str()),
+        ];
+        run(dir.path(), &["migrate"], &vars);
+        let db = Database::connect(&url, 4).await.expect("db");
+        TwoKeys {
+            endpoint,
+            connection,
+            old,
+            new,
+            url,
+            dir,
+            db,
+        }
+    }
+
+    /// The variables of a command writing under `key`, plus `extra`.
+    fn vars<'a>(&'a self, key: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut vars = vec![
+            ("DATABASE_URL", self.url.as_str()),
+            ("AWS_ENDPOINT_URL_KMS", self.endpoint.as_str()),
+            ("KMS_KEY_ID", key),
+        ];
+        vars.extend_from_slice(extra);
+        vars
+    }
+
+    /// A provider of data keys under the old key.
+    async fn old_provider(&self) -> Arc<dyn KeyProvider> {
+        Arc::new(
+            AwsKms::new(self.connection.clone(), &self.old)
+                .await
+                .expect("old key"),
+        )
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn to_key_rewraps_every_data_key_once_then_the_old_key_retires() {
-    let endpoint = jarvis_tests::kms_endpoint();
-    let connection = KmsConnection::from_env(KmsOptions::default())
-        .await
-        .expect("kms");
-    let old = kms_key(&connection, "rotate-old").await;
-    let new = kms_key(&connection, "rotate-new").await;
-    let url = jarvis_tests::fresh_postgres_database("cli_rotate_to_key");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let vars_old = [
-        ("DATABASE_URL", url.as_str()),
-        ("AWS_ENDPOINT_URL_KMS", endpoint.as_str()),
-        ("KMS_KEY_ID", old.as_str()),
-    ];
-    let vars_new = [
-        ("DATABASE_URL", url.as_str()),
-        ("AWS_ENDPOINT_URL_KMS", endpoint.as_str()),
-        ("KMS_KEY_ID", new.as_str()),
-    ];
-    run(dir.path(), &["migrate"], &vars_old);
-    let db = Database::connect(&url, 4).await.expect("db");
-    let provider: Arc<dyn KeyProvider> = Arc::new(
-        AwsKms::new(connection.clone(), &old)
-            .await
-            .expect("old key"),
-    );
+    let keys = TwoKeys::new(
+        "rotate",
+        Some(jarvis_tests::fresh_postgres_database("cli_rotate_to_key")),
+    )
+    .await;
+    let (dir, db, connection) = (&keys.dir, keys.db.clone(), keys.connection.clone());
+    let (old, new) = (keys.old.clone(), keys.new.clone());
+    let (vars_old, vars_new) = (keys.vars(&old, &[]), keys.vars(&new, &[]));
+    let provider = keys.old_provider().await;
     // The search key is generated and stored in jarvis_keys, wrapped under the old key.
     let search = jarvis_models::keys::stored_search_key(&db, provider.as_ref())
         .await
@@ -648,31 +694,15 @@ async fn older_than_and_local_key_versions_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reencrypt_under_a_new_kms_key_is_the_compromise_procedure() {
-    let endpoint = jarvis_tests::kms_endpoint();
-    let connection = KmsConnection::from_env(KmsOptions::default())
-        .await
-        .expect("kms");
-    let old = kms_key(&connection, "compromised").await;
-    let new = kms_key(&connection, "replacement").await;
-    let url = jarvis_tests::fresh_postgres_database("cli_compromise");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let vars_old = [
-        ("DATABASE_URL", url.as_str()),
-        ("AWS_ENDPOINT_URL_KMS", endpoint.as_str()),
-        ("KMS_KEY_ID", old.as_str()),
-    ];
-    let vars_new = [
-        ("DATABASE_URL", url.as_str()),
-        ("AWS_ENDPOINT_URL_KMS", endpoint.as_str()),
-        ("KMS_KEY_ID", new.as_str()),
-    ];
-    run(dir.path(), &["migrate"], &vars_old);
-    let db = Database::connect(&url, 4).await.expect("db");
-    let provider: Arc<dyn KeyProvider> = Arc::new(
-        AwsKms::new(connection.clone(), &old)
-            .await
-            .expect("old key"),
-    );
+    let keys = TwoKeys::new(
+        "compromise",
+        Some(jarvis_tests::fresh_postgres_database("cli_compromise")),
+    )
+    .await;
+    let (dir, db) = (&keys.dir, keys.db.clone());
+    let (old, new) = (keys.old.clone(), keys.new.clone());
+    let (vars_old, vars_new) = (keys.vars(&old, &[]), keys.vars(&new, &[]));
+    let provider = keys.old_provider().await;
     let search = jarvis_models::keys::stored_search_key(&db, provider.as_ref())
         .await
         .expect("search key");
@@ -711,33 +741,12 @@ async fn reencrypt_under_a_new_kms_key_is_the_compromise_procedure() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retire_key_counts_backups_whose_rows_need_the_key() {
-    let endpoint = jarvis_tests::kms_endpoint();
-    let connection = KmsConnection::from_env(KmsOptions::default())
-        .await
-        .expect("kms");
-    let old = kms_key(&connection, "backup-old").await;
-    let new = kms_key(&connection, "backup-new").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = dir.path().join("backups.sqlite3").display().to_string();
-    let vars_old = [
-        ("DATABASE_URL", url.as_str()),
-        ("AWS_ENDPOINT_URL_KMS", endpoint.as_str()),
-        ("KMS_KEY_ID", old.as_str()),
-        ("ENCRYPTION_SEARCH_SALT", SALT),
-    ];
-    let vars_new = [
-        ("DATABASE_URL", url.as_str()),
-        ("AWS_ENDPOINT_URL_KMS", endpoint.as_str()),
-        ("KMS_KEY_ID", new.as_str()),
-        ("ENCRYPTION_SEARCH_SALT", SALT),
-    ];
-    run(dir.path(), &["migrate"], &vars_old);
-    let db = Database::connect(&url, 2).await.expect("db");
-    let provider: Arc<dyn KeyProvider> = Arc::new(
-        AwsKms::new(connection.clone(), &old)
-            .await
-            .expect("old key"),
-    );
+    let keys = TwoKeys::new("backup", None).await;
+    let (dir, db) = (&keys.dir, keys.db.clone());
+    let (old, new) = (keys.old.clone(), keys.new.clone());
+    let salt = [("ENCRYPTION_SEARCH_SALT", SALT)];
+    let (vars_old, vars_new) = (keys.vars(&old, &salt), keys.vars(&new, &salt));
+    let provider = keys.old_provider().await;
     let search = SearchKey::new(SALT.as_bytes().to_vec()).expect("salt");
     seed(&store(&db, provider, search), 20).await;
 

@@ -102,18 +102,25 @@ fn verify_clean(dir: &Path, vars: &[(&str, &str)]) {
     assert_eq!(report["clean"], true, "{report}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kms_outage_stops_the_job_cleanly_and_a_rerun_finishes_it() {
+/// A fault-injecting proxy in front of the local KMS server, and the ARN of a fresh key
+/// (created directly, not through the proxy).
+async fn proxied_key(name: &str) -> (FaultProxy, String) {
     let proxy = FaultProxy::start(&jarvis_tests::kms_endpoint()).await;
     let connection = KmsConnection::from_env(KmsOptions::default())
         .await
         .expect("kms");
-    let env = format!("faults-outage-{}", std::process::id());
+    let env = format!("{name}-{}", std::process::id());
     let key = connection
         .ensure_key(&env, None)
         .await
         .expect("key")
         .key_arn;
+    (proxy, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kms_outage_stops_the_job_cleanly_and_a_rerun_finishes_it() {
+    let (proxy, key) = proxied_key("faults-outage").await;
     let url = jarvis_tests::fresh_postgres_database("cli_kms_outage");
     let dir = tempfile::tempdir().expect("tempdir");
     let endpoint = proxy.url();
@@ -221,16 +228,7 @@ async fn a_kms_outage_stops_the_job_cleanly_and_a_rerun_finishes_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_latency_and_dropped_connections_are_retried() {
-    let proxy = FaultProxy::start(&jarvis_tests::kms_endpoint()).await;
-    let connection = KmsConnection::from_env(KmsOptions::default())
-        .await
-        .expect("kms");
-    let env = format!("faults-retry-{}", std::process::id());
-    let key = connection
-        .ensure_key(&env, None)
-        .await
-        .expect("key")
-        .key_arn;
+    let (proxy, key) = proxied_key("faults-retry").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let url = dir.path().join("retry.sqlite3").display().to_string();
     let endpoint = proxy.url();

@@ -99,10 +99,19 @@ impl<'a> Binding<'a> {
 
     /// The canonical associated-data encoding of this place (see the module docs).
     pub fn associated_data(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + 8 + self.table.len() + self.column.len() + 13);
+        let mut out = Vec::new();
+        self.write_associated_data(&mut out);
+        out
+    }
+
+    /// Writes [`associated_data`](Self::associated_data) into `out`, replacing what it held
+    /// (a bulk decrypt reuses one buffer).
+    pub fn write_associated_data(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(1 + 8 + self.table.len() + self.column.len() + 13);
         out.push(AAD_VERSION);
-        put_bytes(&mut out, self.table.as_bytes());
-        put_bytes(&mut out, self.column.as_bytes());
+        put_bytes(out, self.table.as_bytes());
+        put_bytes(out, self.column.as_bytes());
         match self.row {
             RowKey::None => out.push(0),
             RowKey::Int(id) => {
@@ -111,14 +120,13 @@ impl<'a> Binding<'a> {
             }
             RowKey::Text(id) => {
                 out.push(2);
-                put_bytes(&mut out, id.as_bytes());
+                put_bytes(out, id.as_bytes());
             }
             RowKey::Bytes(id) => {
                 out.push(3);
-                put_bytes(&mut out, id);
+                put_bytes(out, id);
             }
         }
-        out
     }
 }
 

@@ -422,37 +422,39 @@ impl DataKeyCache {
     }
 
     /// Unwraps each distinct key of `wrapped` once, at most
-    /// [`CacheLimits::unwrap_concurrency`] at a time. The result follows the input order.
+    /// [`CacheLimits::unwrap_concurrency`] at a time. Returns the distinct keys' results and,
+    /// for each input in order, the index of its result.
     pub(crate) async fn unwrap_many<'a>(
         &self,
         provider_for: impl Fn(&WrappedKey) -> Result<&'a dyn KeyProvider>,
         wrapped: &[(&WrappedKey, KeyPurpose)],
-    ) -> Vec<Result<DataKey>> {
+    ) -> (Vec<Result<DataKey>>, Vec<usize>) {
         let mut distinct: HashMap<(&[u8], KeyPurpose), usize> = HashMap::new();
         let mut order = Vec::with_capacity(wrapped.len());
         let mut jobs = Vec::new();
+        // Rows written together share their data key, so a page read in order is mostly runs
+        // of one key: comparing with the previous value spares hashing every wrapped key.
+        let mut previous: Option<((&[u8], KeyPurpose), usize)> = None;
         for (key, purpose) in wrapped {
-            let next = distinct.len();
-            let index = *distinct
-                .entry((key.as_bytes(), *purpose))
-                .or_insert_with(|| {
-                    jobs.push((*key, *purpose));
-                    next
-                });
+            let this = (key.as_bytes(), *purpose);
+            let index = match previous {
+                Some((last, index)) if last == this => index,
+                _ => {
+                    let next = distinct.len();
+                    *distinct.entry(this).or_insert_with(|| {
+                        jobs.push((*key, *purpose));
+                        next
+                    })
+                }
+            };
+            previous = Some((this, index));
             order.push(index);
         }
         let permits = tokio::sync::Semaphore::new(self.limits.unwrap_concurrency.max(1));
         let unwraps = jobs
             .iter()
             .map(|&(key, purpose)| self.unwrap_bounded(&permits, provider_for(key), key, purpose));
-        let results: Vec<Result<DataKey>> = futures::future::join_all(unwraps).await;
-        order
-            .into_iter()
-            .map(|i| match &results[i] {
-                Ok(key) => Ok(key.share()),
-                Err(e) => Err(e.clone()),
-            })
-            .collect()
+        (futures::future::join_all(unwraps).await, order)
     }
 
     async fn unwrap_bounded(

@@ -6,7 +6,6 @@
 //! provider by the master key named in the wrapped key. [`Encryptor::decrypt_many`]
 //! unwraps each distinct data key of a batch once.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
@@ -32,7 +31,10 @@ struct Inner {
     cache: DataKeyCache,
     clock: Arc<dyn Clock>,
     search_key: Option<Arc<SearchKey>>,
-    hashers: RwLock<HashMap<(String, String, SearchSpec), ColumnHasher>>,
+    /// Per-column hashers, derived on first use. A list, not a map: an application has a
+    /// handful of searchable columns, and a scan of borrowed names spares the two `String`
+    /// allocations a map key would cost on every hash.
+    hashers: RwLock<Vec<(String, String, SearchSpec, ColumnHasher)>>,
     allow_legacy: bool,
 }
 
@@ -100,7 +102,7 @@ impl EncryptorBuilder {
                 cache: DataKeyCache::new(self.limits, Arc::clone(&self.clock)),
                 clock: self.clock,
                 search_key: self.search_key.map(Arc::new),
-                hashers: RwLock::new(HashMap::new()),
+                hashers: RwLock::new(Vec::new()),
                 allow_legacy: self.allow_legacy,
             }),
         }
@@ -133,7 +135,7 @@ impl Encryptor {
                 cache: DataKeyCache::new(*inner.cache.limits(), Arc::clone(&inner.clock)),
                 clock: Arc::clone(&inner.clock),
                 search_key: inner.search_key.clone(),
-                hashers: RwLock::new(HashMap::new()),
+                hashers: RwLock::new(Vec::new()),
                 allow_legacy: inner.allow_legacy,
             }),
         }
@@ -205,21 +207,27 @@ impl Encryptor {
             .filter(|(_, form)| form.is_ok())
             .map(|((_, stored), _)| (&stored.data_key, KeyPurpose::Field))
             .collect();
-        let mut keys = self
+        let (keys, mut order) = self
             .inner
             .cache
             .unwrap_many(|w| self.provider_for(w), &wrapped)
-            .await
-            .into_iter();
+            .await;
+        let mut order = order.drain(..);
+        // One associated-data buffer for the whole batch, rewritten per value.
+        let mut aad = Vec::new();
         items
             .iter()
             .zip(forms)
             .map(|((binding, stored), form)| {
                 form?;
-                let key = keys
+                let key = order
                     .next()
-                    .unwrap_or_else(|| Err(Error::stored("bulk unwrap lost a key")))?;
-                open(&key, binding, stored)
+                    .and_then(|i| keys.get(i))
+                    .ok_or_else(|| Error::stored("bulk unwrap lost a key"))?
+                    .as_ref()
+                    .map_err(Clone::clone)?;
+                binding.write_associated_data(&mut aad);
+                open_with_aad(key, &aad, stored)
             })
             .collect()
     }
@@ -258,13 +266,13 @@ impl Encryptor {
         spec: SearchSpec,
         value: &str,
     ) -> Result<SearchHash> {
-        let key = (table.to_owned(), column.to_owned(), spec);
-        if let Some(hasher) = self
+        if let Some((.., hasher)) = self
             .inner
             .hashers
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key)
+            .iter()
+            .find(|(t, c, s, _)| t == table && c == column && *s == spec)
         {
             return Ok(hasher.hash(value));
         }
@@ -275,11 +283,18 @@ impl Encryptor {
         })?;
         let hasher = root.column(table, column, spec);
         let hash = hasher.hash(value);
-        self.inner
+        let mut hashers = self
+            .inner
             .hashers
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key, hasher);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Another caller may have derived it meanwhile: keep one entry per column.
+        if !hashers
+            .iter()
+            .any(|(t, c, s, _)| t == table && c == column && *s == spec)
+        {
+            hashers.push((table.to_owned(), column.to_owned(), spec, hasher));
+        }
         Ok(hash)
     }
 
@@ -348,6 +363,11 @@ fn seal(
 }
 
 fn open(key: &DataKey, binding: &Binding<'_>, stored: &StoredField) -> Result<Vec<u8>> {
+    open_with_aad(key, &binding.associated_data(), stored)
+}
+
+/// [`open`] with the value's associated data already built.
+fn open_with_aad(key: &DataKey, aad: &[u8], stored: &StoredField) -> Result<Vec<u8>> {
     use secrecy::ExposeSecret;
     if stored.nonce.len() == LEGACY_NONCE_LEN {
         // Legacy rows were written without associated data (checked by `check_form`).
@@ -362,7 +382,7 @@ fn open(key: &DataKey, binding: &Binding<'_>, stored: &StoredField) -> Result<Ve
     cipher::open_with(
         key.cipher(),
         stored.nonce.as_bytes(),
-        &binding.associated_data(),
+        aad,
         stored.ciphertext.as_bytes(),
         stored.tag.as_bytes(),
     )

@@ -261,15 +261,52 @@ pub enum KeyEnvelope<'a> {
     },
 }
 
+/// The fields of a parsed envelope, borrowed.
+enum Split<'a> {
+    Legacy,
+    Jarvis {
+        provider: ProviderKind,
+        key_id: &'a str,
+        version: u32,
+        header_len: usize,
+    },
+}
+
 impl<'a> KeyEnvelope<'a> {
     /// Parses wrapped-key bytes. Bytes that start with the magic prefix must be a valid
     /// envelope; anything else is a legacy blob.
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
+        Ok(match Self::split(bytes)? {
+            Split::Legacy => KeyEnvelope::Legacy { blob: bytes },
+            Split::Jarvis {
+                provider,
+                key_id,
+                version,
+                header_len,
+            } => KeyEnvelope::Jarvis {
+                master_key: MasterKeyRef {
+                    provider,
+                    key_id: key_id.to_owned(),
+                    version,
+                },
+                header: &bytes[..header_len],
+                payload: &bytes[header_len..],
+            },
+        })
+    }
+
+    /// Checks that `bytes` parse, without building the master key reference (which
+    /// allocates): what loading a `WrappedKey` column runs for every row.
+    pub(crate) fn check(bytes: &[u8]) -> Result<()> {
+        Self::split(bytes).map(|_| ())
+    }
+
+    fn split(bytes: &[u8]) -> Result<Split<'_>> {
         if bytes.is_empty() {
             return Err(Error::stored("wrapped data key is empty"));
         }
         if bytes[0] != WRAPPED_KEY_MAGIC[0] {
-            return Ok(KeyEnvelope::Legacy { blob: bytes });
+            return Ok(Split::Legacy);
         }
         let short = || Error::stored("wrapped data key envelope is truncated");
         if !bytes.starts_with(&WRAPPED_KEY_MAGIC) {
@@ -299,27 +336,22 @@ impl<'a> KeyEnvelope<'a> {
             return Err(Error::stored("master key id length out of range"));
         }
         let id = bytes.get(7..7 + id_len).ok_or_else(short)?;
-        let key_id = std::str::from_utf8(id)
-            .map_err(|_| Error::stored("master key id is not UTF-8"))?
-            .to_owned();
+        let key_id =
+            std::str::from_utf8(id).map_err(|_| Error::stored("master key id is not UTF-8"))?;
         let version_bytes: [u8; 4] = bytes
             .get(7 + id_len..11 + id_len)
             .ok_or_else(short)?
             .try_into()
             .map_err(|_| short())?;
         let header_len = 11 + id_len;
-        let payload = &bytes[header_len..];
-        if payload.is_empty() {
+        if bytes.len() <= header_len {
             return Err(short());
         }
-        Ok(KeyEnvelope::Jarvis {
-            master_key: MasterKeyRef {
-                provider,
-                key_id,
-                version: u32::from_be_bytes(version_bytes),
-            },
-            header: &bytes[..header_len],
-            payload,
+        Ok(Split::Jarvis {
+            provider,
+            key_id,
+            version: u32::from_be_bytes(version_bytes),
+            header_len,
         })
     }
 

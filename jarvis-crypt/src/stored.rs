@@ -147,7 +147,7 @@ binary_column!(
                 bytes.len()
             )));
         }
-        KeyEnvelope::parse(bytes).map(|_| ())
+        KeyEnvelope::check(bytes)
     }
 );
 

@@ -293,6 +293,40 @@ async fn bulk_decrypt_unwraps_each_distinct_key_once_concurrently() {
         3,
         "unwraps overlap"
     );
+
+    // Interleaved keys (no runs), with two bad values among them: every good value still
+    // opens under its own key, each bad one fails alone, and no key is unwrapped again.
+    let order: Vec<usize> = (0..10_000).map(|i| (i * 7919) % 10_000).collect();
+    let mut shuffled: Vec<StoredField> = order.iter().map(|&i| stored[i].clone()).collect();
+    let mut tag = shuffled[17].tag.as_bytes().to_vec();
+    tag[0] ^= 1;
+    shuffled[17].tag = jarvis_crypt::AuthTag::new(tag).expect("tag");
+    let foreign = Encryptor::builder(Arc::new(LocalKeyProvider::generate())).build();
+    shuffled[4242] = foreign
+        .encrypt(&place(order[4242] as i64), b"elsewhere")
+        .await
+        .expect("encrypt");
+    let bindings: Vec<Binding<'static>> = order.iter().map(|&i| place(i as i64)).collect();
+    let items: Vec<_> = bindings.iter().copied().zip(shuffled.iter()).collect();
+    let values = enc.decrypt_many(&items).await;
+    for (k, value) in values.into_iter().enumerate() {
+        match k {
+            17 => assert!(
+                matches!(value, Err(jarvis_crypt::Error::AuthenticationFailed)),
+                "{value:?}"
+            ),
+            4242 => assert!(
+                matches!(value, Err(jarvis_crypt::Error::UnknownMasterKey { .. })),
+                "{value:?}"
+            ),
+            _ => assert_eq!(
+                value.expect("decrypt"),
+                format!("user{}@example.com", order[k]).as_bytes()
+            ),
+        }
+    }
+    // The three keys came from the cache; the one new call is the foreign key's (refused).
+    assert_eq!(reader.unwrapped.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test]

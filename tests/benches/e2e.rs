@@ -17,7 +17,11 @@
 //!    indexed plaintext column).
 //!
 //! The two sides run interleaved, block by block (one batch, one page, 1,000 lookups), so a
-//! change of load on the machine affects both alike. With the database audit sink
+//! change of load on the machine affects both alike. The select and the lookups run
+//! `--passes` times (default 3; every select pass through a fresh reader) and each side
+//! reports its median pass. The select's pages are also read as stored rows without
+//! decrypting them, with and without the wrapped-key and hash columns, to show where its time
+//! goes (the breakdown table). With the database audit sink
 //! (`DbAudit`, what the application uses; the default) each encrypted block ends with
 //! `DbAudit::flush`, inside its timing, so the audit rows it caused are paid for by it.
 //!
@@ -34,7 +38,7 @@
 //! eval "$(scripts/services env)"
 //! cargo bench -p jarvis-tests --bench e2e -- [--n 100000] [--backend postgres|sqlite|both] \
 //!     [--provider kms|local|both] [--audit db|none|both] [--batch 1000] [--lookups 10000] \
-//!     [--scale [--n-max 1000000]]
+//!     [--passes 3] [--scale [--n-max 1000000]]
 //! ```
 
 #![allow(missing_docs)]
@@ -149,19 +153,22 @@ struct Options {
     audits: Vec<Audit>,
     scale: bool,
     n_max: usize,
+    /// Passes of the select and lookup phases; each side reports its median pass.
+    passes: usize,
     /// Internal: run one side of one scale point and print a `SCALE_RESULT` line.
     child: Option<Side>,
 }
 
 const USAGE: &str = "usage: e2e [--n N] [--backend postgres|sqlite|both] \
     [--provider kms|local|both] [--audit db|none|both] [--batch B] [--lookups L] \
-    [--scale [--n-max N]]";
+    [--passes P] [--scale [--n-max N]]";
 
 fn parse_args() -> Options {
     let mut o = Options {
         n: 100_000,
         batch: 1000,
         lookups: 10_000,
+        passes: 3,
         backends: vec![Backend::Postgres, Backend::Sqlite],
         providers: vec![Provider::Kms],
         audits: vec![Audit::Db],
@@ -183,6 +190,7 @@ fn parse_args() -> Options {
             "--batch" => o.batch = number(args.next(), "--batch"),
             "--lookups" => o.lookups = number(args.next(), "--lookups"),
             "--n-max" => o.n_max = number(args.next(), "--n-max"),
+            "--passes" => o.passes = number(args.next(), "--passes").max(1),
             "--scale" => o.scale = true,
             "--backend" => {
                 o.backends = match args.next().as_deref() {
@@ -416,11 +424,49 @@ struct Phase {
     encrypted: Duration,
     plain: Duration,
     calls: Calls,
+    /// The select only: the same pages read as stored rows without decrypting them.
+    breakdown: Option<Breakdown>,
+}
+
+/// Where the select's time goes: the stored rows read and decoded but not decrypted, with
+/// and without the wrapped-key and search-hash columns.
+#[derive(Debug, Clone, Copy)]
+struct Breakdown {
+    /// `id`, ciphertext, IV, tag and the two timestamps.
+    lean: Duration,
+    /// Every column of `UserRow` (what `scan_users` reads).
+    stored: Duration,
 }
 
 impl Phase {
     fn ratio(&self) -> f64 {
         self.encrypted.as_secs_f64() / self.plain.as_secs_f64()
+    }
+
+    /// The median pass of each side (and of each breakdown read); the provider calls of the
+    /// first pass (every pass starts with a cold cache, so they are alike).
+    fn median(passes: Vec<Phase>) -> Phase {
+        fn mid(mut v: Vec<Duration>) -> Duration {
+            v.sort();
+            v[v.len() / 2]
+        }
+        let first = passes[0];
+        let breakdown = first.breakdown.map(|_| Breakdown {
+            lean: mid(passes
+                .iter()
+                .filter_map(|p| p.breakdown.map(|b| b.lean))
+                .collect()),
+            stored: mid(passes
+                .iter()
+                .filter_map(|p| p.breakdown.map(|b| b.stored))
+                .collect()),
+        });
+        Phase {
+            encrypted: mid(passes.iter().map(|p| p.encrypted).collect()),
+            plain: mid(passes.iter().map(|p| p.plain).collect()),
+            breakdown,
+            ..first
+        }
     }
 }
 
@@ -479,6 +525,51 @@ async fn scan_plain(db: &Database, after: i64, limit: i64) -> Vec<PlainUser> {
         .expect("plaintext select"))
 }
 
+/// The stored rows of a page, decoded (lengths checked) but not decrypted.
+async fn scan_stored(db: &Database, after: i64, limit: i64) -> Vec<UserRow> {
+    use jarvis_models::schema::users;
+    let mut conn = db.get().await.expect("connection");
+    jarvis_models::with_conn!(&mut conn, |c| users::table
+        .filter(users::id.gt(after))
+        .order(users::id)
+        .limit(limit)
+        .select(UserRow::as_select())
+        .load(c)
+        .await
+        .expect("stored-row select"))
+}
+
+/// `id`, ciphertext, IV, tag and timestamps of a page: the stored rows without the wrapped
+/// data key and the search hash.
+type Lean = (
+    i64,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    NaiveDateTime,
+    NaiveDateTime,
+);
+
+async fn scan_lean(db: &Database, after: i64, limit: i64) -> Vec<Lean> {
+    use jarvis_models::schema::users;
+    let mut conn = db.get().await.expect("connection");
+    jarvis_models::with_conn!(&mut conn, |c| users::table
+        .filter(users::id.gt(after))
+        .order(users::id)
+        .limit(limit)
+        .select((
+            users::id,
+            users::encrypted_email,
+            users::email_iv,
+            users::email_auth_tag,
+            users::created_at,
+            users::updated_at
+        ))
+        .load(c)
+        .await
+        .expect("lean select"))
+}
+
 async fn find_plain(db: &Database, email: &str) -> Option<PlainUser> {
     let mut conn = db.get().await.expect("connection");
     let found: Vec<PlainUser> = jarvis_models::with_conn!(&mut conn, |c| bench_plain_users::table
@@ -523,6 +614,7 @@ async fn phase_insert(
         encrypted,
         plain,
         calls: calls(store.encryptor(), env).since(before),
+        breakdown: None,
     }
 }
 
@@ -538,6 +630,12 @@ async fn phase_select(
     let (mut encrypted, mut plain) = (Duration::ZERO, Duration::ZERO);
     let (mut after_plain, mut after_enc) = (0i64, 0i64);
     let (mut seen_plain, mut seen_enc) = (0usize, 0usize);
+    // The breakdown reads run in the main benchmark only, not in the scale children.
+    let mut breakdown = side.is_none().then_some(Breakdown {
+        lean: Duration::ZERO,
+        stored: Duration::ZERO,
+    });
+    let (mut after_lean, mut after_stored) = (0i64, 0i64);
     let limit = page as i64;
     loop {
         let mut done = true;
@@ -573,6 +671,22 @@ async fn phase_select(
             }
             black_box(users);
         }
+        if let Some(b) = breakdown.as_mut() {
+            let t = Instant::now();
+            let rows = scan_lean(&env.db, after_lean, limit).await;
+            b.lean += t.elapsed();
+            if let Some(last) = rows.last() {
+                after_lean = last.0;
+            }
+            black_box(rows);
+            let t = Instant::now();
+            let rows = scan_stored(&env.db, after_stored, limit).await;
+            b.stored += t.elapsed();
+            if let Some(last) = rows.last() {
+                after_stored = last.id;
+            }
+            black_box(rows);
+        }
         if done {
             break;
         }
@@ -590,6 +704,7 @@ async fn phase_select(
         encrypted,
         plain,
         calls: calls(reader.encryptor(), env).since(before),
+        breakdown,
     }
 }
 
@@ -633,6 +748,7 @@ async fn phase_lookup(
         encrypted,
         plain,
         calls: calls(reader.encryptor(), env).since(before),
+        breakdown: None,
     }
 }
 
@@ -792,12 +908,23 @@ async fn run(
     let writer = env.store(&sink);
     let insert = phase_insert(&env, &writer, &sink, emails, opts.batch, None).await;
     eprintln!("[e2e]   insert done");
-    // A reader started after the writes: a cold data-key cache.
-    let reader = env.store(&sink);
-    let select = phase_select(&env, &reader, &sink, emails, opts.batch, None).await;
-    eprintln!("[e2e]   select done");
-    let lookup = phase_lookup(&env, &reader, &sink, emails, opts.lookups).await;
-    eprintln!("[e2e]   lookups done");
+    let mut selects = Vec::new();
+    let mut reader = None;
+    for _ in 0..opts.passes {
+        // A reader started after the writes: a cold data-key cache, in every pass.
+        let fresh = env.store(&sink);
+        selects.push(phase_select(&env, &fresh, &sink, emails, opts.batch, None).await);
+        reader = Some(fresh);
+    }
+    let reader = reader.expect("at least one pass");
+    let select = Phase::median(selects);
+    eprintln!("[e2e]   select done ({} passes)", opts.passes);
+    let mut lookups = Vec::new();
+    for _ in 0..opts.passes {
+        lookups.push(phase_lookup(&env, &reader, &sink, emails, opts.lookups).await);
+    }
+    let lookup = Phase::median(lookups);
+    eprintln!("[e2e]   lookups done ({} passes)", opts.passes);
     let sizes = sizes(&env).await;
     let crypto = crypto_only(&env, emails, opts.batch).await;
     let audit_written = match &sink {
@@ -823,10 +950,11 @@ async fn run(
 fn print_reports(opts: &Options, reports: &[Report]) {
     println!();
     println!(
-        "N = {}, batch/page size {}, {} lookups; pool of {POOL_SIZE} connections; tokio multi-thread runtime; {} build",
+        "N = {}, batch/page size {}, {} lookups; select and lookups: median of {} passes; pool of {POOL_SIZE} connections; tokio multi-thread runtime; {} build",
         opts.n,
         opts.batch,
         opts.lookups,
+        opts.passes,
         if cfg!(debug_assertions) {
             "debug"
         } else {
@@ -920,6 +1048,37 @@ fn print_reports(opts: &Options, reports: &[Report]) {
             per(total, s.rows) / per(s.plain, s.plain_rows),
             totals,
         );
+    }
+    println!();
+    println!(
+        "Where the select time goes (the same pages, interleaved with the select; rows/s, and time against the plaintext select):"
+    );
+    println!();
+    println!(
+        "| backend | provider | audit | plaintext select | stored rows without data key and hash | stored rows (every column), not decrypted | select+decrypt |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|");
+    for r in reports {
+        for p in &r.phases {
+            let Some(b) = p.breakdown else { continue };
+            let cell = |d: Duration| {
+                format!(
+                    "{:.0} ({:.2}x)",
+                    rate(p.ops, d),
+                    d.as_secs_f64() / p.plain.as_secs_f64()
+                )
+            };
+            println!(
+                "| {} | {} | {} | {:.0} | {} | {} | {} |",
+                r.backend.name(),
+                r.provider.name(),
+                r.audit.name(),
+                rate(p.ops, p.plain),
+                cell(b.lean),
+                cell(b.stored),
+                cell(p.encrypted),
+            );
+        }
     }
     println!();
     println!(

@@ -87,7 +87,7 @@ pub(crate) fn print(lines: &[SummaryLine], json: bool) {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(out));
+        out!("{}", serde_json::Value::Array(out));
         return;
     }
     let mut table = Table::new();
@@ -102,7 +102,7 @@ pub(crate) fn print(lines: &[SummaryLine], json: bool) {
                 .map_or("-".to_owned(), |d| format!("{d:.3}")),
         ]);
     }
-    println!("{table}");
+    out!("{table}");
 }
 
 pub(crate) async fn run(global: &Global, since: &str, json: bool) -> Result<()> {

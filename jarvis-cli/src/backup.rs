@@ -325,13 +325,13 @@ async fn create_in(
             ),
             None => "the backup was not recorded".to_owned(),
         })?;
-    println!("name      {name}");
+    out!("name      {name}");
     match &path {
-        Some(p) => println!("path      {}", p.display()),
-        None => println!("path      (stored in encrypted_backups, row {})", record.id),
+        Some(p) => out!("path      {}", p.display()),
+        None => out!("path      (stored in encrypted_backups, row {})", record.id),
     }
-    println!("size      {size} bytes");
-    println!("sha256    {checksum}");
+    out!("size      {size} bytes");
+    out!("sha256    {checksum}");
     eprintln!(
         "backed up {} bytes of {} dump ({} chunks) under master key {} in {:.1}s; \
          the rows need {} master key(s)",
@@ -557,7 +557,7 @@ async fn restore(
         r.audit.shutdown().await;
     }
     result?;
-    println!(
+    out!(
         "restored {label} in {:.1}s",
         started.elapsed().as_secs_f64()
     );
@@ -801,23 +801,26 @@ async fn verify(global: &Global, input: &Path) -> Result<ExitCode> {
     };
     let manifest = match &verified {
         Ok(summary) => {
-            println!(
+            out!(
                 "backup    authentic: {} chunks of {} bytes, {} bytes of dump, {} bytes in all",
-                summary.chunks, summary.chunk_size, summary.plaintext_bytes, summary.stream_bytes
+                summary.chunks,
+                summary.chunk_size,
+                summary.plaintext_bytes,
+                summary.stream_bytes
             );
             &summary.manifest
         }
         Err(e) => {
-            println!("backup    REJECTED: {e:#}");
-            println!("          (the manifest below is as stored, not authenticated)");
+            out!("backup    REJECTED: {e:#}");
+            out!("          (the manifest below is as stored, not authenticated)");
             header.manifest()
         }
     };
-    println!("backend   {}", manifest.backend);
-    println!("schema    {}", manifest.schema_version);
-    println!("created   {}", manifest.created_at);
+    out!("backend   {}", manifest.backend);
+    out!("schema    {}", manifest.schema_version);
+    out!("created   {}", manifest.created_at);
     for (key, value) in &manifest.extra {
-        println!(
+        out!(
             "{key:<9} {}",
             value.as_str().map_or(value.to_string(), str::to_owned)
         );
@@ -840,10 +843,10 @@ async fn verify(global: &Global, input: &Path) -> Result<ExitCode> {
             Err(_) => Err("no key provider is configured".to_owned()),
         };
         match status {
-            Ok(note) => println!("key       {key} ({role}): available, {note}"),
+            Ok(note) => out!("key       {key} ({role}): available, {note}"),
             Err(why) => {
                 missing += 1;
-                println!("key       {key} ({role}): MISSING: {why}");
+                out!("key       {key} ({role}): MISSING: {why}");
             }
         }
     }
@@ -924,7 +927,7 @@ async fn list(global: &Global, json: bool) -> Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(out));
+        out!("{}", serde_json::Value::Array(out));
         return Ok(ExitCode::SUCCESS);
     }
     let mut table = Table::new();
@@ -950,7 +953,7 @@ async fn list(global: &Global, json: bool) -> Result<ExitCode> {
                 .map_or("-".to_owned(), |c| c.chars().take(16).collect()),
         ]);
     }
-    println!("{table}");
+    out!("{table}");
     Ok(ExitCode::SUCCESS)
 }
 

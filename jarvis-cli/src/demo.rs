@@ -19,10 +19,10 @@ pub(crate) async fn run() -> Result<()> {
     let key_file = dir.join("master.key");
     let database = dir.join("jarvis.sqlite3");
     let url = database.display().to_string();
-    println!("demo directory   {}", dir.display());
+    out!("demo directory   {}", dir.display());
 
     let provider = Arc::new(LocalKeyProvider::create_file(&key_file)?);
-    println!(
+    out!(
         "local master key {} ({}, mode 0600)",
         provider.key_id(),
         key_file.display()
@@ -30,10 +30,10 @@ pub(crate) async fn run() -> Result<()> {
 
     jarvis_models::migrations::run_pending_migrations(&url).await?;
     let db = Database::connect(&url, 4).await?;
-    println!("database         {url} (migrations applied)");
+    out!("database         {url} (migrations applied)");
 
     let search_key = jarvis_models::keys::stored_search_key(&db, provider.as_ref()).await?;
-    println!("search key       generated, stored wrapped in jarvis_keys");
+    out!("search key       generated, stored wrapped in jarvis_keys");
     let encryptor = Encryptor::builder(provider.clone())
         .search_key(search_key)
         .build();
@@ -47,7 +47,7 @@ pub(crate) async fn run() -> Result<()> {
             "alan@example.com".into(),
         ])
         .await?;
-    println!(
+    out!(
         "stored           {} users (email encrypted + search hash)",
         users.len()
     );
@@ -67,7 +67,7 @@ pub(crate) async fn run() -> Result<()> {
             expires_at: None,
         })
         .await?;
-    println!("stored           2 API keys");
+    out!("stored           2 API keys");
     let token = store
         .create_oauth_token(NewOAuthToken {
             user_id: Some(users[1].id),
@@ -78,26 +78,27 @@ pub(crate) async fn run() -> Result<()> {
             expires_at: Some(chrono::Utc::now().naive_utc() + chrono::Duration::hours(1)),
         })
         .await?;
-    println!("stored           OAuth tokens for user {}", users[1].id);
+    out!("stored           OAuth tokens for user {}", users[1].id);
 
     let query = "  grace.hopper@EXAMPLE.com ";
     let found = store
         .find_user_by_email(query)
         .await?
         .context("the demo user was not found")?;
-    println!(
+    out!(
         "lookup           {query:?} -> user {} (through email_hash; no plaintext in SQL)",
         found.id
     );
     let listed = store.list_users(100, 0).await?;
-    println!("decrypted        {} users in one bulk read", listed.len());
+    out!("decrypted        {} users in one bulk read", listed.len());
 
     let rotated = store
         .update_api_key(stripe.id, "sk_live_demo_rotated_51HxJk2eZvKYlo2C")
         .await?;
-    println!(
+    out!(
         "rotated          API key {} (rotation_count {})",
-        rotated.id, rotated.rotation_count
+        rotated.id,
+        rotated.rotation_count
     );
     let refreshed = store
         .refresh_oauth_token(
@@ -107,9 +108,10 @@ pub(crate) async fn run() -> Result<()> {
             None,
         )
         .await?;
-    println!(
+    out!(
         "refreshed        OAuth token {} under a fresh data key (rotation_count {})",
-        refreshed.id, refreshed.rotation_count
+        refreshed.id,
+        refreshed.rotation_count
     );
 
     let mut conn = db.get().await?;
@@ -119,11 +121,11 @@ pub(crate) async fn run() -> Result<()> {
         .first(c)
         .await?);
     drop(conn);
-    println!("stored form of users row {}:", row.id);
+    out!("stored form of users row {}:", row.id);
     fn len<T: AsRef<[u8]>>(column: &Option<T>) -> usize {
         column.as_ref().map_or(0, |v| v.as_ref().len())
     }
-    println!(
+    out!(
         "  encrypted_email {} B, email_iv {} B, email_auth_tag {} B, email_data_key {} B, email_hash {} B, email (plaintext) {}",
         len(&row.encrypted_email),
         len(&row.email_iv),
@@ -139,11 +141,11 @@ pub(crate) async fn run() -> Result<()> {
     if let Some(Ok(KeyEnvelope::Jarvis { master_key, .. })) =
         row.email_data_key.as_ref().map(|k| k.envelope())
     {
-        println!("  data key wrapped under {master_key}");
+        out!("  data key wrapped under {master_key}");
     }
 
     let stats = encryptor.stats();
-    println!(
+    out!(
         "key provider     {} calls (generate {}, unwrap {}) for every value above",
         stats.provider_calls(),
         stats.generate_calls,
@@ -151,10 +153,10 @@ pub(crate) async fn run() -> Result<()> {
     );
 
     audit.flush().await;
-    println!("audit summary (last 24 hours):");
+    out!("audit summary (last 24 hours):");
     let lines = crate::audit::summary(&db, chrono::Duration::hours(24)).await?;
     crate::audit::print(&lines, false);
     audit.shutdown().await;
-    println!("done in {:.2} s", started.elapsed().as_secs_f64());
+    out!("done in {:.2} s", started.elapsed().as_secs_f64());
     Ok(())
 }

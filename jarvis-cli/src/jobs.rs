@@ -104,7 +104,7 @@ pub(crate) async fn encrypt_existing(
     view.finish();
     opened.audit.shutdown().await;
     let report = result?;
-    println!(
+    out!(
         "{} {}.{}: {} of {} rows {} in {} batches ({:.0} rows/s); {} remaining{}",
         if report.dry_run {
             "dry run"
@@ -182,7 +182,7 @@ pub(crate) async fn rotate(global: &Global, args: RotateArgs) -> Result<()> {
                 t.rows_rotated, t.rows_at_start, t.values, t.batches
             )
         };
-        println!(
+        out!(
             "{} {}: {done}; {} remaining{}",
             if report.dry_run {
                 "dry run"
@@ -202,12 +202,13 @@ pub(crate) async fn rotate(global: &Global, args: RotateArgs) -> Result<()> {
         );
     }
     if matches!(options.mode, RotateMode::ToKey(_)) || report.stored_keys_rewrapped > 0 {
-        println!(
+        out!(
             "{} data keys re-wrapped, {} stored keys re-wrapped",
-            report.keys_rewrapped, report.stored_keys_rewrapped
+            report.keys_rewrapped,
+            report.stored_keys_rewrapped
         );
     }
-    println!(
+    out!(
         "{} rows in {:.1} s ({:.0} rows/s){}",
         report.rows_rotated(),
         report.duration.as_secs_f64(),
@@ -281,6 +282,6 @@ pub(crate) async fn retire_key(
         return Ok(std::process::ExitCode::from(1));
     }
     let state = connection.retire_key(&arn, pending_days).await?;
-    println!("{arn}: disabled, {state}, deleted in {pending_days} days unless cancelled");
+    out!("{arn}: disabled, {state}, deleted in {pending_days} days unless cancelled");
     Ok(std::process::ExitCode::SUCCESS)
 }

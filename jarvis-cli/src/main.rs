@@ -4,11 +4,23 @@
 //! of the jarvis crates; dependencies stay at `warn`, since database drivers log bound
 //! parameters at debug level).
 
+// `println!` panics when standard output is closed (`jarvis audit | head`): results are
+// written through `out!`, which ends the process quietly instead.
+macro_rules! out {
+    () => {
+        $crate::output::line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::line(format_args!($($arg)*))
+    };
+}
+
 mod audit;
 mod backup;
 mod config;
 mod demo;
 mod jobs;
+mod output;
 mod verify;
 
 use std::process::ExitCode;
@@ -257,7 +269,7 @@ async fn init(
                 "added version {version} to {}; new data keys are wrapped under it",
                 path.display()
             );
-            println!("{}#v{version}", provider.key_id());
+            out!("{}#v{version}", provider.key_id());
         }
         ProviderChoice::AwsKms if new_version => anyhow::bail!(
             "--new-version is for the local key file; KMS rotates its key material itself \
@@ -278,7 +290,7 @@ async fn init(
                     path.display()
                 );
             }
-            println!("{}", provider.key_id());
+            out!("{}", provider.key_id());
         }
         ProviderChoice::AwsKms => {
             let connection =
@@ -293,7 +305,7 @@ async fn init(
             for note in &setup.notes {
                 eprintln!("note: {note}");
             }
-            println!("{}", setup.key_id);
+            out!("{}", setup.key_id);
         }
     }
     Ok(())
@@ -306,10 +318,10 @@ async fn migrate(global: &Global, status: bool) -> Result<()> {
     }
     let state = jarvis_models::migrations::migration_status(url).await?;
     for m in &state.applied {
-        println!("applied  {}", m.name);
+        out!("applied  {}", m.name);
     }
     for m in &state.pending {
-        println!("pending  {}", m.name);
+        out!("pending  {}", m.name);
     }
     if !status {
         eprintln!("schema is up to date ({} migrations)", state.applied.len());

@@ -38,7 +38,7 @@ pub(crate) fn print(report: &VerifyReport, json: bool) {
             .iter()
             .map(|f| serde_json::json!({"table": f.table, "id": f.id, "column": f.column, "error": f.error_kind}))
             .collect();
-        println!(
+        out!(
             "{}",
             serde_json::json!({"columns": columns, "failures": failures, "clean": report.is_clean()})
         );
@@ -72,11 +72,14 @@ pub(crate) fn print(report: &VerifyReport, json: bool) {
             keys.join("\n"),
         ]);
     }
-    println!("{table}");
+    out!("{table}");
     for f in &report.failures {
-        println!(
+        out!(
             "FAILED {} id {} {}: {}",
-            f.table, f.id, f.column, f.error_kind
+            f.table,
+            f.id,
+            f.column,
+            f.error_kind
         );
     }
     if report.is_clean() {

@@ -190,3 +190,27 @@ fn commands_that_need_a_database_say_so() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("DATABASE_URL"));
 }
+
+/// `jarvis demo | head -n 0`: standard output closed before the first result line. The
+/// command ends quietly with the status of a process ended by `SIGPIPE`, not a panic.
+#[test]
+fn a_closed_standard_output_ends_the_command_without_a_panic() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jarvis"))
+        .current_dir(dir.path())
+        .arg("demo")
+        .env_remove("DATABASE_URL")
+        .env_remove("KMS_KEY_ID")
+        .env_remove("JARVIS_LOCAL_KEY_FILE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("jarvis starts");
+    // The reading end goes at once: the first line the command writes meets a closed pipe.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("jarvis ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(141), "{stderr}");
+}

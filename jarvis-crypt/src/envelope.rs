@@ -207,12 +207,12 @@ impl Encryptor {
             .filter(|(_, form)| form.is_ok())
             .map(|((_, stored), _)| (&stored.data_key, KeyPurpose::Field))
             .collect();
-        let (keys, mut order) = self
+        let (keys, order) = self
             .inner
             .cache
             .unwrap_many(|w| self.provider_for(w), &wrapped)
             .await;
-        let mut order = order.drain(..);
+        let mut order = order.into_iter();
         // One associated-data buffer for the whole batch, rewritten per value.
         let mut aad = Vec::new();
         items
@@ -266,13 +266,16 @@ impl Encryptor {
         spec: SearchSpec,
         value: &str,
     ) -> Result<SearchHash> {
+        let this_column = |(t, c, s, _): &&(String, String, SearchSpec, ColumnHasher)| {
+            t == table && c == column && *s == spec
+        };
         if let Some((.., hasher)) = self
             .inner
             .hashers
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
-            .find(|(t, c, s, _)| t == table && c == column && *s == spec)
+            .find(this_column)
         {
             return Ok(hasher.hash(value));
         }
@@ -289,10 +292,7 @@ impl Encryptor {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Another caller may have derived it meanwhile: keep one entry per column.
-        if !hashers
-            .iter()
-            .any(|(t, c, s, _)| t == table && c == column && *s == spec)
-        {
+        if !hashers.iter().any(|entry| this_column(&entry)) {
             hashers.push((table.to_owned(), column.to_owned(), spec, hasher));
         }
         Ok(hash)

@@ -151,6 +151,13 @@ impl Encryptor {
         self.inner.provider.master_key()
     }
 
+    /// The fingerprint of the root search key ([`SearchKey::fingerprint`]), `None` without
+    /// one: what an application compares with the fingerprint recorded for its database at
+    /// start (`jarvis_models::keys::check_search_key`).
+    pub fn search_key_fingerprint(&self) -> Option<crate::SearchKeyFingerprint> {
+        self.inner.search_key.as_ref().map(|key| key.fingerprint())
+    }
+
     /// The data-key cache.
     pub fn cache(&self) -> &DataKeyCache {
         &self.inner.cache

@@ -43,6 +43,7 @@ pub const PLACEHOLDER_SALT: &str = "your-random-salt-change-in-production";
 pub const MIN_SEARCH_KEY_LEN: usize = 32;
 
 const COLUMN_KEY_LABEL: &[u8] = b"jarvis-crypt search key v1";
+const FINGERPRINT_LABEL: &[u8] = b"jarvis-crypt search key fingerprint v1";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -105,6 +106,15 @@ impl SearchKey {
         self.0.expose_secret()
     }
 
+    /// The key's fingerprint: HMAC-SHA256 of the fixed label
+    /// `"jarvis-crypt search key fingerprint v1"` under the root key. It identifies the key
+    /// (recorded once by an explicit step, checked at start, and part of a rotation run's
+    /// parameters) without revealing anything of it or of any column key, which are derived
+    /// under another label.
+    pub fn fingerprint(&self) -> SearchKeyFingerprint {
+        SearchKeyFingerprint(hmac_sha256(self.0.expose_secret(), FINGERPRINT_LABEL))
+    }
+
     /// The hasher of one column.
     pub fn column(&self, table: &str, column: &str, spec: SearchSpec) -> ColumnHasher {
         let mut label = Vec::with_capacity(COLUMN_KEY_LABEL.len() + 9 + table.len() + column.len());
@@ -118,6 +128,39 @@ impl SearchKey {
         let mut key = key;
         zeroize::Zeroize::zeroize(&mut key);
         ColumnHasher { mac, spec }
+    }
+}
+
+/// The fingerprint of a root search key ([`SearchKey::fingerprint`]): 32 bytes, printed as
+/// lower-case hex. Not a secret.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SearchKeyFingerprint(pub [u8; 32]);
+
+impl SearchKeyFingerprint {
+    /// Parses the 64 hex digits of [`Display`](fmt::Display).
+    pub fn from_hex(hex: &str) -> Result<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex.trim(), &mut out).map_err(|_| {
+            Error::Configuration("a search key fingerprint is 64 hex digits".into())
+        })?;
+        Ok(SearchKeyFingerprint(out))
+    }
+
+    /// The first 8 bytes in hex, for messages.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..8])
+    }
+}
+
+impl fmt::Display for SearchKeyFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for SearchKeyFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SearchKeyFingerprint({})", self.short())
     }
 }
 

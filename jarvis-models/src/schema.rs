@@ -278,6 +278,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// Settings every process of the database agrees on, by name (e.g. the fingerprint of the
+    /// root search key, `search-key-fingerprint`). Not secret.
+    jarvis_settings (name) {
+        /// The setting's name.
+        name -> Text,
+        /// Its value.
+        value -> Text,
+        /// When it was last written (UTC).
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
     /// View: active API keys per service. Read-only; `service_name` is its row key.
     active_api_keys_summary (service_name) {
         /// The service.
@@ -346,6 +359,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     encryption_audit_log,
     jarvis_keys,
     jarvis_jobs,
+    jarvis_settings,
     active_api_keys_summary,
     oauth_tokens_summary,
     encryption_audit_summary,

@@ -21,7 +21,8 @@ use jarvis_models::migrations::{
 };
 use jarvis_models::schema::{
     active_api_keys_summary, api_keys, encrypted_backups, encryption_audit_log,
-    encryption_audit_summary, jarvis_jobs, jarvis_keys, oauth_tokens, oauth_tokens_summary, users,
+    encryption_audit_summary, jarvis_jobs, jarvis_keys, jarvis_settings, oauth_tokens,
+    oauth_tokens_summary, users,
 };
 use serde_json::json;
 use tempfile::TempDir;
@@ -140,7 +141,10 @@ both_backends!(
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-const TABLES: [&str; 7] = [
+/// The embedded migrations of each backend.
+const MIGRATION_COUNT: usize = 9;
+
+const TABLES: [&str; 8] = [
     "users",
     "api_keys",
     "oauth_tokens",
@@ -148,6 +152,7 @@ const TABLES: [&str; 7] = [
     "encryption_audit_log",
     "jarvis_keys",
     "jarvis_jobs",
+    "jarvis_settings",
 ];
 const VIEWS: [&str; 3] = [
     "active_api_keys_summary",
@@ -343,7 +348,7 @@ fn assert_close(actual: Option<f64>, expected: Option<f64>, what: &str) {
 fn up_down_up(backend: Backend) {
     let db = database(backend, "models_up_down_up");
     let embedded = backend.embedded_migrations();
-    assert_eq!(embedded.len(), 8);
+    assert_eq!(embedded.len(), MIGRATION_COUNT);
 
     let status = migration_status_blocking(&db.url).expect("status of an empty database");
     assert_eq!(
@@ -501,7 +506,7 @@ fn declared_schema() -> BTreeMap<&'static str, (bool, Vec<DeclaredColumn>)> {
     }
     relations!(
         users, api_keys, oauth_tokens, encrypted_backups, encryption_audit_log, jarvis_keys,
-        jarvis_jobs;
+        jarvis_jobs, jarvis_settings;
         active_api_keys_summary, oauth_tokens_summary, encryption_audit_summary
     )
 }
@@ -1349,8 +1354,8 @@ fn ids_can_be_reserved_before_the_first_write(backend: Backend) {
     let mut conn = db.migrate();
     match &mut conn {
         Db::Pg(c) => {
-            // every table's id is backed by `<table>_id_seq`
-            for table in TABLES {
+            // every table's id is backed by `<table>_id_seq` (jarvis_settings is keyed by name)
+            for table in TABLES.into_iter().filter(|t| *t != "jarvis_settings") {
                 let rows: Vec<SequenceName> = diesel::sql_query(format!(
                     "SELECT pg_get_serial_sequence('{table}', 'id') AS sequence"
                 ))
@@ -1447,7 +1452,7 @@ async fn async_up_down(db: TestDatabase) {
     let applied = migrations::run_pending_migrations(&db.url)
         .await
         .expect("async up");
-    assert_eq!(applied.len(), 8);
+    assert_eq!(applied.len(), MIGRATION_COUNT);
     let status = migrations::migration_status(&db.url)
         .await
         .expect("async status");
@@ -1455,11 +1460,11 @@ async fn async_up_down(db: TestDatabase) {
     let reverted = migrations::revert_all_migrations(&db.url)
         .await
         .expect("async down");
-    assert_eq!(reverted.len(), 8);
+    assert_eq!(reverted.len(), MIGRATION_COUNT);
     let status = migrations::migration_status(&db.url)
         .await
         .expect("async status");
-    assert_eq!(status.pending.len(), 8);
+    assert_eq!(status.pending.len(), MIGRATION_COUNT);
 }
 
 #[tokio::test]

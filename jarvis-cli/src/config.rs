@@ -44,16 +44,21 @@ pub(crate) struct Global {
     #[arg(long, global = true, env = "KMS_KEY_ID")]
     pub(crate) kms_key_id: Option<String>,
 
-    /// Root search key (raw bytes of the value, at least 32); when unset, the key stored
-    /// wrapped in `jarvis_keys` is used (generated on first use). Prefer the environment
-    /// variable: a command line is visible to other users of the machine.
+    /// Further KMS keys allowed for decryption (comma-separated ids, ARNs or aliases), e.g.
+    /// the old key during a rotation; no other key is ever unwrapped.
     #[arg(
         long,
         global = true,
-        env = "ENCRYPTION_SEARCH_SALT",
-        hide_env_values = true
+        env = "KMS_DECRYPT_KEY_IDS",
+        value_delimiter = ','
     )]
-    pub(crate) search_key: Option<String>,
+    pub(crate) kms_decrypt_key_ids: Vec<String>,
+
+    /// A file holding the root search key (its raw bytes, one trailing newline ignored), when
+    /// `ENCRYPTION_SEARCH_SALT` is not set. There is no flag for the key itself: a command
+    /// line is visible to other users of the machine.
+    #[arg(long, global = true, env = "JARVIS_SEARCH_KEY_FILE")]
+    pub(crate) search_key_file: Option<PathBuf>,
 
     /// Values one data key encrypts before the next is generated [default: 1048576]; `1`
     /// gives every value a data key of its own, as the original system did (one KMS call per
@@ -69,6 +74,8 @@ impl std::fmt::Debug for Global {
             .field("provider", &self.provider)
             .field("local_key_file", &self.local_key_file)
             .field("kms_key_id", &self.kms_key_id)
+            .field("kms_decrypt_key_ids", &self.kms_decrypt_key_ids)
+            .field("search_key_file", &self.search_key_file)
             .finish_non_exhaustive()
     }
 }
@@ -88,18 +95,53 @@ impl Global {
             .context("no database: set DATABASE_URL or --database-url")
     }
 
-    /// The configured key provider.
+    /// The configured key provider. The AWS provider unwraps only under `KMS_KEY_ID` and
+    /// the keys of `KMS_DECRYPT_KEY_IDS`.
     pub(crate) async fn provider(&self) -> Result<Arc<dyn KeyProvider>> {
         Ok(match self.provider_choice() {
             ProviderChoice::Local => Arc::new(self.local_provider()?),
-            ProviderChoice::AwsKms => {
-                let Some(key) = &self.kms_key_id else {
-                    bail!("the aws-kms provider needs a key: set KMS_KEY_ID or --kms-key-id");
-                };
-                let connection = KmsConnection::from_env(KmsOptions::default()).await?;
-                Arc::new(AwsKms::new(connection, key).await?)
-            }
+            ProviderChoice::AwsKms => Arc::new(self.aws_provider(&[]).await?),
         })
+    }
+
+    /// The configured AWS provider, also allowed to decrypt under `extra` (the target of
+    /// `rotate --to-key`, for that run).
+    pub(crate) async fn aws_provider(&self, extra: &[&str]) -> Result<AwsKms> {
+        let Some(key) = &self.kms_key_id else {
+            bail!("the aws-kms provider needs a key: set KMS_KEY_ID or --kms-key-id");
+        };
+        let connection = KmsConnection::from_env(KmsOptions::default()).await?;
+        let allowed = self
+            .kms_decrypt_key_ids
+            .iter()
+            .map(String::as_str)
+            .chain(extra.iter().copied());
+        Ok(AwsKms::new(connection, key)
+            .await?
+            .allow_decrypt_keys(allowed)
+            .await?)
+    }
+
+    /// The root search key of the environment (`ENCRYPTION_SEARCH_SALT`, else the file of
+    /// `--search-key-file`), if configured.
+    pub(crate) fn configured_search_key(&self) -> Result<Option<SearchKey>> {
+        if let Some(key) = SearchKey::from_env()? {
+            return Ok(Some(key));
+        }
+        let Some(path) = &self.search_key_file else {
+            return Ok(None);
+        };
+        let mut bytes = zeroize::Zeroizing::new(
+            std::fs::read(path)
+                .with_context(|| format!("reading the search key file {}", path.display()))?,
+        );
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        }
+        Ok(Some(SearchKey::new(bytes.to_vec())?))
     }
 
     /// The database, the encryptor and the store, with the diesel audit sink. Commands that
@@ -119,18 +161,47 @@ impl Global {
         let url = self.database_url()?;
         let db = Database::connect(url, 8).await?;
         let configured = self.provider().await?;
-        let search_key = match &self.search_key {
-            Some(value) => Some(SearchKey::new(value.as_bytes().to_vec())?),
-            // The search key stays wrapped under the configured master key.
+        // New data keys under the target of `--reencrypt --to-key` if any, else the configured
+        // key; the configured provider (and the target of `--to-key`) decrypt.
+        let providers = |builder: jarvis_crypt::EncryptorBuilder| {
+            let builder = match options.write_under {
+                Some(_) => builder.decrypt_with(configured.clone()),
+                None => builder,
+            };
+            match &options.decrypt_also {
+                Some(also) => builder.decrypt_with(also.clone()),
+                None => builder,
+            }
+        };
+        let primary = options
+            .write_under
+            .clone()
+            .unwrap_or_else(|| configured.clone());
+        let search_key = match self.configured_search_key()? {
+            Some(key) => {
+                if !options.new_search_key {
+                    jarvis_models::keys::check_search_key(&db, &key).await?;
+                }
+                Some(key)
+            }
+            // The search key stays wrapped in jarvis_keys, unwrapped by whichever of this
+            // run's providers holds its master key; it is created only by `jarvis init`,
+            // never by a job.
             None if options.search => {
-                Some(jarvis_models::keys::stored_search_key(&db, configured.as_ref()).await?)
+                let probe = providers(Encryptor::builder(primary.clone())).build();
+                Some(
+                    jarvis_models::keys::load_search_key_with(&db, &probe)
+                        .await?
+                        .context(
+                            "no search key: set ENCRYPTION_SEARCH_SALT (or --search-key-file), \
+                             or run `jarvis init` with DATABASE_URL set to create one stored \
+                             in jarvis_keys",
+                        )?,
+                )
             }
             None => None,
         };
-        let mut builder = match options.write_under {
-            Some(target) => Encryptor::builder(target).decrypt_with(configured),
-            None => Encryptor::builder(configured),
-        };
+        let mut builder = providers(Encryptor::builder(primary));
         if let Some(key) = search_key {
             builder = builder.search_key(key);
         }
@@ -208,6 +279,11 @@ pub(crate) struct OpenOptions {
     pub(crate) allow_legacy: bool,
     /// New data keys come from this provider; the configured one still decrypts.
     pub(crate) write_under: Option<Arc<dyn KeyProvider>>,
+    /// A further provider that decrypts (the target of `rotate --to-key`, for that run).
+    pub(crate) decrypt_also: Option<Arc<dyn KeyProvider>>,
+    /// The configured search key is a new one (`rotate --rehash`): not checked against the
+    /// recorded fingerprint, which the job replaces.
+    pub(crate) new_search_key: bool,
 }
 
 /// An opened database with its encryptor and store.

@@ -146,20 +146,25 @@ pub(crate) async fn rotate(global: &Global, args: RotateArgs) -> Result<()> {
         Some(key) => Some(global.target_key(key).await?),
         None => None,
     };
-    let (mode, write_under) = match (&args.older_than, target, args.reencrypt, args.legacy) {
-        (Some(age), None, false, false) => (RotateMode::OlderThan(parse_age(age)?), None),
-        (None, Some((to, _)), false, false) => (RotateMode::ToKey(to), None),
-        (None, target, true, false) => (RotateMode::Reencrypt, target.map(|(_, p)| p)),
-        (None, None, false, true) => (RotateMode::Legacy, None),
-        _ => anyhow::bail!(
-            "choose one of --older-than AGE, --to-key KEY, --reencrypt [--to-key KEY], --legacy"
-        ),
-    };
+    // The target of --to-key is allowed for decryption for this run: re-wrapped keys are
+    // verified under it.
+    let (mode, write_under, decrypt_also) =
+        match (&args.older_than, target, args.reencrypt, args.legacy) {
+            (Some(age), None, false, false) => (RotateMode::OlderThan(parse_age(age)?), None, None),
+            (None, Some((to, p)), false, false) => (RotateMode::ToKey(to), None, Some(p)),
+            (None, target, true, false) => (RotateMode::Reencrypt, target.map(|(_, p)| p), None),
+            (None, None, false, true) => (RotateMode::Legacy, None, None),
+            _ => anyhow::bail!(
+                "choose one of --older-than AGE, --to-key KEY, --reencrypt [--to-key KEY], --legacy"
+            ),
+        };
     let opened = global
         .open_with(OpenOptions {
             search: true,
             allow_legacy: mode == RotateMode::Legacy,
             write_under,
+            decrypt_also,
+            ..OpenOptions::default()
         })
         .await?;
     let mut options = RotateOptions::new(mode, Arc::new(opened.audit.clone()));

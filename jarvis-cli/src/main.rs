@@ -308,6 +308,48 @@ async fn init(
             out!("{}", setup.key_id);
         }
     }
+    if global.database_url.is_some() {
+        init_search_key(global).await?;
+    }
+    Ok(())
+}
+
+/// The explicit step that records the database's root search key: `ENCRYPTION_SEARCH_SALT`'s
+/// (or the search key file's) fingerprint, or a stored key created in `jarvis_keys` when none
+/// is configured. Refused when another key is recorded.
+async fn init_search_key(global: &Global) -> Result<()> {
+    let url = global.database_url()?;
+    let status = jarvis_models::migrations::migration_status(url).await?;
+    if !status.pending.is_empty() {
+        eprintln!(
+            "note: the database schema is not up to date, so the search key is not recorded: \
+             run `jarvis migrate`, then `jarvis init` again"
+        );
+        return Ok(());
+    }
+    let db = jarvis_models::Database::connect(url, 1).await?;
+    let before = jarvis_models::keys::recorded_search_key_fingerprint(&db).await?;
+    let (key, source) = match global.configured_search_key()? {
+        Some(key) => (key, "ENCRYPTION_SEARCH_SALT"),
+        None => {
+            let provider = global.provider().await?;
+            let key = jarvis_models::keys::stored_search_key(&db, provider.as_ref()).await?;
+            (key, "stored in jarvis_keys")
+        }
+    };
+    jarvis_models::keys::record_search_key(&db, &key).await?;
+    let fingerprint = key.fingerprint();
+    if before.is_none() {
+        eprintln!(
+            "recorded the search key ({source}), fingerprint {}",
+            fingerprint.short()
+        );
+    } else {
+        eprintln!(
+            "the search key ({source}) is the one recorded, fingerprint {}",
+            fingerprint.short()
+        );
+    }
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use syn::{
 pub(crate) const ENCRYPTED: &str = "encrypted";
 const TABLE: &str = "table";
 const BIND: &str = "bind";
+const AAD_TABLE: &str = "aad_table";
 const CIPHERTEXT: &str = "ciphertext";
 const IV: &str = "iv";
 const TAG: &str = "tag";
@@ -60,6 +61,9 @@ pub(crate) struct Container {
     pub(crate) ident: Ident,
     pub(crate) vis: syn::Visibility,
     pub(crate) table: Path,
+    /// `aad_table = "..."`: the table name bound into the associated data and the search
+    /// keys, instead of the last segment of `table`.
+    pub(crate) aad_table: Option<LitStr>,
     pub(crate) bind: Bind,
     pub(crate) fields: Vec<Field>,
 }
@@ -154,17 +158,25 @@ impl Container {
         }
 
         let mut table = None;
+        let mut aad_table = None;
         let mut bind = None;
         let mut seen = Vec::new();
         for attr in input.attrs.iter().filter(|a| is_attr(a)) {
             let parsed = attr.parse_nested_meta(|meta| {
                 let Some(key) = meta.path.get_ident().cloned() else {
-                    return Err(meta.error("expected one of `table`, `bind`"));
+                    return Err(meta.error("expected one of `table`, `bind`, `aad_table`"));
                 };
                 if key == TABLE {
                     let path: Path = meta.value()?.parse()?;
                     if once(cx, &mut seen, &key) {
                         table = Some(path);
+                    }
+                } else if key == AAD_TABLE {
+                    let name: LitStr = meta.value()?.parse()?;
+                    if name.value().is_empty() {
+                        cx.error(name.span(), "`aad_table` must not be empty");
+                    } else if once(cx, &mut seen, &key) {
+                        aad_table = Some(name);
                     }
                 } else if key == BIND {
                     let ident: Ident = meta.value()?.parse()?;
@@ -177,7 +189,7 @@ impl Container {
                     }
                 } else {
                     return Err(meta.error(format!(
-                        "unknown container key `{key}`, expected one of `table`, `bind`"
+                        "unknown container key `{key}`, expected one of `table`, `bind`, `aad_table`"
                     )));
                 }
                 Ok(())
@@ -255,13 +267,18 @@ impl Container {
             ident: input.ident.clone(),
             vis: input.vis.clone(),
             table,
+            aad_table,
             bind,
             fields,
         })
     }
 
-    /// The table's SQL name: the last segment of its path.
+    /// The table's name as bound into the associated data and the search keys: `aad_table`
+    /// if given, else the last segment of its path.
     pub(crate) fn table_name(&self) -> String {
+        if let Some(name) = &self.aad_table {
+            return name.value();
+        }
         self.table
             .segments
             .last()

@@ -9,8 +9,16 @@
 //!   Its last segment is the table name bound into the associated data.
 //! - `#[encrypted(bind = field)]` (required): the field holding the row key bound into the
 //!   associated data (an integer, `String` or `Vec<u8>` field, known before the first write).
-//!   `bind = none` binds table and column only: a value can then be moved between rows of
-//!   one column unnoticed.
+//!   Bind the table's **primary key**: a value then cannot move to another row unnoticed. A
+//!   unique column compiles too, but is weaker (a row whose unique value changes, or a value
+//!   re-used after a delete, takes other rows' ciphertexts with it), and the jarvis tools
+//!   report it. `bind = none` binds table and column only: a value can then be moved
+//!   between rows of one column unnoticed (or swapped with another row's), which only suits
+//!   tables whose rows are never more sensitive than each other.
+//! - `#[encrypted(aad_table = "name")]` (optional): the table name bound into the associated
+//!   data and the search keys, instead of the last segment of `table`; for schema-qualified
+//!   tables (`aad_table = "billing.invoices"`) or a table renamed after rows were written.
+//!   Changing it makes existing values undecryptable: set it once, before the first write.
 //!
 //! # Field attributes
 //!

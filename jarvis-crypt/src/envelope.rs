@@ -256,13 +256,34 @@ impl Encryptor {
             .await
     }
 
+    /// Re-wraps a key wrapped for `purpose` (a stored search key, say) under `to`, through the
+    /// provider that holds its current master key: the primary one or one added with
+    /// [`decrypt_with`](EncryptorBuilder::decrypt_with). A key under a master key none of them
+    /// holds is [`Error::UnknownMasterKey`].
+    pub async fn rewrap_key(
+        &self,
+        wrapped: &WrappedKey,
+        purpose: KeyPurpose,
+        to: &MasterKeyRef,
+    ) -> Result<WrappedKey> {
+        let provider = self.provider_for(wrapped)?;
+        provider.rewrap_data_key(wrapped, purpose, to).await
+    }
+
     /// Unwraps the data key of an encrypted backup stream ([`crate::stream`]) through the
     /// provider that holds its master key (the primary one or one added with
     /// [`decrypt_with`](EncryptorBuilder::decrypt_with)). Backup data keys bypass the data-key
     /// cache: each stream has a key of its own, used once.
     pub async fn unwrap_backup_key(&self, wrapped: &WrappedKey) -> Result<DataKey> {
+        self.unwrap_key(wrapped, KeyPurpose::Backup).await
+    }
+
+    /// Unwraps a key wrapped for `purpose` (a backup stream's, a stored search key) through
+    /// the provider that holds its master key, bypassing the data-key cache. A key under a
+    /// master key none of the providers holds is [`Error::UnknownMasterKey`].
+    pub async fn unwrap_key(&self, wrapped: &WrappedKey, purpose: KeyPurpose) -> Result<DataKey> {
         let provider = self.provider_for(wrapped)?;
-        provider.unwrap_data_key(wrapped, KeyPurpose::Backup).await
+        provider.unwrap_data_key(wrapped, purpose).await
     }
 
     /// The search hash of `value` for a column, under the root search key.

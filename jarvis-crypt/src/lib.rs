@@ -19,7 +19,7 @@ pub mod stream;
 pub use aad::{AAD_VERSION, Binding, RowKey};
 pub use audit::{AuditEvent, AuditSink, MemoryAudit, NoAudit, Operation};
 #[cfg(feature = "aws-kms")]
-pub use aws::{AwsKms, KmsConnection, KmsOptions, KmsRequests};
+pub use aws::{AwsKms, KMS_DECRYPT_KEY_IDS_VAR, KmsConnection, KmsOptions, KmsRequests};
 pub use cache::{CacheLimits, CacheStats, Clock, DataKeyCache, ManualClock, SystemClock};
 pub use envelope::{Encryptor, EncryptorBuilder};
 pub use error::{Error, ErrorKind, Result};

@@ -57,7 +57,10 @@ pub async fn recorded_search_key_fingerprint(
         .transpose()?)
 }
 
-fn mismatch(recorded: &SearchKeyFingerprint, given: &SearchKeyFingerprint) -> ModelError {
+pub(crate) fn mismatch(
+    recorded: &SearchKeyFingerprint,
+    given: &SearchKeyFingerprint,
+) -> ModelError {
     jarvis_crypt::Error::Configuration(format!(
         "the search key (fingerprint {}) is not the one recorded for this database \
          (fingerprint {}): lookups would find nothing; set ENCRYPTION_SEARCH_SALT to the \
@@ -143,6 +146,32 @@ pub async fn load_search_key(
     db: &Database,
     provider: &dyn KeyProvider,
 ) -> Result<Option<SearchKey>, ModelError> {
+    let Some(wrapped) = stored_wrapped_search_key(db).await? else {
+        return Ok(None);
+    };
+    let key = unwrap_search_key(provider, wrapped).await?;
+    check_search_key(db, &key).await?;
+    Ok(Some(key))
+}
+
+/// [`load_search_key`] through whichever of `encryptor`'s providers holds the stored key's
+/// master key (during a rotation, the old or the new one).
+pub async fn load_search_key_with(
+    db: &Database,
+    encryptor: &jarvis_crypt::Encryptor,
+) -> Result<Option<SearchKey>, ModelError> {
+    let Some(wrapped) = stored_wrapped_search_key(db).await? else {
+        return Ok(None);
+    };
+    let key = encryptor
+        .unwrap_key(&WrappedKey::new(wrapped)?, KeyPurpose::SearchKey)
+        .await?;
+    let key = SearchKey::new(key.expose_secret().to_vec())?;
+    check_search_key(db, &key).await?;
+    Ok(Some(key))
+}
+
+async fn stored_wrapped_search_key(db: &Database) -> Result<Option<Vec<u8>>, ModelError> {
     let mut conn = db.get().await?;
     let existing: Option<Vec<u8>> = with_conn!(&mut conn, |c| jarvis_keys::table
         .filter(jarvis_keys::name.eq(SEARCH_KEY_NAME))
@@ -150,13 +179,7 @@ pub async fn load_search_key(
         .first(c)
         .await
         .optional()?);
-    drop(conn);
-    let Some(wrapped) = existing else {
-        return Ok(None);
-    };
-    let key = unwrap_search_key(provider, wrapped).await?;
-    check_search_key(db, &key).await?;
-    Ok(Some(key))
+    Ok(existing)
 }
 
 async fn unwrap_search_key(
@@ -216,12 +239,46 @@ pub async fn stored_search_key(
 }
 
 /// Re-wraps every key of `jarvis_keys` that is not yet under the master key `to` (for
-/// `rotate --to-key`, so the old master key can be retired); returns how many were.
+/// `rotate --to-key`, so the old master key can be retired); returns how many were. The
+/// provider must hold the keys' current master key; [`rewrap_stored_keys_with`] picks among
+/// an encryptor's providers.
 pub async fn rewrap_stored_keys(
     db: &Database,
     provider: &dyn KeyProvider,
     to: &jarvis_crypt::MasterKeyRef,
 ) -> Result<u64, ModelError> {
+    rewrap_stored(db, to, |wrapped| async move {
+        provider
+            .rewrap_data_key(&wrapped, KeyPurpose::SearchKey, to)
+            .await
+    })
+    .await
+}
+
+/// [`rewrap_stored_keys`] through whichever of `encryptor`'s providers holds each key's
+/// current master key (during a rotation, the old key's provider re-wraps under the new).
+pub async fn rewrap_stored_keys_with(
+    db: &Database,
+    encryptor: &jarvis_crypt::Encryptor,
+    to: &jarvis_crypt::MasterKeyRef,
+) -> Result<u64, ModelError> {
+    rewrap_stored(db, to, |wrapped| async move {
+        encryptor
+            .rewrap_key(&wrapped, KeyPurpose::SearchKey, to)
+            .await
+    })
+    .await
+}
+
+async fn rewrap_stored<F, Fut>(
+    db: &Database,
+    to: &jarvis_crypt::MasterKeyRef,
+    rewrap: F,
+) -> Result<u64, ModelError>
+where
+    F: Fn(WrappedKey) -> Fut,
+    Fut: Future<Output = jarvis_crypt::Result<WrappedKey>>,
+{
     let mut conn = db.get().await?;
     let rows: Vec<(i64, String, Vec<u8>)> = with_conn!(&mut conn, |c| jarvis_keys::table
         .select((jarvis_keys::id, jarvis_keys::name, jarvis_keys::wrapped_key))
@@ -239,9 +296,7 @@ pub async fn rewrap_stored_keys(
             ))
             .into());
         }
-        let new = provider
-            .rewrap_data_key(&wrapped, KeyPurpose::SearchKey, to)
-            .await?;
+        let new = rewrap(wrapped).await?;
         with_conn!(&mut conn, |c| diesel::update(jarvis_keys::table.find(id))
             .set((
                 jarvis_keys::wrapped_key.eq(new.as_bytes()),

@@ -219,6 +219,8 @@ pub struct Store {
     db: Database,
     encryptor: Encryptor,
     audit: Arc<dyn AuditSink>,
+    /// Set once the encryptor's search key has matched the recorded fingerprint.
+    search_key_checked: Arc<tokio::sync::OnceCell<()>>,
 }
 
 #[derive(QueryableByName)]
@@ -238,7 +240,31 @@ impl Store {
             db,
             encryptor,
             audit,
+            search_key_checked: Arc::default(),
         }
+    }
+
+    /// Checks the encryptor's root search key against the fingerprint recorded for the
+    /// database ([`keys::check_search_key`](crate::keys::check_search_key)): a configuration
+    /// error when another key is recorded. The repositories run it (once) before their first
+    /// search hash, so a wrong search key fails loudly instead of finding nothing; an
+    /// application may call it at start. Without a search key, or with no fingerprint
+    /// recorded, there is nothing to check.
+    pub async fn check_search_key(&self) -> Result<()> {
+        self.search_key_checked
+            .get_or_try_init(|| async {
+                let Some(fingerprint) = self.encryptor.search_key_fingerprint() else {
+                    return Ok(());
+                };
+                match crate::keys::recorded_search_key_fingerprint(&self.db).await? {
+                    Some(recorded) if recorded != fingerprint => {
+                        Err(crate::keys::mismatch(&recorded, &fingerprint))
+                    }
+                    _ => Ok(()),
+                }
+            })
+            .await
+            .map(|_| ())
     }
 
     /// The database.
@@ -329,6 +355,7 @@ impl Store {
     /// on the connection's blocking thread, with one prepared single-row statement (through
     /// diesel-async each row's statement was a thread hand-off of its own).
     pub async fn create_users(&self, emails: Vec<String>) -> Result<Vec<User>> {
+        self.check_search_key().await?;
         let started = Instant::now();
         let enc = self.encryptor.clone();
         let result = self
@@ -455,6 +482,7 @@ impl Store {
     /// The user with this email (normalized: trimmed, lower case), through its search hash;
     /// rows not yet migrated (plaintext only) are matched on their plaintext column.
     pub async fn find_user_by_email(&self, email: &str) -> Result<Option<User>> {
+        self.check_search_key().await?;
         let started = Instant::now();
         let result = async {
             let mut conn = self.db.get().await?;
@@ -575,6 +603,7 @@ impl Store {
 
     /// Changes a user's email (encrypted under the current data key; clears any plaintext).
     pub async fn update_user_email(&self, id: i64, email: &str) -> Result<User> {
+        self.check_search_key().await?;
         let started = Instant::now();
         let enc = self.encryptor.clone();
         let email = email.to_owned();
@@ -611,6 +640,7 @@ impl Store {
 
     /// Creates an API key.
     pub async fn create_api_key(&self, new: NewApiKey) -> Result<ApiKey> {
+        self.check_search_key().await?;
         create_one!(
             self,
             self.encryptor.clone(),
@@ -639,6 +669,7 @@ impl Store {
 
     /// The active API key whose key is `key`, through its search hash.
     pub async fn find_api_key_by_key(&self, key: &str) -> Result<Option<ApiKey>> {
+        self.check_search_key().await?;
         let started = Instant::now();
         let result = async {
             let mut conn = self.db.get().await?;
@@ -698,6 +729,7 @@ impl Store {
 
     /// Replaces an API key's key (re-encrypted), counting the rotation.
     pub async fn update_api_key(&self, id: i64, key: &str) -> Result<ApiKey> {
+        self.check_search_key().await?;
         let started = Instant::now();
         let enc = self.encryptor.clone();
         let key = key.to_owned();

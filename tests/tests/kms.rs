@@ -188,12 +188,20 @@ async fn reencrypt_moves_a_data_key_to_another_master_key() {
             .await
             .expect("provider"),
     );
-    let stored = Encryptor::builder(old)
+    let stored = Encryptor::builder(old.clone())
         .build()
         .encrypt(&place(5), b"refresh-token")
         .await
         .expect("encrypt");
-    let enc = Encryptor::builder(new.clone()).build();
+    // A provider re-wraps only from keys it is configured with: the new key's alone refuses.
+    assert!(matches!(
+        Encryptor::builder(new.clone())
+            .build()
+            .rewrap(&stored.data_key, &new.master_key())
+            .await,
+        Err(Error::UnknownMasterKey { .. })
+    ));
+    let enc = Encryptor::builder(new.clone()).decrypt_with(old).build();
     let before = connection.requests();
     let rewrapped = enc
         .rewrap(&stored.data_key, &new.master_key())
@@ -433,4 +441,207 @@ async fn legacy_rows_decrypt_only_when_allowed() {
         lenient.decrypt(&place(1), &legacy).await.expect("legacy"),
         b"legacy@example.com"
     );
+}
+
+/// A data key wrapped under `arn` through KMS directly, and a value sealed under it, bound to
+/// `place(row)`: what a row written under another KMS key than the provider's looks like.
+async fn value_under(connection: &KmsConnection, arn: &str, row: i64) -> StoredField {
+    let other = Arc::new(
+        AwsKms::new(connection.clone(), arn)
+            .await
+            .expect("provider"),
+    );
+    Encryptor::builder(other)
+        .build()
+        .encrypt(&place(row), b"forged@example.com")
+        .await
+        .expect("encrypt")
+}
+
+#[tokio::test]
+async fn a_value_under_a_key_not_configured_is_refused_before_any_request() {
+    let connection = direct().await;
+    let configured = fresh_key(&connection).await;
+    let second_env = unique("second");
+    let second = connection
+        .ensure_key(&second_env, None)
+        .await
+        .expect("set-up")
+        .key_arn;
+    let forged = value_under(&connection, &second, 7).await;
+
+    // A connection of its own, so its counters see only what this provider sends.
+    let own = direct().await;
+    let kms = Arc::new(
+        AwsKms::new(own.clone(), &configured)
+            .await
+            .expect("provider"),
+    );
+    let before = own.requests();
+    let encryptor = Encryptor::builder(kms.clone()).build();
+    let err = encryptor
+        .decrypt(&place(7), &forged)
+        .await
+        .expect_err("a key that is not configured");
+    assert!(
+        matches!(&err, Error::UnknownMasterKey { key_id } if key_id.contains(&second)),
+        "{err:?}"
+    );
+    // Directly through the provider, and for re-wrapping, too.
+    assert!(matches!(
+        kms.unwrap_data_key(&forged.data_key, KeyPurpose::Field)
+            .await,
+        Err(Error::UnknownMasterKey { .. })
+    ));
+    assert!(matches!(
+        kms.rewrap_data_key(&forged.data_key, KeyPurpose::Field, &kms.master_key())
+            .await,
+        Err(Error::UnknownMasterKey { .. })
+    ));
+    let sent = own.requests();
+    assert_eq!(sent.decrypt, before.decrypt, "no Decrypt was sent");
+    assert_eq!(sent.re_encrypt, before.re_encrypt, "no ReEncrypt was sent");
+
+    // Allowed explicitly (here by alias name and again by ARN: one entry), it decrypts.
+    let alias = alias_for(&second_env).expect("alias");
+    let allowing = AwsKms::new(own.clone(), &configured)
+        .await
+        .expect("provider")
+        .allow_decrypt_keys([alias.as_str(), second.as_str(), configured.as_str()])
+        .await
+        .expect("allowed keys resolve");
+    assert_eq!(
+        allowing.allowed_key_arns(),
+        [configured.clone(), second.clone()]
+    );
+    let encryptor = Encryptor::builder(Arc::new(allowing)).build();
+    assert_eq!(
+        encryptor
+            .decrypt(&place(7), &forged)
+            .await
+            .expect("allowed"),
+        b"forged@example.com"
+    );
+    // New data keys are still generated under the configured key only.
+    let fresh = encryptor
+        .encrypt(&place(8), b"new@example.com")
+        .await
+        .expect("encrypt");
+    let envelope = fresh.data_key.envelope().expect("envelope");
+    assert_eq!(
+        envelope.master_key().map(|k| k.key_id.as_str()),
+        Some(configured.as_str())
+    );
+}
+
+#[tokio::test]
+async fn an_allowed_key_that_does_not_resolve_fails_at_start() {
+    let connection = direct().await;
+    let configured = fresh_key(&connection).await;
+    let err = AwsKms::new(connection, &configured)
+        .await
+        .expect("provider")
+        .allow_decrypt_keys(["alias/jarvis-never-created-anywhere"])
+        .await
+        .expect_err("an unknown key");
+    assert!(
+        matches!(&err, Error::Configuration(m) if m.contains("KMS_DECRYPT_KEY_IDS")),
+        "{err:?}"
+    );
+}
+
+/// A legacy blob (GenerateDataKey without an encryption context) under `arn`, and the data
+/// key's plaintext.
+async fn legacy_blob(
+    client: &aws_sdk_kms::Client,
+    arn: &str,
+) -> (jarvis_crypt::WrappedKey, Vec<u8>) {
+    let out = client
+        .generate_data_key()
+        .key_id(arn)
+        .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
+        .send()
+        .await
+        .expect("legacy data key");
+    let plaintext = out.plaintext().expect("plaintext").as_ref().to_vec();
+    let blob = out.ciphertext_blob().expect("blob").as_ref().to_vec();
+    (
+        jarvis_crypt::WrappedKey::new(blob).expect("blob"),
+        plaintext,
+    )
+}
+
+#[tokio::test]
+async fn legacy_blobs_are_tried_under_each_allowed_key_and_remembered() {
+    use secrecy::ExposeSecret;
+    let endpoint = kms_endpoint();
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&endpoint)
+        .load()
+        .await;
+    let client = aws_sdk_kms::Client::new(&shared);
+    let setup = KmsConnection::from_client(client.clone(), options(endpoint.clone(), 3));
+    let configured = fresh_key(&setup).await;
+    let second = fresh_key(&setup).await;
+    let foreign = fresh_key(&setup).await;
+    let (under_second, key) = legacy_blob(&client, &second).await;
+    let (under_foreign, _) = legacy_blob(&client, &foreign).await;
+
+    let own = KmsConnection::from_client(client.clone(), options(endpoint, 3));
+    let only = AwsKms::new(own.clone(), &configured)
+        .await
+        .expect("provider");
+    // Under the configured key alone, a blob of another key opens under no allowed key.
+    assert!(matches!(
+        only.unwrap_data_key(&under_second, KeyPurpose::Field).await,
+        Err(Error::AuthenticationFailed)
+    ));
+
+    let kms = only
+        .allow_decrypt_keys([second.as_str()])
+        .await
+        .expect("allowed");
+    let before = own.requests().decrypt;
+    let unwrapped = kms
+        .unwrap_data_key(&under_second, KeyPurpose::Field)
+        .await
+        .expect("the second allowed key opens it");
+    assert_eq!(unwrapped.expose_secret().as_slice(), key.as_slice());
+    assert_eq!(
+        own.requests().decrypt - before,
+        2,
+        "the configured key first, then the second"
+    );
+    // The key that opened it is remembered: one request the next time.
+    let before = own.requests().decrypt;
+    kms.unwrap_data_key(&under_second, KeyPurpose::Field)
+        .await
+        .expect("again");
+    assert_eq!(own.requests().decrypt - before, 1);
+
+    // A blob under a key that is not allowed: every allowed key tried, then refused.
+    let before = own.requests().decrypt;
+    assert!(matches!(
+        kms.unwrap_data_key(&under_foreign, KeyPurpose::Field).await,
+        Err(Error::AuthenticationFailed)
+    ));
+    assert_eq!(own.requests().decrypt - before, 2);
+    // Re-wrapping a legacy blob follows the same rule.
+    let moved = kms
+        .rewrap_data_key(&under_second, KeyPurpose::Field, &kms.master_key())
+        .await
+        .expect("re-wrapped from the second key");
+    assert_eq!(
+        moved
+            .envelope()
+            .expect("envelope")
+            .master_key()
+            .map(|k| k.key_id.clone()),
+        Some(configured.clone())
+    );
+    assert!(matches!(
+        kms.rewrap_data_key(&under_foreign, KeyPurpose::Field, &kms.master_key())
+            .await,
+        Err(Error::AuthenticationFailed)
+    ));
 }

@@ -269,3 +269,85 @@ async fn truncated_hashes_never_return_a_wrong_row() {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].id, 1234);
 }
+
+/// The same table as `users`, with the table bound into the associated data named explicitly,
+/// as a schema-qualified table would be.
+#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[encrypted(table = crate::schema::users, bind = id, aad_table = "accounts.users")]
+struct QualifiedUser {
+    id: i64,
+    #[encrypted(search(normalize = "email"), migrating_from = email)]
+    email: String,
+    nickname: String,
+}
+
+#[tokio::test]
+async fn aad_table_names_the_table_bound_into_the_associated_data() {
+    let enc = encryptor();
+    let user = QualifiedUser {
+        id: 3,
+        email: "q@example.com".into(),
+        nickname: "q".into(),
+    };
+    let row = user.encrypt_row(&enc).await.expect("encrypt");
+    let stored = jarvis_crypt::StoredField::from_parts(
+        row.encrypted_email
+            .clone()
+            .expect("ciphertext")
+            .as_bytes()
+            .to_vec(),
+        row.email_iv.clone().expect("iv").as_bytes().to_vec(),
+        row.email_auth_tag.clone().expect("tag").as_bytes().to_vec(),
+        row.email_data_key
+            .clone()
+            .expect("data key")
+            .as_bytes()
+            .to_vec(),
+    )
+    .expect("stored form");
+    let bound = jarvis_crypt::Binding::new("accounts.users", "encrypted_email", 3);
+    assert_eq!(
+        enc.decrypt(&bound, &stored)
+            .await
+            .expect("bound to aad_table"),
+        b"q@example.com"
+    );
+    // Not to the table's own name: the default binding (`users`) is another place.
+    let default = jarvis_crypt::Binding::new("users", "encrypted_email", 3);
+    assert!(matches!(
+        enc.decrypt(&default, &stored).await,
+        Err(jarvis_crypt::Error::AuthenticationFailed)
+    ));
+    let as_user = UserRow {
+        id: row.id,
+        encrypted_email: row.encrypted_email.clone(),
+        email_iv: row.email_iv.clone(),
+        email_auth_tag: row.email_auth_tag.clone(),
+        email_data_key: row.email_data_key.clone(),
+        email_hash: row.email_hash.clone(),
+        email: None,
+        nickname: row.nickname.clone(),
+    };
+    assert!(matches!(
+        User::decrypt_row(as_user, &enc).await,
+        Err(jarvis_crypt::Error::AuthenticationFailed)
+    ));
+    // The search key of the column is derived under the bound name too.
+    let back = QualifiedUser::decrypt_row(row.clone(), &enc)
+        .await
+        .expect("decrypt");
+    assert_eq!(back, user);
+    assert_ne!(
+        row.email_hash.map(|h| h.as_bytes().to_vec()),
+        User {
+            id: 3,
+            email: "q@example.com".into(),
+            nickname: "q".into(),
+        }
+        .encrypt_row(&enc)
+        .await
+        .expect("encrypt")
+        .email_hash
+        .map(|h| h.as_bytes().to_vec())
+    );
+}

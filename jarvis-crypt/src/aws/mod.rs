@@ -12,6 +12,26 @@
 //! says what it was for. Legacy blobs (bare blobs of the earlier implementation, made with
 //! no context) are decrypted without one, and only they.
 //!
+//! # Which master keys it uses
+//!
+//! A provider unwraps and re-wraps only under the master keys it was configured with: its own
+//! key ([`AwsKms::new`]) and the keys allowed explicitly for decryption
+//! ([`AwsKms::allow_decrypt_keys`]; the environment variable `KMS_DECRYPT_KEY_IDS` for
+//! [`AwsKms::from_env`]), each resolved to its key ARN once, at construction. A wrapped key
+//! that names any other master key is [`Error::UnknownMasterKey`] before any request is sent:
+//! a row or a backup must not choose the key it is decrypted under, or whoever controls some
+//! other KMS key that the application's principal may use (an insider with SQL write, a
+//! cross-account grant, a policy with `kms:Decrypt` on `*`) could forge values that decrypt
+//! as genuine.
+//!
+//! Legacy blobs name no key the provider can read, so they are decrypted with an explicit
+//! `KeyId`: the configured key first, then each allowed key in order, never with none. An
+//! answer that the blob is under another key (`IncorrectKeyException`, or the
+//! `AccessDeniedException` that some KMS-compatible servers give instead) moves to the next
+//! allowed key; the key that opened a blob is remembered for it; after the last allowed key
+//! the blob is [`Error::AuthenticationFailed`]. Any other failure (throttling, a disabled key,
+//! an outage) ends the attempt with its own error.
+//!
 //! # Configuration, retries and errors
 //!
 //! [`KmsConnection::from_env`] follows the standard AWS chain (`AWS_REGION`, credentials,
@@ -25,9 +45,10 @@
 mod setup;
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -51,6 +72,14 @@ pub use setup::{KmsKeyState, KmsSetup, alias_for};
 
 /// Environment variable naming the master key (id, ARN or alias).
 pub const KMS_KEY_ID_VAR: &str = "KMS_KEY_ID";
+
+/// Environment variable naming further master keys allowed for decryption (comma-separated,
+/// each a key id, key ARN, alias name or alias ARN), for example the old key during a
+/// rotation. Nothing else is ever unwrapped.
+pub const KMS_DECRYPT_KEY_IDS_VAR: &str = "KMS_DECRYPT_KEY_IDS";
+
+/// Most legacy blobs whose opening key [`AwsKms`] remembers (cleared when full).
+const LEGACY_MEMO_LIMIT: usize = 16_384;
 
 /// Retry and timeout settings of the KMS client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -332,17 +361,24 @@ fn map_code(code: &str, message: String, attempts: u32) -> Error {
     }
 }
 
-/// Data keys from AWS KMS, under one master key.
+/// Data keys from AWS KMS, under one master key, unwrapped only under the keys it was
+/// configured with (see the [module docs](self#which-master-keys-it-uses)).
 #[derive(Clone)]
 pub struct AwsKms {
     connection: KmsConnection,
     key_arn: String,
+    /// Every master key it unwraps under, by ARN: `key_arn` first, then the keys allowed for
+    /// decryption, in the order given, without repeats.
+    allowed: Arc<[String]>,
+    /// Which allowed key (index into `allowed`) opened a legacy blob, by the blob's SHA-256.
+    legacy_keys: Arc<Mutex<HashMap<[u8; 32], usize>>>,
 }
 
 impl fmt::Debug for AwsKms {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AwsKms")
             .field("key_arn", &self.key_arn)
+            .field("decrypt_keys", &&self.allowed[1..])
             .field("connection", &self.connection)
             .finish()
     }
@@ -350,27 +386,82 @@ impl fmt::Debug for AwsKms {
 
 impl AwsKms {
     /// A provider of data keys under `key` (an id, ARN or alias), checked with `DescribeKey`.
+    /// It unwraps only under that key; allow others with
+    /// [`allow_decrypt_keys`](Self::allow_decrypt_keys).
     pub async fn new(connection: KmsConnection, key: &str) -> Result<Self> {
         let (_, key_arn) = connection.resolve(key).await?;
         Ok(AwsKms {
             connection,
+            allowed: Arc::from(vec![key_arn.clone()]),
             key_arn,
+            legacy_keys: Arc::default(),
         })
     }
 
-    /// A provider configured by the environment: `KMS_KEY_ID` and the AWS chain.
+    /// This provider, also allowed to unwrap (and re-wrap from) data keys under `keys`: key
+    /// ids, key ARNs, alias names or alias ARNs, each resolved to its key ARN now with
+    /// `DescribeKey`. A key that does not resolve is an error (not a key silently left out);
+    /// naming the provider's own key, or a key twice, is harmless. New data keys are still
+    /// generated under the provider's own key only.
+    pub async fn allow_decrypt_keys<I, S>(self, keys: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut allowed = self.allowed.to_vec();
+        for key in keys {
+            let key = key.as_ref().trim();
+            if key.is_empty() {
+                continue;
+            }
+            let (_, arn) = self
+                .connection
+                .resolve(key)
+                .await
+                .map_err(|err| match err {
+                    Error::UnknownMasterKey { .. } => Error::Configuration(format!(
+                        "{KMS_DECRYPT_KEY_IDS_VAR}: the KMS key `{key}` does not exist"
+                    )),
+                    other => other,
+                })?;
+            if !allowed.contains(&arn) {
+                allowed.push(arn);
+            }
+        }
+        Ok(AwsKms {
+            allowed: Arc::from(allowed),
+            legacy_keys: Arc::default(),
+            ..self
+        })
+    }
+
+    /// A provider configured by the environment: `KMS_KEY_ID`, the keys of
+    /// `KMS_DECRYPT_KEY_IDS` allowed for decryption, and the AWS chain.
     pub async fn from_env(options: KmsOptions) -> Result<Self> {
         let key = std::env::var(KMS_KEY_ID_VAR).map_err(|_| {
             Error::Configuration(format!(
                 "{KMS_KEY_ID_VAR} is not set (a key id, ARN or alias)"
             ))
         })?;
-        Self::new(KmsConnection::from_env(options).await?, &key).await
+        let provider = Self::new(KmsConnection::from_env(options).await?, &key).await?;
+        match std::env::var(KMS_DECRYPT_KEY_IDS_VAR) {
+            Ok(list) => provider.allow_decrypt_keys(list.split(',')).await,
+            Err(std::env::VarError::NotPresent) => Ok(provider),
+            Err(std::env::VarError::NotUnicode(_)) => Err(Error::Configuration(format!(
+                "{KMS_DECRYPT_KEY_IDS_VAR} is not valid UTF-8"
+            ))),
+        }
     }
 
     /// The ARN of the master key.
     pub fn key_arn(&self) -> &str {
         &self.key_arn
+    }
+
+    /// The ARNs of every master key this provider unwraps under: its own first, then the keys
+    /// allowed for decryption.
+    pub fn allowed_key_arns(&self) -> &[String] {
+        &self.allowed
     }
 
     /// The connection (request counters, set-up functions).
@@ -387,6 +478,114 @@ impl AwsKms {
         bytes.extend_from_slice(blob);
         WrappedKey::new(bytes)
     }
+
+    fn allows(&self, key_arn: &str) -> bool {
+        self.allowed.iter().any(|allowed| allowed == key_arn)
+    }
+
+    /// The allowed key named by an envelope, or `UnknownMasterKey` (before any request).
+    fn allowed_source<'k>(&self, master_key: &'k MasterKeyRef) -> Result<&'k str> {
+        if master_key.provider == ProviderKind::AwsKms && self.allows(&master_key.key_id) {
+            Ok(&master_key.key_id)
+        } else {
+            Err(Error::UnknownMasterKey {
+                key_id: master_key.to_string(),
+            })
+        }
+    }
+
+    /// The allowed keys in the order a legacy blob tries them: the one that opened it before
+    /// first, then the configured order.
+    fn legacy_order(&self, digest: &[u8; 32]) -> Vec<usize> {
+        let remembered = self
+            .legacy_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(digest)
+            .copied();
+        let mut order: Vec<usize> = remembered.into_iter().collect();
+        order.extend((0..self.allowed.len()).filter(|i| Some(*i) != remembered));
+        order
+    }
+
+    fn remember_legacy(&self, digest: [u8; 32], index: usize) {
+        let mut memo = self
+            .legacy_keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if memo.len() >= LEGACY_MEMO_LIMIT {
+            memo.clear();
+        }
+        memo.insert(digest, index);
+    }
+
+    /// Runs `attempt` with each allowed key in the order for the legacy `blob` until one
+    /// opens it (see the module docs).
+    async fn with_legacy_key<T, F, Fut>(&self, blob: &[u8], mut attempt: F) -> Result<T>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: Future<Output = Result<T, KmsFailure>>,
+    {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(blob).into();
+        for index in self.legacy_order(&digest) {
+            match attempt(self.allowed[index].clone()).await {
+                Ok(value) => {
+                    self.remember_legacy(digest, index);
+                    return Ok(value);
+                }
+                Err(KmsFailure::OtherKey) => continue,
+                Err(KmsFailure::Error(err)) => return Err(err),
+            }
+        }
+        Err(Error::AuthenticationFailed)
+    }
+}
+
+/// A failed attempt on a legacy blob: under another key (try the next allowed one), or an
+/// error that ends the attempt.
+enum KmsFailure {
+    OtherKey,
+    Error(Error),
+}
+
+/// Checks that KMS says the key `requested` did the decryption (when it says which key did):
+/// a blob under another key is never accepted, even from a server that ignores `KeyId`.
+fn answered_by(answered: Option<&str>, requested: &str) -> Result<(), KmsFailure> {
+    match answered {
+        Some(key) if key != requested => Err(KmsFailure::OtherKey),
+        _ => Ok(()),
+    }
+}
+
+/// [`call`] for an attempt on a legacy blob with an explicit key.
+async fn call_legacy<T, E, R>(
+    request: impl Future<Output = Result<T, SdkError<E, R>>>,
+) -> Result<T, KmsFailure>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    let (result, attempts) = ATTEMPTS
+        .scope(Cell::new(0), async {
+            let result = request.await;
+            (result, ATTEMPTS.with(Cell::get))
+        })
+        .await;
+    result.map_err(|err| {
+        let code = match &err {
+            SdkError::ServiceError(service) => service.err().code().map(|c| {
+                let c = c.rsplit('#').next().unwrap_or(c);
+                c == "IncorrectKeyException" || c == "AccessDeniedException"
+            }),
+            _ => None,
+        };
+        if code == Some(true) {
+            KmsFailure::OtherKey
+        } else {
+            KmsFailure::Error(map_error(err, attempts.max(1)))
+        }
+    })
 }
 
 fn data_key_from_blob(blob: Option<&Blob>) -> Result<DataKey> {
@@ -440,34 +639,57 @@ impl KeyProvider for AwsKms {
         Ok(GeneratedDataKey { key, wrapped })
     }
 
+    fn can_unwrap(&self, master_key: &MasterKeyRef) -> bool {
+        master_key.provider == ProviderKind::AwsKms && self.allows(&master_key.key_id)
+    }
+
     async fn unwrap_data_key(&self, wrapped: &WrappedKey, purpose: KeyPurpose) -> Result<DataKey> {
-        let request = self.connection.client().decrypt();
-        let request = match wrapped.envelope()? {
+        let client = self.connection.client();
+        let out = match wrapped.envelope()? {
             KeyEnvelope::Jarvis {
                 master_key,
                 payload,
                 ..
             } => {
-                if master_key.provider != ProviderKind::AwsKms {
-                    return Err(Error::UnknownMasterKey {
-                        key_id: master_key.to_string(),
-                    });
-                }
-                request
-                    .key_id(master_key.key_id)
-                    .ciphertext_blob(Blob::new(payload))
-                    .set_encryption_context(Some(context_of(purpose)))
+                let key_arn = self.allowed_source(&master_key)?;
+                let out = call(
+                    client
+                        .decrypt()
+                        .key_id(key_arn)
+                        .ciphertext_blob(Blob::new(payload))
+                        .set_encryption_context(Some(context_of(purpose)))
+                        .send(),
+                )
+                .await?;
+                answered_by(out.key_id(), key_arn).map_err(|_| Error::AuthenticationFailed)?;
+                out
             }
-            // Legacy blobs were made with no encryption context.
-            KeyEnvelope::Legacy { blob } => request.ciphertext_blob(Blob::new(blob)),
+            // Legacy blobs were made with no encryption context; they are tried under each
+            // allowed key, never with none.
+            KeyEnvelope::Legacy { blob } => {
+                self.with_legacy_key(blob, |key_arn| async move {
+                    let out = call_legacy(
+                        client
+                            .decrypt()
+                            .key_id(&key_arn)
+                            .ciphertext_blob(Blob::new(blob))
+                            .send(),
+                    )
+                    .await?;
+                    answered_by(out.key_id(), &key_arn)?;
+                    Ok(out)
+                })
+                .await?
+            }
         };
-        let out = call(request.send()).await?;
         let key = data_key_from_blob(out.plaintext())?;
         let mut plaintext = out.plaintext.map(Blob::into_inner).unwrap_or_default();
         plaintext.zeroize();
         Ok(key)
     }
 
+    /// Re-wraps under `to`, which the caller chose (the operator's `rotate --to-key`); the
+    /// source must be one of the provider's allowed keys.
     async fn rewrap_data_key(
         &self,
         wrapped: &WrappedKey,
@@ -479,24 +701,49 @@ impl KeyProvider for AwsKms {
                 "the aws-kms provider cannot re-wrap a data key under {to}; decrypt and encrypt again instead"
             )));
         }
-        let request = self
-            .connection
-            .client()
-            .re_encrypt()
-            .destination_key_id(&to.key_id)
-            .set_destination_encryption_context(Some(context_of(purpose)));
-        let request = match wrapped.envelope()? {
+        let client = self.connection.client();
+        let request = || {
+            client
+                .re_encrypt()
+                .destination_key_id(&to.key_id)
+                .set_destination_encryption_context(Some(context_of(purpose)))
+        };
+        let out = match wrapped.envelope()? {
             KeyEnvelope::Jarvis {
                 master_key,
                 payload,
                 ..
-            } => request
-                .source_key_id(master_key.key_id)
-                .ciphertext_blob(Blob::new(payload))
-                .set_source_encryption_context(Some(context_of(purpose))),
-            KeyEnvelope::Legacy { blob } => request.ciphertext_blob(Blob::new(blob)),
+            } => {
+                let key_arn = self.allowed_source(&master_key)?;
+                let out = call(
+                    request()
+                        .source_key_id(key_arn)
+                        .ciphertext_blob(Blob::new(payload))
+                        .set_source_encryption_context(Some(context_of(purpose)))
+                        .send(),
+                )
+                .await?;
+                answered_by(out.source_key_id(), key_arn)
+                    .map_err(|_| Error::AuthenticationFailed)?;
+                out
+            }
+            KeyEnvelope::Legacy { blob } => {
+                // KMS answers which key decrypted the blob; a server that does not check
+                // `SourceKeyId` is held to it by that answer.
+                self.with_legacy_key(blob, |key_arn| async move {
+                    let out = call_legacy(
+                        request()
+                            .source_key_id(&key_arn)
+                            .ciphertext_blob(Blob::new(blob))
+                            .send(),
+                    )
+                    .await?;
+                    answered_by(out.source_key_id(), &key_arn)?;
+                    Ok(out)
+                })
+                .await?
+            }
         };
-        let out = call(request.send()).await?;
         let blob = out
             .ciphertext_blob()
             .ok_or_else(|| unavailable(1, "KMS answered without a ciphertext blob"))?;

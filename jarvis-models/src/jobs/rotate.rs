@@ -365,7 +365,7 @@ pub async fn rotate(
         && options.table.is_none()
     {
         report.stored_keys_rewrapped =
-            crate::keys::rewrap_stored_keys(db, store.encryptor().provider().as_ref(), &to).await?;
+            crate::keys::rewrap_stored_keys_with(db, store.encryptor(), &to).await?;
     }
     if options.mode == RotateMode::Reencrypt && !report.stopped && report.rows_remaining() == 0 {
         finish(db, &reencrypt_parameters(store, &tables), started_at).await?;

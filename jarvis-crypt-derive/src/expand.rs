@@ -72,6 +72,8 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
     let mut batch_steps = Vec::new();
     let mut model_inits = Vec::new();
     let mut helpers = Vec::new();
+    let mut search_columns = Vec::new();
+    let mut rehash_steps = Vec::new();
     // Every column, as the user spelled it, imported once into the alias module.
     let mut columns = Vec::new();
 
@@ -154,6 +156,21 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
             });
             row_inits.push(quote!(#col));
             destructure.push(quote!(#col: _));
+            search_columns.push(quote! {
+                ::jarvis_crypt::SearchColumn {
+                    table: __TABLE,
+                    field: #name,
+                    ciphertext: #ct_name,
+                    hash: #col_name,
+                    spec: #spec,
+                }
+            });
+            rehash_steps.push(quote! {
+                __row.#col = <#hash_ty as __jc::HashColumn>::from_hash(
+                    __jc::search_hash(__enc, __TABLE, #col_name, #spec, #text)?,
+                    #name,
+                )?;
+            });
 
             let search_fn = format_ident!("{}_search", ident);
             let find_fn = format_ident!("{}_find", ident);
@@ -270,6 +287,20 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
             #[__jc::async_trait]
             impl ::jarvis_crypt::Encrypted for #model {
                 type Row = #row;
+
+                const SEARCH_COLUMNS: &'static [::jarvis_crypt::SearchColumn] = &[
+                    #(#search_columns,)*
+                ];
+
+                fn rehash_row(
+                    &self,
+                    __row: &mut #row,
+                    __enc: &::jarvis_crypt::Encryptor,
+                ) -> ::jarvis_crypt::Result<()> {
+                    let _ = (&__row, __enc);
+                    #(#rehash_steps)*
+                    ::core::result::Result::Ok(())
+                }
 
                 async fn encrypt_row(
                     &self,

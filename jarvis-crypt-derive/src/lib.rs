@@ -31,7 +31,9 @@
 //!   `<field>_hash` (or `col`), over the value normalized by `email` or a comma-separated list
 //!   of `trim`, `lowercase`, `nfc` (applied as trim, lowercase, NFC), truncated to `N` bits
 //!   (1 to 256) if given. Generates `<field>_search` (a diesel filter) and `<field>_find`
-//!   (load, decrypt, confirm). Text fields only.
+//!   (load, decrypt, confirm), describes the field in `Encrypted::SEARCH_COLUMNS` and
+//!   recomputes its hash in `Encrypted::rehash_row` (for jobs that re-hash or check hashes).
+//!   Text fields only.
 //! - `json`: any serde type, stored as its JSON.
 //! - `migrating_from = col`: the table still has the plaintext column `col`; the encrypted
 //!   columns are nullable, reads fall back to `col` while they are NULL, writes store

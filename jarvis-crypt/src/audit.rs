@@ -27,6 +27,8 @@ pub enum Operation {
     Rotate,
     /// Data keys re-wrapped under another master key.
     Rewrap,
+    /// Search hashes recomputed under another root search key (or normalizer).
+    Rehash,
     /// Plaintext columns migrated to their encrypted form.
     Migrate,
     /// Rows checked by decrypting them.
@@ -45,6 +47,7 @@ impl Operation {
             Operation::Decrypt => "decrypt",
             Operation::Rotate => "rotate",
             Operation::Rewrap => "rewrap",
+            Operation::Rehash => "rehash",
             Operation::Migrate => "migrate",
             Operation::Verify => "verify",
             Operation::Backup => "backup",

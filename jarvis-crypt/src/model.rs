@@ -5,6 +5,27 @@ use async_trait::async_trait;
 
 use crate::envelope::Encryptor;
 use crate::error::Result;
+use crate::search::SearchSpec;
+
+/// A searchable encrypted field as `#[derive(Encrypted)]` declares it: where its ciphertext
+/// and its search hash are stored, and how the hash is made.
+///
+/// Jobs that recompute or check search hashes (a re-hash under a new search key, `verify`)
+/// read this description instead of restating each model's normalizers, so a change of
+/// normalizer in the model is seen by them too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SearchColumn {
+    /// The table.
+    pub table: &'static str,
+    /// The model's field.
+    pub field: &'static str,
+    /// The ciphertext column (the one bound into the value's associated data).
+    pub ciphertext: &'static str,
+    /// The search-hash column.
+    pub hash: &'static str,
+    /// Normalizers and truncation.
+    pub spec: SearchSpec,
+}
 
 /// A model whose fields are stored encrypted, implemented by `#[derive(Encrypted)]`.
 ///
@@ -14,6 +35,28 @@ use crate::error::Result;
 pub trait Encrypted: Sized + Send + Sync {
     /// The generated row struct: `Queryable`, `Selectable`, `Insertable`, `AsChangeset`.
     type Row: Send;
+
+    /// The searchable fields, in declaration order (empty for a model without search).
+    const SEARCH_COLUMNS: &'static [SearchColumn] = &[];
+
+    /// Recomputes the search-hash columns of `row` from this model's values under
+    /// `encryptor`'s root search key, leaving every other column as it is: what a re-hash
+    /// under a new search key (or after a change of normalizer) writes. `row` is the stored
+    /// row of this model.
+    ///
+    /// The derive implements it; the default, for implementations by hand, does nothing for a
+    /// model without [`SEARCH_COLUMNS`](Self::SEARCH_COLUMNS) and refuses (configuration
+    /// error) otherwise, rather than leave hashes under the old key unnoticed.
+    fn rehash_row(&self, row: &mut Self::Row, encryptor: &Encryptor) -> Result<()> {
+        let _ = (row, encryptor);
+        match Self::SEARCH_COLUMNS.first() {
+            None => Ok(()),
+            Some(column) => Err(crate::Error::Configuration(format!(
+                "`{}`: this model has search hashes but does not implement `rehash_row`",
+                column.table
+            ))),
+        }
+    }
 
     /// The row to write: every encrypted field sealed for its table, column and row key,
     /// search hashes computed, plaintext columns of migrating fields cleared.

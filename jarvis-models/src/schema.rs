@@ -278,6 +278,24 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// The progress of a resumable job run: the ids each committed batch did, as ranges of
+    /// consecutive ids per table (`rotate --reencrypt`, `rotate --rehash`). Inserted by the
+    /// batch's own transaction; deleted when the run finishes.
+    jarvis_job_progress (id) {
+        /// Row id (sequence `jarvis_job_progress_id_seq` on PostgreSQL).
+        id -> BigInt,
+        /// The run (`jarvis_jobs.id`).
+        job_id -> BigInt,
+        /// The data table.
+        table_name -> Text,
+        /// The first id of the range.
+        first_id -> BigInt,
+        /// The last id of the range (inclusive).
+        last_id -> BigInt,
+    }
+}
+
+diesel::table! {
     /// Settings every process of the database agrees on, by name (e.g. the fingerprint of the
     /// root search key, `search-key-fingerprint`). Not secret.
     jarvis_settings (name) {
@@ -350,6 +368,7 @@ diesel::table! {
 }
 
 diesel::joinable!(oauth_tokens -> users (user_id));
+diesel::joinable!(jarvis_job_progress -> jarvis_jobs (job_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     users,
@@ -359,6 +378,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     encryption_audit_log,
     jarvis_keys,
     jarvis_jobs,
+    jarvis_job_progress,
     jarvis_settings,
     active_api_keys_summary,
     oauth_tokens_summary,

@@ -21,8 +21,8 @@ use jarvis_models::migrations::{
 };
 use jarvis_models::schema::{
     active_api_keys_summary, api_keys, encrypted_backups, encryption_audit_log,
-    encryption_audit_summary, jarvis_jobs, jarvis_keys, jarvis_settings, oauth_tokens,
-    oauth_tokens_summary, users,
+    encryption_audit_summary, jarvis_job_progress, jarvis_jobs, jarvis_keys, jarvis_settings,
+    oauth_tokens, oauth_tokens_summary, users,
 };
 use serde_json::json;
 use tempfile::TempDir;
@@ -142,9 +142,9 @@ both_backends!(
 // ---------------------------------------------------------------------------------------------
 
 /// The embedded migrations of each backend.
-const MIGRATION_COUNT: usize = 9;
+const MIGRATION_COUNT: usize = 10;
 
-const TABLES: [&str; 8] = [
+const TABLES: [&str; 9] = [
     "users",
     "api_keys",
     "oauth_tokens",
@@ -152,6 +152,7 @@ const TABLES: [&str; 8] = [
     "encryption_audit_log",
     "jarvis_keys",
     "jarvis_jobs",
+    "jarvis_job_progress",
     "jarvis_settings",
 ];
 const VIEWS: [&str; 3] = [
@@ -506,7 +507,7 @@ fn declared_schema() -> BTreeMap<&'static str, (bool, Vec<DeclaredColumn>)> {
     }
     relations!(
         users, api_keys, oauth_tokens, encrypted_backups, encryption_audit_log, jarvis_keys,
-        jarvis_jobs, jarvis_settings;
+        jarvis_jobs, jarvis_job_progress, jarvis_settings;
         active_api_keys_summary, oauth_tokens_summary, encryption_audit_summary
     )
 }

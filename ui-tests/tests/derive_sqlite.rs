@@ -351,3 +351,68 @@ async fn aad_table_names_the_table_bound_into_the_associated_data() {
         .map(|h| h.as_bytes().to_vec())
     );
 }
+
+#[test]
+fn search_columns_describe_each_searchable_field() {
+    assert_eq!(
+        User::SEARCH_COLUMNS,
+        &[jarvis_crypt::SearchColumn {
+            table: "users",
+            field: "email",
+            ciphertext: "encrypted_email",
+            hash: "email_hash",
+            spec: jarvis_crypt::SearchSpec {
+                normalize: jarvis_crypt::Normalize {
+                    trim: true,
+                    lowercase: true,
+                    nfc: false,
+                },
+                bits: None,
+            },
+        }]
+    );
+    let [key] = ApiKey::SEARCH_COLUMNS else {
+        panic!("one searchable field: {:?}", ApiKey::SEARCH_COLUMNS);
+    };
+    assert_eq!(
+        (key.field, key.ciphertext, key.hash, key.spec.bits),
+        ("key", "encrypted_key", "key_hash", Some(8))
+    );
+}
+
+#[tokio::test]
+async fn rehash_row_rewrites_only_the_hashes_under_another_search_key() {
+    let old = encryptor();
+    let mut conn = connection();
+    let user = User {
+        id: 3,
+        email: "Someone@Example.com".into(),
+        nickname: "s".into(),
+    };
+    let row = user.encrypt_row(&old).await.expect("encrypt");
+    diesel::insert_into(schema::users::table)
+        .values(&row)
+        .execute(&mut conn)
+        .expect("insert");
+    let new = Encryptor::builder(Arc::new(LocalKeyProvider::generate()))
+        .search_key(SearchKey::generate())
+        .build();
+    let mut rehashed = row.clone();
+    user.rehash_row(&mut rehashed, &new).expect("rehash");
+    assert_ne!(rehashed.email_hash, row.email_hash, "a hash of the new key");
+    assert_eq!(rehashed.encrypted_email, row.encrypted_email);
+    assert_eq!(rehashed.email_data_key, row.email_data_key);
+    diesel::update(schema::users::table.find(3))
+        .set(&rehashed)
+        .execute(&mut conn)
+        .expect("update");
+    let mut find = |enc: &Encryptor| {
+        schema::users::table
+            .filter(User::email_search(enc, " someone@example.COM").expect("filter"))
+            .count()
+            .get_result::<i64>(&mut conn)
+            .expect("count")
+    };
+    assert_eq!(find(&new), 1, "found under the new key");
+    assert_eq!(find(&old), 0, "no longer under the old one");
+}

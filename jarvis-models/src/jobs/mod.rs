@@ -5,7 +5,8 @@
 //! - [`encrypt_existing`](encrypt_existing::encrypt_existing): encrypt the plaintext column of
 //!   a table in the migrating state (`jarvis encrypt-existing`).
 //! - [`rotate`](rotate::rotate): re-encrypt values, re-wrap data keys under another master
-//!   key, or upgrade legacy rows (`jarvis rotate`).
+//!   key, upgrade legacy rows, or recompute search hashes under a new search key
+//!   (`jarvis rotate`).
 
 pub mod encrypt_existing;
 pub mod rotate;

@@ -1,14 +1,16 @@
 //! `jarvis rotate`: re-encrypt values under fresh data keys, re-wrap data keys under another
-//! master key, or upgrade legacy rows, table by table in batches.
+//! master key, upgrade legacy rows, or recompute search hashes under a new search key, table
+//! by table in batches.
 //!
 //! # Modes
 //!
 //! | mode | what a row gets | a row is pending while |
 //! |---|---|---|
 //! | [`RotateMode::OlderThan`] | its values re-encrypted under fresh data keys | `COALESCE(last_rotated_at, created_at)` is before the cut-off (the run's start minus the age) |
-//! | [`RotateMode::Reencrypt`] | the same, for every row | `last_rotated_at` is NULL or before the start of the run (kept in `jarvis_jobs`, so a rerun resumes the interrupted run) |
+//! | [`RotateMode::Reencrypt`] | the same, for every row | any of its values is not under the writer's master key, or no committed batch of this run has done it |
 //! | [`RotateMode::ToKey`] | its data keys re-wrapped under another master key (KMS `ReEncrypt`); ciphertexts untouched | a data key is not yet under that master key |
 //! | [`RotateMode::Legacy`] | its legacy values (16-byte IV, no associated data, bare KMS blob) re-encrypted in the current form, search hash included | a value is legacy |
+//! | [`RotateMode::Rehash`] | its search hashes recomputed under the new root search key; nothing else | no committed batch of this run has done it |
 //!
 //! Re-encryption writes through [`Encryptor::with_fresh_data_key`] of the store's encryptor:
 //! new data keys under the store's current master key (for "re-encrypt under another master
@@ -17,32 +19,76 @@
 //! calls the provider once per distinct data key of the run, however many rows share it, so
 //! rows that shared a data key still share one.
 //!
-//! Only values in the current form are re-encrypted or re-wrapped; rows holding a legacy value
-//! are left to [`RotateMode::Legacy`] (counted in [`RotateReport::legacy_skipped`]), and
-//! `users` rows still in plaintext to `encrypt-existing`. Every rotated row gets
-//! `rotation_count + 1` and `last_rotated_at = now`.
+//! Only values in the current form are re-encrypted, re-wrapped or re-hashed; rows holding a
+//! legacy value are left to [`RotateMode::Legacy`] (counted in
+//! [`RotateReport::legacy_skipped`]), and `users` rows still in plaintext to
+//! `encrypt-existing`. Rows whose values get new data keys (`older-than`, `reencrypt`,
+//! `legacy`) get `rotation_count + 1` and `last_rotated_at = now`: the application's
+//! bookkeeping, which `--older-than` reads. Re-wrapping and re-hashing change no data key and
+//! leave both alone.
+//!
+//! # What is done: the run's progress, not the rows' timestamps
+//!
+//! `last_rotated_at` is written by the application too (an API key replaced, a token
+//! refreshed), so it cannot say whether this job has done a row. A `reencrypt` or `rehash`
+//! run is recorded in `jarvis_jobs` (kind and parameters); each committed batch records the
+//! ids it did in `jarvis_job_progress`, in the batch's own transaction, as ranges of
+//! consecutive ids that never overlap (a row done again is in a range already). A row is
+//! done by the run exactly when a committed batch of the run rewrote it. On top of that, a `reencrypt` row whose values are not all under the writer's
+//! master key is pending whatever the progress says: a value the application writes under
+//! the old master key in the middle of a `--reencrypt --to-key NEW` run is taken up again,
+//! and the run is finished (its `finished_at` set, its progress deleted) only when a final
+//! count over every table finds nothing pending.
+//!
+//! A run's parameters are its tables, the master key it writes under and the fingerprint of
+//! the search key its hashes are computed with (`rehash`: the old and the new fingerprint and
+//! every search column's normalizers): a rerun with the same parameters resumes the
+//! unfinished run; a rerun with other ones (another search key, say) starts a new run, which
+//! does every row again.
 //!
 //! # One batch
 //!
 //! As in [`encrypt_existing`](super::encrypt_existing): one transaction; up to `batch_size`
-//! pending rows `ORDER BY id`, on PostgreSQL `FOR UPDATE SKIP LOCKED` (workers and processes
-//! never take the same row); the new rows are built, then **verified** before anything is
-//! written: they are decrypted through a second encryptor with an empty cache (so every new
-//! wrapped key is unwrapped by the key provider itself) and must give exactly the values read;
-//! then one `UPDATE` per row, the rotation columns for the batch, `COMMIT`, one audit event
-//! ([`Operation::Rotate`] or [`Operation::Rewrap`]) with the batch's ids.
+//! pending rows `ORDER BY id` after the worker's keyset cursor (the last id it did in this
+//! pass), on PostgreSQL `FOR UPDATE SKIP LOCKED` (workers and processes never take the same
+//! row; a row an application transaction holds is skipped, and found by the next pass); the
+//! new rows are built, then **verified** before anything is written: they are decrypted
+//! through a second encryptor with an empty cache (so every new wrapped key is unwrapped by
+//! the key provider itself) and must give exactly the values read (`rehash`: and their
+//! search hashes, recomputed by a second hasher from the values decrypted, must be the ones
+//! written); then one `UPDATE` per row, the rotation columns for the batch, the batch's
+//! progress, `COMMIT`, one audit event ([`Operation::Rotate`], [`Operation::Rewrap`] or
+//! [`Operation::Rehash`]) with the batch's ids.
 //!
-//! # Safety and resumption
+//! # Passes, safety and resumption
 //!
-//! A row is written by one `UPDATE` in one transaction: at any moment it holds its old valid
-//! form or its new verified one. A row that is done is no longer pending, so a rerun (after a
-//! kill, a crash, a KMS outage) continues where the run stopped. The stop flag finishes the
-//! current batch. Failures end the job with the first failed batch's error; committed batches
-//! stay.
+//! A table is done in passes: each worker walks the table by id once; when every worker has
+//! reached the end, the pending rows are counted again, and another pass starts if some
+//! remain (rows skipped as locked, rows the application rewrote behind the workers) and the
+//! last pass lowered their number. A row is written by one `UPDATE` in one transaction: at
+//! any moment it holds its old valid form or its new verified one. A rerun (after a kill, a
+//! crash, a KMS outage) continues where the run stopped. The stop flag finishes the current
+//! batch. Failures end the job with the first failed batch's error; committed batches stay.
+//!
+//! # Re-hashing
+//!
+//! [`RotateMode::Rehash`] is the deliberate change of root search key (or of a column's
+//! normalizers). The new key is explicit: [`RotateOptions::search_key`], or the store's
+//! encryptor's; the old one is the one whose fingerprint is recorded for the database
+//! ([`crate::keys`]). Every search column of every table ([`Encrypted::SEARCH_COLUMNS`]) is
+//! recomputed from the decrypted values ([`Encrypted::rehash_row`]); when every table is done,
+//! the recorded fingerprint is replaced by the new key's
+//! ([`replace_search_key_fingerprint`](crate::keys::replace_search_key_fingerprint)), and from
+//! then on processes with the new key pass their start-up check. A rerun after that is a
+//! no-op. While it runs, lookups of applications still on the old key miss the rows already
+//! re-hashed, and rows they write get hashes of the old key: stop them (or their writes and
+//! lookups of searchable columns) for its duration, and run `verify` after it, which checks
+//! every hash.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -51,10 +97,9 @@ use diesel::sql_types::Bool;
 use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, SelectableHelper};
 use diesel_async::RunQueryDsl;
 use jarvis_crypt::{
-    AuditEvent, AuditSink, Encrypted, Encryptor, MasterKeyRef, Operation, WrappedKey,
-    envelope_header,
+    AuditEvent, AuditSink, Encrypted, Encryptor, MasterKeyRef, Operation, SearchColumn, SearchHash,
+    SearchKey, SearchKeyFingerprint, SearchSpec, WrappedKey, envelope_header,
 };
-use std::sync::Mutex;
 use tokio::sync::OnceCell;
 
 use super::runner::{Batches, Progress};
@@ -65,7 +110,9 @@ use crate::models::{
     ApiKey, ApiKeyRow, EncryptedBackup, EncryptedBackupRow, OAuthToken, OAuthTokenRow, User,
     UserRow,
 };
-use crate::schema::{api_keys, encrypted_backups, jarvis_jobs, oauth_tokens, users};
+use crate::schema::{
+    api_keys, encrypted_backups, jarvis_job_progress, jarvis_jobs, oauth_tokens, users,
+};
 use crate::store::Store;
 use crate::with_conn;
 
@@ -85,6 +132,11 @@ pub enum RotateMode {
     ToKey(MasterKeyRef),
     /// Rewrite legacy rows in the current form (the encryptor must allow legacy rows).
     Legacy,
+    /// Recompute every search hash under the new root search key
+    /// ([`RotateOptions::search_key`], or the store's encryptor's), then record its
+    /// fingerprint in place of the old one: a deliberate change of search key, or of a
+    /// column's normalizers. Every table at once.
+    Rehash,
 }
 
 impl RotateMode {
@@ -94,14 +146,24 @@ impl RotateMode {
             RotateMode::Reencrypt => "reencrypt",
             RotateMode::ToKey(_) => "to-key",
             RotateMode::Legacy => "legacy",
+            RotateMode::Rehash => "rehash",
         }
     }
 
     fn operation(&self) -> Operation {
         match self {
             RotateMode::ToKey(_) => Operation::Rewrap,
+            RotateMode::Rehash => Operation::Rehash,
             _ => Operation::Rotate,
         }
+    }
+
+    /// Whether the mode gives values new data keys (and so counts a rotation).
+    fn changes_data_keys(&self) -> bool {
+        matches!(
+            self,
+            RotateMode::OlderThan(_) | RotateMode::Reencrypt | RotateMode::Legacy
+        )
     }
 }
 
@@ -113,7 +175,8 @@ pub const TABLES: [&str; 4] = ["users", "api_keys", "oauth_tokens", "encrypted_b
 pub struct RotateOptions {
     /// The mode.
     pub mode: RotateMode,
-    /// Only this table (one of [`TABLES`]); all of them when `None`.
+    /// Only this table (one of [`TABLES`]); all of them when `None`. Not with
+    /// [`RotateMode::Rehash`], which does every table.
     pub table: Option<String>,
     /// Rows per batch, one transaction each (default
     /// [`DEFAULT_BATCH_SIZE`](Self::DEFAULT_BATCH_SIZE)); at least 1.
@@ -127,6 +190,9 @@ pub struct RotateOptions {
     /// Checked by every worker before each batch: once `true`, workers finish the batch they
     /// are in and the job returns its report with `stopped` set.
     pub stop: Option<Arc<AtomicBool>>,
+    /// The new root search key of [`RotateMode::Rehash`]; `None`: the store's encryptor's.
+    /// Other modes compute search hashes with the store's encryptor and ignore it.
+    pub search_key: Option<Arc<SearchKey>>,
 }
 
 impl RotateOptions {
@@ -143,12 +209,20 @@ impl RotateOptions {
             workers: 1,
             audit,
             stop: None,
+            search_key: None,
         }
     }
 
     fn tables(&self) -> Result<Vec<&'static str>> {
         match &self.table {
+            None if self.mode == RotateMode::Rehash => Ok(TABLES
+                .into_iter()
+                .filter(|t| !search_columns_of(t).is_empty())
+                .collect()),
             None => Ok(TABLES.to_vec()),
+            Some(_) if self.mode == RotateMode::Rehash => Err(configuration(
+                "rotate --rehash does every table: the search key changes for all of them at once",
+            )),
             Some(table) => TABLES
                 .iter()
                 .find(|t| **t == table.as_str())
@@ -186,13 +260,14 @@ pub struct TableReport {
     pub table: &'static str,
     /// Rows pending when the run reached the table.
     pub rows_at_start: u64,
-    /// Rows rotated and committed (0 in a dry run).
+    /// Rows rotated and committed (0 in a dry run); a row the application rewrote under
+    /// another master key meanwhile counts again when it is done again.
     pub rows_rotated: u64,
-    /// Values (encrypted fields) rewritten.
+    /// Values (encrypted fields; `rehash`: search hashes) rewritten.
     pub values: u64,
     /// Batches committed.
     pub batches: u64,
-    /// Rows pending when the run left the table.
+    /// Rows pending when the run ended.
     pub rows_remaining: u64,
     /// Rows left alone because they hold a legacy value (modes other than `Legacy`).
     pub legacy_skipped: u64,
@@ -202,7 +277,7 @@ pub struct TableReport {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RotateReport {
-    /// The mode's name: `older-than`, `reencrypt`, `to-key` or `legacy`.
+    /// The mode's name: `older-than`, `reencrypt`, `to-key`, `legacy` or `rehash`.
     pub mode: &'static str,
     /// Whether this was a dry run.
     pub dry_run: bool,
@@ -215,11 +290,17 @@ pub struct RotateReport {
     pub stored_keys_rewrapped: u64,
     /// Whether the stop flag ended the run before every pending row was done.
     pub stopped: bool,
-    /// When the run (or, resumed, the interrupted run it continues) started: rows rotated
-    /// after it are done (`reencrypt`).
+    /// When the run (or, resumed, the interrupted run it continues) started.
     pub started_at: NaiveDateTime,
     /// Wall-clock time of the run.
     pub duration: Duration,
+    /// Whether the run is finished: nothing is left pending (for `reencrypt` and `rehash`,
+    /// its record in `jarvis_jobs` is closed). `false` after a stop, or when rows remain
+    /// (locked by other transactions, or rewritten by the application meanwhile): rerun.
+    pub finished: bool,
+    /// `rehash`: the fingerprint recorded for the database when the run began (the old
+    /// key's) and the new key's, recorded once the run finished.
+    pub search_key_fingerprints: Option<(SearchKeyFingerprint, SearchKeyFingerprint)>,
 }
 
 impl RotateReport {
@@ -265,16 +346,55 @@ pub async fn rotate(
             "rotate --legacy needs an encryptor that accepts legacy rows (allow_legacy)",
         ));
     }
-    let now = now();
-    let started_at = match &options.mode {
-        RotateMode::Reencrypt if !options.dry_run => {
-            resume_or_start(db, &reencrypt_parameters(store, &tables), now).await?
+    let hashers = match options.mode {
+        RotateMode::Rehash => {
+            for table in &tables {
+                check_hash_columns(table)?;
+            }
+            Some(Hashers::new(store, options).await?)
         }
-        _ => now,
+        _ => None,
     };
+    let writer = store.encryptor().with_fresh_data_key();
+    let now = now();
+    let run = match (&options.mode, &hashers) {
+        (RotateMode::Reencrypt, _) => {
+            let parameters = reencrypt_parameters(&writer, &tables);
+            Some(RunSpec::new(REENCRYPT_JOB, parameters, None))
+        }
+        (RotateMode::Rehash, Some(h)) => Some(h.run_spec(&tables)),
+        _ => None,
+    };
+    let run = match &run {
+        Some(spec) => match spec.open(db, now, options.dry_run).await? {
+            Opened::Run(run) => Some(run),
+            Opened::NotStarted => None,
+            Opened::AlreadyDone => {
+                return Ok(already_done(
+                    options,
+                    &tables,
+                    hashers.as_ref(),
+                    now,
+                    started,
+                ));
+            }
+        },
+        None => None,
+    };
+    let started_at = run.as_ref().map_or(now, |r| r.started_at);
+    let target = writer.master_key();
     let predicates: Vec<Predicate> = tables
         .iter()
-        .map(|t| Predicate::new(db.backend(), t, &options.mode, started_at))
+        .map(|t| {
+            Predicate::new(
+                db.backend(),
+                t,
+                &options.mode,
+                started_at,
+                run.as_ref().map(|r| r.id),
+                &target,
+            )
+        })
         .collect::<Result<_>>()?;
     let mut report = RotateReport {
         mode: options.mode.name(),
@@ -285,6 +405,8 @@ pub async fn rotate(
         stopped: false,
         started_at,
         duration: Duration::ZERO,
+        finished: false,
+        search_key_fingerprints: hashers.as_ref().map(|h| (h.old, h.new)),
     };
     let mut total = 0;
     for (table, predicate) in tables.iter().zip(&predicates) {
@@ -309,6 +431,7 @@ pub async fn rotate(
         batch_size = options.batch_size,
         workers = options.workers,
         dry_run = options.dry_run,
+        run = run.as_ref().map(|r| r.id),
         "rotate: starting"
     );
     if options.dry_run {
@@ -320,44 +443,99 @@ pub async fn rotate(
         store,
         options,
         verifier: store.encryptor().with_fresh_data_key(),
-        writer: store.encryptor().with_fresh_data_key(),
+        writer,
+        hashers,
+        run: run.as_ref().map(|r| r.id),
         rewrapped: Mutex::default(),
     };
     let mut done = 0;
-    for (index, predicate) in predicates.iter().enumerate() {
-        let table = report.tables[index].table;
-        let batches = Batches::new(options.stop.as_ref(), progress, done, total);
-        let values = std::sync::atomic::AtomicU64::new(0);
-        let result = batches
-            .run(options.workers, |_| job.batch(table, predicate, &values))
-            .await;
-        let entry = &mut report.tables[index];
-        entry.rows_rotated = batches.rows_done();
-        entry.batches = batches.batches();
-        entry.values = values.into_inner();
-        done += entry.rows_rotated;
-        report.keys_rewrapped = job.keys_rewrapped();
-        if let Err(error) = result {
-            tracing::error!(
-                error = %error,
-                table,
-                rows_rotated = done,
-                "rotate: stopped by a failed batch; committed batches stay, rerun to finish"
-            );
-            return Err(error);
+    // Rounds over the tables: a table done earlier may have pending rows again once the
+    // others are done (values the application wrote under another master key since), so the
+    // pending rows of every table are counted after each round, and the tables that have
+    // some get another round while rounds lower their number.
+    let mut round: Vec<usize> = (0..tables.len()).collect();
+    let mut before_round = u64::MAX;
+    'rounds: loop {
+        let mut rows_this_round = 0;
+        for &index in &round {
+            let table = report.tables[index].table;
+            let predicate = &predicates[index];
+            let values = AtomicU64::new(0);
+            let mut previous = report.tables[index].rows_remaining;
+            let outcome = loop {
+                // One pass: each worker walks the table by id once, from its own cursor.
+                let cursors: Vec<AtomicI64> = (0..options.workers)
+                    .map(|_| AtomicI64::new(START))
+                    .collect();
+                let batches = Batches::new(options.stop.as_ref(), progress, done, total);
+                let result = batches
+                    .run(options.workers, |worker| {
+                        job.batch(table, predicate, &cursors[worker], &values)
+                    })
+                    .await;
+                let entry = &mut report.tables[index];
+                entry.rows_rotated += batches.rows_done();
+                entry.batches += batches.batches();
+                done += batches.rows_done();
+                rows_this_round += batches.rows_done();
+                report.keys_rewrapped = job.keys_rewrapped();
+                if let Err(error) = result {
+                    break Err(error);
+                }
+                let remaining = count(db, table, &predicate.pending).await?;
+                report.tables[index].rows_remaining = remaining;
+                if batches.stopped() {
+                    break Ok(true);
+                }
+                // Rows left behind the workers: skipped as locked, or rewritten meanwhile.
+                // Another pass while passes make headway.
+                if remaining == 0 || batches.rows_done() == 0 || remaining >= previous {
+                    break Ok(false);
+                }
+                tracing::info!(table, remaining, "rotate: rows left behind; another pass");
+                previous = remaining;
+            };
+            report.tables[index].values += values.into_inner();
+            match outcome {
+                Err(error) => {
+                    tracing::error!(
+                        error = %error,
+                        table,
+                        rows_rotated = done,
+                        "rotate: stopped by a failed batch; committed batches stay, rerun to finish"
+                    );
+                    return Err(error);
+                }
+                // The tables not reached keep their counts as pending.
+                Ok(true) => {
+                    report.stopped = true;
+                    break 'rounds;
+                }
+                Ok(false) => {}
+            }
         }
-        entry.rows_remaining = count(db, table, &predicate.pending).await?;
-        if batches.stopped() {
-            report.stopped = true;
-            // The tables not reached keep their counts as pending.
+        for (entry, predicate) in report.tables.iter_mut().zip(&predicates) {
+            entry.rows_remaining = count(db, entry.table, &predicate.pending).await?;
+        }
+        let remaining = report.rows_remaining();
+        if remaining == 0 || rows_this_round == 0 || remaining >= before_round {
             break;
         }
+        before_round = remaining;
+        round = (0..tables.len())
+            .filter(|i| report.tables[*i].rows_remaining > 0)
+            .collect();
+        tracing::info!(
+            remaining,
+            "rotate: tables done earlier have pending rows again; another round"
+        );
     }
     report.stopped = report.stopped && report.rows_remaining() > 0;
+    report.finished = !report.stopped && report.rows_remaining() == 0;
     // The stored search key goes along when the whole database moves to a master key.
     let moved_to = match &options.mode {
         RotateMode::ToKey(to) => Some(to.clone()),
-        RotateMode::Reencrypt => Some(store.encryptor().master_key()),
+        RotateMode::Reencrypt => Some(target.clone()),
         _ => None,
     };
     if let Some(to) = moved_to
@@ -367,8 +545,20 @@ pub async fn rotate(
         report.stored_keys_rewrapped =
             crate::keys::rewrap_stored_keys_with(db, store.encryptor(), &to).await?;
     }
-    if options.mode == RotateMode::Reencrypt && !report.stopped && report.rows_remaining() == 0 {
-        finish(db, &reencrypt_parameters(store, &tables), started_at).await?;
+    if report.finished
+        && let Some(run) = &run
+    {
+        if let Some(hashers) = &job.hashers
+            && hashers.old != hashers.new
+        {
+            crate::keys::replace_search_key_fingerprint(db, &hashers.old, &hashers.new).await?;
+            tracing::info!(
+                old = %hashers.old.short(),
+                new = %hashers.new.short(),
+                "rotate: every search hash is under the new search key; its fingerprint is recorded"
+            );
+        }
+        run.finish(db).await?;
     }
     report.duration = started.elapsed();
     tracing::info!(
@@ -376,10 +566,41 @@ pub async fn rotate(
         keys_rewrapped = report.keys_rewrapped,
         rows_remaining = report.rows_remaining(),
         stopped = report.stopped,
+        finished = report.finished,
         seconds = report.duration.as_secs_f64(),
         "rotate: done"
     );
     Ok(report)
+}
+
+/// The report of a `rehash` whose work is done already: the database's hashes are under
+/// the configured key with the current normalizers.
+fn already_done(
+    options: &RotateOptions,
+    tables: &[&'static str],
+    hashers: Option<&Hashers>,
+    now: NaiveDateTime,
+    started: Instant,
+) -> RotateReport {
+    tracing::info!("rotate: every search hash is under this search key already; nothing to do");
+    RotateReport {
+        mode: options.mode.name(),
+        dry_run: options.dry_run,
+        tables: tables
+            .iter()
+            .map(|table| TableReport {
+                table,
+                ..TableReport::default()
+            })
+            .collect(),
+        keys_rewrapped: 0,
+        stored_keys_rewrapped: 0,
+        stopped: false,
+        started_at: now,
+        duration: started.elapsed(),
+        finished: true,
+        search_key_fingerprints: hashers.map(|h| (h.old, h.new)),
+    }
 }
 
 fn configuration(message: impl Into<String>) -> ModelError {
@@ -390,67 +611,264 @@ fn now() -> NaiveDateTime {
     Utc::now().naive_utc()
 }
 
-// ---- the run's start, for `reencrypt` -------------------------------------------------------
+// ---- runs: `jarvis_jobs` and their progress ----------------------------------------------
 
 const REENCRYPT_JOB: &str = "rotate-reencrypt";
+const REHASH_JOB: &str = "rotate-rehash";
 
-/// A re-encryption run is the same run when it covers the same tables and writes under the
-/// same master key.
-fn reencrypt_parameters(store: &Store, tables: &[&str]) -> String {
+/// A re-encryption run is the same run when it covers the same tables, writes under the
+/// same master key and computes search hashes with the same search key.
+fn reencrypt_parameters(writer: &Encryptor, tables: &[&str]) -> String {
+    let search_key = writer
+        .search_key_fingerprint()
+        .map_or_else(|| "none".to_owned(), |f| f.to_string());
     format!(
-        "tables={};master_key={}",
+        "tables={};master_key={};search_key={search_key}",
         tables.join(","),
-        store.encryptor().master_key()
+        writer.master_key()
     )
 }
 
-/// The start of the unfinished run with these parameters, or of a new one.
-async fn resume_or_start(
-    db: &Database,
-    parameters: &str,
-    now: NaiveDateTime,
-) -> Result<NaiveDateTime> {
-    let mut conn = db.get().await?;
-    let unfinished: Option<NaiveDateTime> = with_conn!(&mut conn, |c| jarvis_jobs::table
-        .filter(jarvis_jobs::kind.eq(REENCRYPT_JOB))
-        .filter(jarvis_jobs::parameters.eq(parameters))
-        .filter(jarvis_jobs::finished_at.is_null())
-        .order(jarvis_jobs::started_at.asc())
-        .select(jarvis_jobs::started_at)
-        .first(c)
-        .await
-        .optional()?);
-    if let Some(started_at) = unfinished {
-        tracing::info!(%started_at, "rotate: resuming the unfinished re-encryption run");
-        return Ok(started_at);
+/// The run a job would continue or start: its kind and parameters.
+struct RunSpec {
+    kind: &'static str,
+    parameters: String,
+    /// `rehash` with the same old and new key: the prefix of the parameters of a finished
+    /// run that left the hashes as this run would (then there is nothing to do).
+    done_if_finished: Option<String>,
+}
+
+/// A run in `jarvis_jobs`.
+struct Run {
+    id: i64,
+    started_at: NaiveDateTime,
+    kind: &'static str,
+    parameters: String,
+}
+
+enum Opened {
+    Run(Run),
+    /// A dry run without an unfinished run to count against.
+    NotStarted,
+    /// A finished run left the database as this one would.
+    AlreadyDone,
+}
+
+impl RunSpec {
+    fn new(kind: &'static str, parameters: String, done_if_finished: Option<String>) -> Self {
+        RunSpec {
+            kind,
+            parameters,
+            done_if_finished,
+        }
     }
-    with_conn!(&mut conn, |c| diesel::insert_into(jarvis_jobs::table)
+
+    /// The unfinished run with these parameters (the oldest, when processes started several
+    /// at once), or a new one; a dry run never starts one.
+    async fn open(&self, db: &Database, now: NaiveDateTime, dry_run: bool) -> Result<Opened> {
+        if let Some(run) = self.unfinished(db).await? {
+            tracing::info!(run = run.id, started_at = %run.started_at, "rotate: resuming the unfinished run");
+            return Ok(Opened::Run(run));
+        }
+        if let Some(prefix) = &self.done_if_finished {
+            let mut conn = db.get().await?;
+            let finished: Vec<String> = with_conn!(&mut conn, |c| jarvis_jobs::table
+                .filter(jarvis_jobs::kind.eq(self.kind))
+                .filter(jarvis_jobs::finished_at.is_not_null())
+                .select(jarvis_jobs::parameters)
+                .load(c)
+                .await?);
+            if finished.iter().any(|p| p.starts_with(prefix.as_str())) {
+                return Ok(Opened::AlreadyDone);
+            }
+        }
+        if dry_run {
+            return Ok(Opened::NotStarted);
+        }
+        let mut conn = db.get().await?;
+        with_conn!(&mut conn, |c| diesel::insert_into(jarvis_jobs::table)
+            .values((
+                jarvis_jobs::kind.eq(self.kind),
+                jarvis_jobs::parameters.eq(&self.parameters),
+                jarvis_jobs::started_at.eq(now),
+            ))
+            .execute(c)
+            .await?);
+        drop(conn);
+        // Processes that started at once converge on the oldest of their runs.
+        let run = self.unfinished(db).await?.ok_or_else(|| {
+            configuration("rotate: the run just recorded in jarvis_jobs is not there")
+        })?;
+        Ok(Opened::Run(run))
+    }
+
+    async fn unfinished(&self, db: &Database) -> Result<Option<Run>> {
+        let mut conn = db.get().await?;
+        let found: Option<(i64, NaiveDateTime)> = with_conn!(&mut conn, |c| jarvis_jobs::table
+            .filter(jarvis_jobs::kind.eq(self.kind))
+            .filter(jarvis_jobs::parameters.eq(&self.parameters))
+            .filter(jarvis_jobs::finished_at.is_null())
+            .order((jarvis_jobs::started_at.asc(), jarvis_jobs::id.asc()))
+            .select((jarvis_jobs::id, jarvis_jobs::started_at))
+            .first(c)
+            .await
+            .optional()?);
+        Ok(found.map(|(id, started_at)| Run {
+            id,
+            started_at,
+            kind: self.kind,
+            parameters: self.parameters.clone(),
+        }))
+    }
+}
+
+impl Run {
+    /// Closes every unfinished run with these parameters (a duplicate started by a process at
+    /// the same moment has nothing left either) and deletes their progress.
+    async fn finish(&self, db: &Database) -> Result<()> {
+        let mut conn = db.get().await?;
+        let ids: Vec<i64> = with_conn!(&mut conn, |c| jarvis_jobs::table
+            .filter(jarvis_jobs::kind.eq(self.kind))
+            .filter(jarvis_jobs::parameters.eq(&self.parameters))
+            .filter(jarvis_jobs::finished_at.is_null())
+            .select(jarvis_jobs::id)
+            .load(c)
+            .await?);
+        with_conn!(&mut conn, |c| diesel::update(
+            jarvis_jobs::table.filter(jarvis_jobs::id.eq_any(&ids))
+        )
+        .set(jarvis_jobs::finished_at.eq(now()))
+        .execute(c)
+        .await?);
+        with_conn!(&mut conn, |c| diesel::delete(
+            jarvis_job_progress::table.filter(jarvis_job_progress::job_id.eq_any(&ids))
+        )
+        .execute(c)
+        .await?);
+        tracing::info!(run = self.id, "rotate: run finished");
+        Ok(())
+    }
+}
+
+/// Records, inside the batch's transaction, that run `job` did rows `ids` of `table`: one
+/// range per run of consecutive ids.
+async fn record_progress(conn: &mut Conn, job: i64, table: &str, ids: &[i64]) -> Result<()> {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for id in sorted {
+        match ranges.last_mut() {
+            Some((_, last)) if last.checked_add(1) == Some(id) => *last = id,
+            _ => ranges.push((id, id)),
+        }
+    }
+    for (first, last) in ranges {
+        with_conn!(&mut *conn, |c| diesel::insert_into(
+            jarvis_job_progress::table
+        )
         .values((
-            jarvis_jobs::kind.eq(REENCRYPT_JOB),
-            jarvis_jobs::parameters.eq(parameters),
-            jarvis_jobs::started_at.eq(now),
+            jarvis_job_progress::job_id.eq(job),
+            jarvis_job_progress::table_name.eq(table),
+            jarvis_job_progress::first_id.eq(first),
+            jarvis_job_progress::last_id.eq(last),
         ))
         .execute(c)
         .await?);
-    Ok(now)
-}
-
-async fn finish(db: &Database, parameters: &str, started_at: NaiveDateTime) -> Result<()> {
-    let mut conn = db.get().await?;
-    with_conn!(&mut conn, |c| diesel::update(
-        jarvis_jobs::table
-            .filter(jarvis_jobs::kind.eq(REENCRYPT_JOB))
-            .filter(jarvis_jobs::parameters.eq(parameters))
-            .filter(jarvis_jobs::started_at.eq(started_at))
-            .filter(jarvis_jobs::finished_at.is_null())
-    )
-    .set(jarvis_jobs::finished_at.eq(now()))
-    .execute(c)
-    .await?);
+    }
     Ok(())
 }
 
+// ---- re-hashing -----------------------------------------------------------------------------
+
+/// The search keys of a `rehash` run: the new one twice (a hasher that writes and one that
+/// checks, each deriving its column keys itself) and the fingerprints of the old and new.
+struct Hashers {
+    hasher: Encryptor,
+    checker: Encryptor,
+    old: SearchKeyFingerprint,
+    new: SearchKeyFingerprint,
+}
+
+impl Hashers {
+    async fn new(store: &Store, options: &RotateOptions) -> Result<Self> {
+        let (hasher, checker) = match &options.search_key {
+            Some(key) => {
+                let of = |key: &SearchKey| -> Result<Encryptor> {
+                    Ok(Encryptor::builder(Arc::clone(store.encryptor().provider()))
+                        .search_key(SearchKey::new(key.expose_secret().to_vec())?)
+                        .build())
+                };
+                (of(key)?, of(key)?)
+            }
+            None => (
+                store.encryptor().with_fresh_data_key(),
+                store.encryptor().with_fresh_data_key(),
+            ),
+        };
+        let new = hasher.search_key_fingerprint().ok_or_else(|| {
+            configuration(
+                "rotate --rehash needs the new search key (ENCRYPTION_SEARCH_SALT, or \
+                 RotateOptions::search_key)",
+            )
+        })?;
+        let old = crate::keys::recorded_search_key_fingerprint(store.database())
+            .await?
+            .ok_or_else(|| {
+                configuration(
+                    "rotate --rehash: no search key fingerprint is recorded for this database, \
+                     so nothing says which key its hashes are under; record the current key's \
+                     first (`jarvis init`, or jarvis_models::keys::record_search_key)",
+                )
+            })?;
+        Ok(Hashers {
+            hasher,
+            checker,
+            old,
+            new,
+        })
+    }
+
+    /// The parameters: the tables, the new key, every search column's normalizers, then the
+    /// old key. A finished run with the same beginning (`rehash` again, once the new key is
+    /// recorded) left nothing to do.
+    fn run_spec(&self, tables: &[&str]) -> RunSpec {
+        let hashes: Vec<String> = tables
+            .iter()
+            .flat_map(|t| search_columns_of(t).iter())
+            .map(|c| format!("{}.{}:{}", c.table, c.hash, spec_name(c.spec)))
+            .collect();
+        let state = format!(
+            "tables={};search_key_to={};hashes={};",
+            tables.join(","),
+            self.new,
+            hashes.join(",")
+        );
+        let parameters = format!("{state}search_key_from={}", self.old);
+        let done = (self.old == self.new).then_some(state);
+        RunSpec::new(REHASH_JOB, parameters, done)
+    }
+}
+
+/// A search spec as text: its normalizers and width, e.g. `trim+lowercase/256`.
+fn spec_name(spec: SearchSpec) -> String {
+    let n = spec.normalize;
+    let names: Vec<&str> = [(n.trim, "trim"), (n.lowercase, "lowercase"), (n.nfc, "nfc")]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+    let names = if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join("+")
+    };
+    format!("{names}/{}", spec.bits.unwrap_or(256))
+}
+
 // ---- which rows are pending -----------------------------------------------------------------
+
+/// The keyset cursor of a worker that has not done a batch in this pass yet.
+const START: i64 = i64::MIN;
 
 /// The stored-form columns of one encrypted field.
 #[derive(Debug, Clone, Copy)]
@@ -461,13 +879,16 @@ struct Field {
 }
 
 /// SQL conditions over a table's columns, written for one backend. Everything interpolated
-/// is a column name of this module, a hex literal or a formatted timestamp: no input text.
+/// is a column or table name of this module, a hex literal, an integer or a formatted
+/// timestamp: no input text.
 #[derive(Debug)]
 struct Predicate {
     /// The rows the mode still has to do.
     pending: String,
     /// The rows the mode leaves alone and reports (legacy rows).
     skipped: Option<String>,
+    /// The rows no committed batch of the run has done (`reencrypt`, `rehash`).
+    not_done: Option<String>,
 }
 
 impl Predicate {
@@ -476,6 +897,8 @@ impl Predicate {
         table: &str,
         mode: &RotateMode,
         started_at: NaiveDateTime,
+        run: Option<i64>,
+        writer: &MasterKeyRef,
     ) -> Result<Self> {
         let fields = fields_of(table);
         let any = |f: &dyn Fn(&Field) -> String| {
@@ -491,48 +914,75 @@ impl Predicate {
                 Backend::Sqlite => format!("'{text}'"),
             }
         };
-        let reencrypt = |rotated_before: String| Predicate {
-            pending: format!("{current} AND NOT {legacy} AND {rotated_before}"),
+        let not_under = |to: &MasterKeyRef| -> Result<String> {
+            let header = envelope_header(to)?;
+            let literal = match backend {
+                Backend::Postgres => format!("'\\x{}'::bytea", hex(&header)),
+                Backend::Sqlite => format!("x'{}'", hex(&header)),
+            };
+            let n = header.len();
+            Ok(any(&|f| {
+                format!(
+                    "(COALESCE(length({iv}), 0) = 12 AND substr({dk}, 1, {n}) <> {literal})",
+                    iv = f.iv,
+                    dk = f.data_key
+                )
+            }))
+        };
+        // Not done by the run: the range with the greatest first id at or before the row's
+        // does not reach it (one index probe; no range: not done).
+        let not_done = match run {
+            Some(job) => format!(
+                "NOT COALESCE((SELECT p.last_id >= {table}.id FROM jarvis_job_progress p \
+                 WHERE p.job_id = {job} AND p.table_name = '{table}' AND p.first_id <= {table}.id \
+                 ORDER BY p.first_id DESC LIMIT 1), FALSE)"
+            ),
+            // A dry run with nothing recorded yet: a new run would do every row.
+            None => "TRUE".to_owned(),
+        };
+        let in_current_form = |condition: String| Predicate {
+            pending: format!("{current} AND NOT {legacy} AND {condition}"),
             skipped: Some(legacy.clone()),
+            not_done: None,
         };
         Ok(match mode {
             RotateMode::Legacy => Predicate {
                 pending: legacy.clone(),
                 skipped: None,
+                not_done: None,
             },
             RotateMode::OlderThan(age) => {
                 let cutoff = started_at
                     .checked_sub_signed(*age)
                     .ok_or_else(|| configuration("rotate: --older-than is too far back"))?;
-                reencrypt(format!(
+                in_current_form(format!(
                     "COALESCE(last_rotated_at, created_at) < {}",
                     timestamp(cutoff)
                 ))
             }
-            RotateMode::Reencrypt => reencrypt(format!(
-                "(last_rotated_at IS NULL OR last_rotated_at < {})",
-                timestamp(started_at)
-            )),
-            RotateMode::ToKey(to) => {
-                let header = envelope_header(to)?;
-                let literal = match backend {
-                    Backend::Postgres => format!("'\\x{}'::bytea", hex(&header)),
-                    Backend::Sqlite => format!("x'{}'", hex(&header)),
-                };
-                let n = header.len();
-                let not_under = any(&|f| {
-                    format!(
-                        "(COALESCE(length({iv}), 0) = 12 AND substr({dk}, 1, {n}) <> {literal})",
-                        iv = f.iv,
-                        dk = f.data_key
-                    )
-                });
-                Predicate {
-                    pending: format!("{not_under} AND NOT {legacy}"),
-                    skipped: Some(legacy.clone()),
-                }
-            }
+            RotateMode::Reencrypt => Predicate {
+                not_done: Some(not_done.clone()),
+                ..in_current_form(format!("({} OR {not_done})", not_under(writer)?))
+            },
+            RotateMode::Rehash => Predicate {
+                not_done: Some(not_done.clone()),
+                ..in_current_form(not_done)
+            },
+            RotateMode::ToKey(to) => Predicate {
+                pending: format!("{} AND NOT {legacy}", not_under(to)?),
+                skipped: Some(legacy.clone()),
+                not_done: None,
+            },
         })
+    }
+
+    /// The pending rows after a worker's keyset cursor.
+    fn after(&self, cursor: i64) -> String {
+        if cursor == START {
+            self.pending.clone()
+        } else {
+            format!("{} AND id > {cursor}", self.pending)
+        }
     }
 }
 
@@ -557,6 +1007,34 @@ fn fields_of(table: &str) -> &'static [Field] {
     }
 }
 
+fn search_columns_of(table: &str) -> &'static [SearchColumn] {
+    match table {
+        "users" => User::SEARCH_COLUMNS,
+        "api_keys" => ApiKey::SEARCH_COLUMNS,
+        "oauth_tokens" => OAuthToken::SEARCH_COLUMNS,
+        _ => EncryptedBackup::SEARCH_COLUMNS,
+    }
+}
+
+/// The hash columns this module reads of `table`, checked against what its model describes:
+/// a re-hash that read other columns than it writes would verify nothing.
+fn check_hash_columns(table: &str) -> Result<()> {
+    let listed = match table {
+        "users" => <User as RotateTable>::HASHES,
+        "api_keys" => <ApiKey as RotateTable>::HASHES,
+        "oauth_tokens" => <OAuthToken as RotateTable>::HASHES,
+        _ => <EncryptedBackup as RotateTable>::HASHES,
+    };
+    let described: Vec<&str> = search_columns_of(table).iter().map(|c| c.hash).collect();
+    if listed == described.as_slice() {
+        Ok(())
+    } else {
+        Err(configuration(format!(
+            "rotate: the search hash columns of `{table}` are {described:?}, not {listed:?}"
+        )))
+    }
+}
+
 async fn count(db: &Database, table: &str, predicate: &str) -> Result<u64> {
     let mut conn = db.get().await?;
     let n = match table {
@@ -578,10 +1056,14 @@ where
 {
     /// The stored-form columns of each encrypted field.
     const FIELDS: &'static [Field];
+    /// The search-hash columns, as in [`Encrypted::SEARCH_COLUMNS`].
+    const HASHES: &'static [&'static str];
     /// Rows matching `predicate`, by id, locked on PostgreSQL (`FOR UPDATE SKIP LOCKED`).
     async fn pending(conn: &mut Conn, predicate: &str, limit: i64) -> Result<Vec<Self::Row>>;
     /// Rows matching `predicate`.
     async fn count(conn: &mut Conn, predicate: &str) -> Result<i64>;
+    /// The ids of the rows matching `predicate`.
+    async fn ids(conn: &mut Conn, predicate: &str) -> Result<Vec<i64>>;
     /// Writes a row's columns; the number of rows changed.
     async fn update(conn: &mut Conn, row: &Self::Row) -> Result<usize>;
     /// Counts a rotation of rows `ids`.
@@ -590,6 +1072,8 @@ where
     fn id(row: &Self::Row) -> i64;
     /// The row's wrapped data keys (of the values it has).
     fn data_keys_mut(row: &mut Self::Row) -> Vec<&mut WrappedKey>;
+    /// The row's search hashes, in the order of [`HASHES`](Self::HASHES).
+    fn hashes(row: &Self::Row) -> Vec<Option<&SearchHash>>;
 }
 
 /// A data-key column's value, NOT NULL or nullable.
@@ -607,8 +1091,24 @@ impl KeySlot for Option<WrappedKey> {
     }
 }
 
+/// A search-hash column's value, NOT NULL or nullable.
+trait HashSlot {
+    fn hash(&self) -> Option<&SearchHash>;
+}
+impl HashSlot for SearchHash {
+    fn hash(&self) -> Option<&SearchHash> {
+        Some(self)
+    }
+}
+impl HashSlot for Option<SearchHash> {
+    fn hash(&self) -> Option<&SearchHash> {
+        self.as_ref()
+    }
+}
+
 macro_rules! rotate_table {
-    ($model:ty, $row:ty, $table:ident, [$(($ct:ident, $iv:ident, $dk:ident)),+ $(,)?]) => {
+    ($model:ty, $row:ty, $table:ident, [$(($ct:ident, $iv:ident, $dk:ident)),+ $(,)?],
+     hashes: [$($hash:ident),* $(,)?]) => {
         #[async_trait]
         impl RotateTable for $model {
             const FIELDS: &'static [Field] = &[$(Field {
@@ -616,6 +1116,7 @@ macro_rules! rotate_table {
                 iv: stringify!($iv),
                 data_key: stringify!($dk),
             }),+];
+            const HASHES: &'static [&'static str] = &[$(stringify!($hash)),*];
 
             async fn pending(conn: &mut Conn, predicate: &str, limit: i64) -> Result<Vec<$row>> {
                 macro_rules! query {
@@ -640,6 +1141,14 @@ macro_rules! rotate_table {
                     .filter(diesel::dsl::sql::<Bool>(predicate))
                     .count()
                     .get_result(c)
+                    .await?))
+            }
+
+            async fn ids(conn: &mut Conn, predicate: &str) -> Result<Vec<i64>> {
+                Ok(with_conn!(conn, |c| $table::table
+                    .filter(diesel::dsl::sql::<Bool>(predicate))
+                    .select($table::id)
+                    .load(c)
                     .await?))
             }
 
@@ -675,6 +1184,11 @@ macro_rules! rotate_table {
                 $(keys.extend(KeySlot::slot(&mut row.$dk));)+
                 keys
             }
+
+            fn hashes(row: &$row) -> Vec<Option<&SearchHash>> {
+                let _ = row;
+                vec![$(HashSlot::hash(&row.$hash)),*]
+            }
         }
     };
 }
@@ -683,13 +1197,15 @@ rotate_table!(
     User,
     UserRow,
     users,
-    [(encrypted_email, email_iv, email_data_key)]
+    [(encrypted_email, email_iv, email_data_key)],
+    hashes: [email_hash]
 );
 rotate_table!(
     ApiKey,
     ApiKeyRow,
     api_keys,
-    [(encrypted_key, key_iv, key_data_key)]
+    [(encrypted_key, key_iv, key_data_key)],
+    hashes: [key_hash]
 );
 rotate_table!(
     OAuthToken,
@@ -706,13 +1222,15 @@ rotate_table!(
             refresh_token_iv,
             refresh_token_data_key
         ),
-    ]
+    ],
+    hashes: []
 );
 rotate_table!(
     EncryptedBackup,
     EncryptedBackupRow,
     encrypted_backups,
-    [(encrypted_data, data_iv, data_data_key)]
+    [(encrypted_data, data_iv, data_data_key)],
+    hashes: []
 );
 
 // ---- the batches ----------------------------------------------------------------------------
@@ -725,45 +1243,54 @@ struct Job<'a> {
     verifier: Encryptor,
     /// Encrypts re-encrypted values: fresh data keys of this run.
     writer: Encryptor,
+    /// `rehash`: the new search key.
+    hashers: Option<Hashers>,
+    /// The run in `jarvis_jobs` whose progress the batches record (`reencrypt`, `rehash`).
+    run: Option<i64>,
     /// Re-wrapped data keys of this run, by their old bytes: each is re-wrapped once.
     rewrapped: Mutex<HashMap<Vec<u8>, Arc<OnceCell<WrappedKey>>>>,
 }
 
 impl Job<'_> {
-    /// One batch of `table`, audited: the number of rows rotated (0: nothing pending).
+    /// One batch of `table` after the worker's `cursor`, audited: the number of rows rotated
+    /// (0: nothing pending after the cursor). Moves the cursor past the batch.
     async fn batch(
         &self,
         table: &'static str,
         predicate: &Predicate,
-        values: &std::sync::atomic::AtomicU64,
+        cursor: &AtomicI64,
+        values: &AtomicU64,
     ) -> Result<u64> {
         let started = Instant::now();
         let mut ids = Vec::new();
+        let pending = predicate.after(cursor.load(Ordering::SeqCst));
+        let not_done = predicate.not_done.as_deref();
         let result = match table {
-            "users" => self.run::<User>(predicate, &mut ids).await,
-            "api_keys" => self.run::<ApiKey>(predicate, &mut ids).await,
-            "oauth_tokens" => self.run::<OAuthToken>(predicate, &mut ids).await,
-            _ => self.run::<EncryptedBackup>(predicate, &mut ids).await,
+            "users" => self.run::<User>(table, &pending, not_done, &mut ids).await,
+            "api_keys" => {
+                self.run::<ApiKey>(table, &pending, not_done, &mut ids)
+                    .await
+            }
+            "oauth_tokens" => {
+                self.run::<OAuthToken>(table, &pending, not_done, &mut ids)
+                    .await
+            }
+            _ => {
+                self.run::<EncryptedBackup>(table, &pending, not_done, &mut ids)
+                    .await
+            }
         };
         if !ids.is_empty() || result.is_err() {
-            let columns: Vec<&str> = fields_of(table).iter().map(|f| f.ciphertext).collect();
-            let key = match &self.options.mode {
-                RotateMode::ToKey(to) => to.key_id.clone(),
-                _ => self.writer.master_key().key_id,
-            };
-            let mut event =
-                AuditEvent::new(self.options.mode.operation(), table.to_owned(), started)
-                    .column(columns.join(","))
-                    .records(ids.iter().copied())
-                    .key(key);
-            if let Err(error) = &result {
-                event = event.failed(error.kind());
-            }
-            self.options.audit.record(event);
+            self.options
+                .audit
+                .record(self.event(table, &ids, started, &result));
         }
         match result {
             Ok((rows, n)) => {
-                values.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                if let Some(last) = ids.iter().max() {
+                    cursor.fetch_max(*last, Ordering::SeqCst);
+                }
+                values.fetch_add(n, Ordering::SeqCst);
                 tracing::debug!(table, rows, values = n, "rotate: batch committed");
                 Ok(rows)
             }
@@ -774,14 +1301,55 @@ impl Job<'_> {
         }
     }
 
+    /// The audit event of one batch.
+    fn event(
+        &self,
+        table: &'static str,
+        ids: &[i64],
+        started: Instant,
+        result: &Result<(u64, u64)>,
+    ) -> AuditEvent {
+        let (columns, key): (Vec<&str>, String) = match (&self.options.mode, &self.hashers) {
+            (RotateMode::Rehash, Some(hashers)) => (
+                search_columns_of(table).iter().map(|c| c.hash).collect(),
+                format!("search-key:{}", hashers.new.short()),
+            ),
+            (RotateMode::ToKey(to), _) => (
+                fields_of(table).iter().map(|f| f.ciphertext).collect(),
+                to.key_id.clone(),
+            ),
+            _ => (
+                fields_of(table).iter().map(|f| f.ciphertext).collect(),
+                self.writer.master_key().key_id,
+            ),
+        };
+        let mut event = AuditEvent::new(self.options.mode.operation(), table.to_owned(), started)
+            .column(columns.join(","))
+            .records(ids.iter().copied())
+            .key(key);
+        if let Err(error) = result {
+            event = event.failed(error.kind());
+        }
+        event
+    }
+
     /// One batch in one transaction: (rows, values) rotated.
-    async fn run<M>(&self, predicate: &Predicate, ids: &mut Vec<i64>) -> Result<(u64, u64)>
+    async fn run<M>(
+        &self,
+        table: &'static str,
+        pending: &str,
+        not_done: Option<&str>,
+        ids: &mut Vec<i64>,
+    ) -> Result<(u64, u64)>
     where
         M: RotateTable,
         M::Row: Clone + Sync,
     {
         let mut tx = Transaction::begin(self.store.database()).await?;
-        match self.rotate_batch::<M>(tx.conn()?, predicate, ids).await {
+        match self
+            .rotate_batch::<M>(tx.conn()?, table, pending, not_done, ids)
+            .await
+        {
             Ok(counts) => {
                 tx.commit().await?;
                 Ok(counts)
@@ -796,7 +1364,9 @@ impl Job<'_> {
     async fn rotate_batch<M>(
         &self,
         conn: &mut Conn,
-        predicate: &Predicate,
+        table: &'static str,
+        pending: &str,
+        not_done: Option<&str>,
         ids: &mut Vec<i64>,
     ) -> Result<(u64, u64)>
     where
@@ -804,14 +1374,25 @@ impl Job<'_> {
         M::Row: Clone + Sync,
     {
         let limit = i64::try_from(self.options.batch_size).unwrap_or(i64::MAX);
-        let rows = M::pending(conn, &predicate.pending, limit).await?;
+        let rows = M::pending(conn, pending, limit).await?;
         ids.extend(rows.iter().map(M::id));
         if rows.is_empty() {
             return Ok((0, 0));
         }
         let models = M::decrypt_rows(rows.clone(), self.store.encryptor()).await?;
-        let (new_rows, values) = match &self.options.mode {
-            RotateMode::ToKey(to) => self.rewrap_rows::<M>(rows, to).await?,
+        let (new_rows, values) = match (&self.options.mode, &self.hashers) {
+            (RotateMode::ToKey(to), _) => self.rewrap_rows::<M>(rows, to).await?,
+            (RotateMode::Rehash, Some(hashers)) => {
+                let mut new_rows = rows;
+                for (model, row) in models.iter().zip(new_rows.iter_mut()) {
+                    model.rehash_row(row, &hashers.hasher)?;
+                }
+                let values = new_rows
+                    .iter()
+                    .map(|row| M::hashes(row).into_iter().flatten().count() as u64)
+                    .sum();
+                (new_rows, values)
+            }
             _ => {
                 let mut new_rows = Vec::with_capacity(models.len());
                 for model in &models {
@@ -834,7 +1415,17 @@ impl Job<'_> {
                 });
             }
         }
-        M::mark_rotated(conn, ids, now()).await?;
+        if self.options.mode.changes_data_keys() {
+            M::mark_rotated(conn, ids, now()).await?;
+        }
+        if let (Some(job), Some(not_done)) = (self.run, not_done) {
+            // Only the rows the run had not done yet: a row done again (rewritten by the
+            // application under another master key meanwhile) is in a range already, and
+            // ranges that never overlap keep "the range at or before the row" exact.
+            let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+            let new = M::ids(conn, &format!("id IN ({}) AND {not_done}", list.join(","))).await?;
+            record_progress(conn, job, table, &new).await?;
+        }
         Ok((new_rows.len() as u64, values))
     }
 
@@ -905,7 +1496,9 @@ impl Job<'_> {
             .count() as u64
     }
 
-    /// The new rows decrypt, through the key provider, to exactly the models read.
+    /// The new rows decrypt, through the key provider, to exactly the models read; after a
+    /// re-hash, their search hashes are those a second hasher computes from the values
+    /// decrypted.
     async fn verify<M>(&self, models: &[M], new_rows: &[M::Row]) -> Result<()>
     where
         M: RotateTable,
@@ -917,12 +1510,61 @@ impl Job<'_> {
                 tracing::error!(error = %error, "rotate: verification could not decrypt a new row");
             })?;
         if back.len() != models.len() || back.iter().zip(models).any(|(a, b)| a != b) {
-            tracing::error!("rotate: verification failed; the batch was rolled back");
-            return Err(ModelError::Crypto(jarvis_crypt::Error::InvalidStoredForm(
-                "rotate: a rotated row does not decrypt to its values; the batch was rolled back"
-                    .into(),
-            )));
+            return Err(verification_failed(
+                "a rotated row does not decrypt to its values",
+            ));
+        }
+        if let Some(hashers) = &self.hashers {
+            for (model, row) in back.iter().zip(new_rows) {
+                let mut expected = row.clone();
+                model.rehash_row(&mut expected, &hashers.checker)?;
+                if M::hashes(&expected) != M::hashes(row) {
+                    return Err(verification_failed(
+                        "a re-hashed row's search hash is not the hash of its value",
+                    ));
+                }
+            }
         }
         Ok(())
+    }
+}
+
+fn verification_failed(what: &str) -> ModelError {
+    tracing::error!("rotate: verification failed ({what}); the batch was rolled back");
+    ModelError::Crypto(jarvis_crypt::Error::InvalidStoredForm(format!(
+        "rotate: {what}; the batch was rolled back"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hash columns this module names are the ones the models describe.
+    #[test]
+    fn hash_columns_match_the_models() {
+        for table in TABLES {
+            check_hash_columns(table).expect(table);
+        }
+        assert!(search_columns_of("oauth_tokens").is_empty());
+        assert_eq!(search_columns_of("users")[0].hash, "email_hash");
+    }
+
+    #[test]
+    fn spec_names() {
+        let spec = |trim, lowercase, nfc, bits| SearchSpec {
+            normalize: jarvis_crypt::Normalize {
+                trim,
+                lowercase,
+                nfc,
+            },
+            bits,
+        };
+        assert_eq!(
+            spec_name(spec(true, true, false, None)),
+            "trim+lowercase/256"
+        );
+        assert_eq!(spec_name(spec(false, false, false, Some(16))), "none/16");
+        assert_eq!(spec_name(spec(true, false, true, None)), "trim+nfc/256");
     }
 }

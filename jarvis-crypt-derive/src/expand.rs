@@ -74,6 +74,8 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
     let mut helpers = Vec::new();
     let mut search_columns = Vec::new();
     let mut rehash_steps = Vec::new();
+    // The table description's fields (`EncryptedTable`).
+    let mut described = Vec::new();
     // Every column, as the user spelled it, imported once into the alias module.
     let mut columns = Vec::new();
 
@@ -234,6 +236,42 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
             quote!(#ident: __jc::required(#value, #name)?)
         };
         model_inits.push(init);
+
+        let sql = |col: &Ident| quote!(<#alias::#col as __jc::diesel::Column>::NAME);
+        let kind = match e.kind {
+            Kind::Text => quote!(::jarvis_crypt::ValueKind::Text),
+            Kind::Bytes => quote!(::jarvis_crypt::ValueKind::Bytes),
+            Kind::Json => quote!(::jarvis_crypt::ValueKind::Json),
+        };
+        let nullable = e.nullable;
+        let search = match &e.search {
+            Some(s) => {
+                let col = sql(&s.column);
+                let col_name = s.column.to_string();
+                let spec = spec(s);
+                quote!(::core::option::Option::Some(::jarvis_crypt::SearchDescription {
+                    column: #col,
+                    bound_column: #col_name,
+                    spec: #spec,
+                }))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        let migrating = match &e.migrating_from {
+            Some(plain) => {
+                let plain = sql(plain);
+                quote!(::core::option::Option::Some(#plain))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        let (ct_sql, iv_sql, tag_sql, dk_sql) = (sql(ct), sql(iv), sql(tag), sql(dk));
+        described.push(quote! {
+            __jc::describe_field(
+                #name, #kind, #nullable,
+                [#ct_sql, #iv_sql, #tag_sql, #dk_sql],
+                #ct_name, #search, #migrating,
+            )
+        });
     }
 
     let column_imports = columns
@@ -243,6 +281,19 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
         Bind::Field(id) => quote!(__jc::BindKey::row_key(&#owner #id)),
         Bind::None => quote!(__jc::OwnedRowKey::None),
     };
+    let row_key = match &c.bind {
+        Bind::Field(id) => {
+            quote!(::core::option::Option::Some(<#alias::#id as __jc::diesel::Column>::NAME))
+        }
+        Bind::None => quote!(::core::option::Option::None),
+    };
+    let model_name = model.to_string();
+    let default_table = c
+        .table
+        .segments
+        .last()
+        .map(|s| s.ident.to_string())
+        .unwrap_or_default();
     let key_of_self = key_of(quote!(self.));
     let key_of_row = key_of(quote!());
     let doc_row = format!(
@@ -330,6 +381,23 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
                         __models.push(Self { #(#model_inits,)* });
                     }
                     ::core::result::Result::Ok(__models)
+                }
+            }
+
+            #[automatically_derived]
+            impl ::jarvis_crypt::EncryptedTable for #model {
+                fn table() -> &'static ::jarvis_crypt::TableDescription {
+                    static DESCRIPTION: ::std::sync::OnceLock<::jarvis_crypt::TableDescription> =
+                        ::std::sync::OnceLock::new();
+                    DESCRIPTION.get_or_init(|| {
+                        __jc::describe_table::<#alias::table>(
+                            #model_name,
+                            #default_table,
+                            __TABLE,
+                            #row_key,
+                            ::std::vec![#(#described,)*],
+                        )
+                    })
                 }
             }
 

@@ -15,6 +15,7 @@ mod model;
 pub mod search;
 mod stored;
 pub mod stream;
+mod table;
 
 pub use aad::{AAD_VERSION, Binding, RowKey};
 pub use audit::{AuditEvent, AuditSink, MemoryAudit, NoAudit, Operation};
@@ -37,6 +38,10 @@ pub use stored::{
     WrappedKey,
 };
 pub use stream::StreamFault;
+pub use table::{
+    BindingProblem, EncryptedTable, FieldDescription, SearchDescription, TableDescription,
+    ValueKind,
+};
 
 /// Re-exports for the code that `#[derive(Encrypted)]` generates. Not a public API.
 #[doc(hidden)]

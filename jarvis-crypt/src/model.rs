@@ -84,6 +84,69 @@ pub(crate) mod support {
     use crate::error::{Error, Result};
     use crate::search::SearchSpec;
     use crate::stored::{AuthTag, Ciphertext, Nonce, SearchHash, StoredField, WrappedKey};
+    use crate::table::{FieldDescription, SearchDescription, TableDescription, ValueKind};
+
+    /// A field of a table description.
+    #[allow(clippy::too_many_arguments)]
+    pub fn describe_field(
+        field: &'static str,
+        kind: ValueKind,
+        nullable: bool,
+        [ciphertext, iv, tag, data_key]: [&'static str; 4],
+        bound_column: &'static str,
+        search: Option<SearchDescription>,
+        migrating_from: Option<&'static str>,
+    ) -> FieldDescription {
+        FieldDescription {
+            field,
+            kind,
+            nullable,
+            ciphertext,
+            iv,
+            tag,
+            data_key,
+            bound_column,
+            search,
+            migrating_from,
+        }
+    }
+
+    /// A table description: the SQL name and primary key of `T` as diesel renders them
+    /// (`default_name`, the `table!` module's name, when they cannot be rendered).
+    pub fn describe_table<T>(
+        model: &'static str,
+        default_name: &'static str,
+        bound_name: &'static str,
+        row_key: Option<&'static str>,
+        fields: Vec<FieldDescription>,
+    ) -> TableDescription
+    where
+        T: diesel::Table + Default,
+        T::PrimaryKey: diesel::query_builder::QueryFragment<diesel::pg::Pg>,
+    {
+        use diesel::query_builder::{QueryBuilder, QueryFragment};
+        let mut builder = diesel::pg::PgQueryBuilder::default();
+        let rendered = T::default()
+            .primary_key()
+            .to_sql(&mut builder, &diesel::pg::Pg)
+            .ok()
+            .and_then(|()| crate::table::parse_columns(&builder.finish()));
+        let (name, primary_key) = match rendered {
+            Some(columns) if !columns.is_empty() => (
+                columns[0].0.clone(),
+                columns.into_iter().map(|(_, column)| column).collect(),
+            ),
+            _ => (default_name.to_owned(), Vec::new()),
+        };
+        TableDescription {
+            model,
+            name,
+            bound_name,
+            primary_key,
+            row_key,
+            fields,
+        }
+    }
 
     /// How a field's value becomes bytes and back.
     pub trait Codec {

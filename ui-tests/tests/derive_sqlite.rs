@@ -416,3 +416,152 @@ async fn rehash_row_rewrites_only_the_hashes_under_another_search_key() {
     assert_eq!(find(&new), 1, "found under the new key");
     assert_eq!(find(&old), 0, "no longer under the old one");
 }
+
+mod described {
+    diesel::table! {
+        /// A table whose primary key is not the bound column, with a renamed column.
+        patients (patient_id) {
+            patient_id -> BigInt,
+            mrn -> Text,
+            #[sql_name = "ssn_ciphertext"]
+            encrypted_ssn -> Binary,
+            ssn_iv -> Binary,
+            ssn_auth_tag -> Binary,
+            ssn_data_key -> Binary,
+            ssn_hash -> Binary,
+        }
+    }
+
+    diesel::table! {
+        /// A composite primary key.
+        visits (patient_id, seq) {
+            patient_id -> BigInt,
+            seq -> Integer,
+            encrypted_notes -> Nullable<Binary>,
+            notes_iv -> Nullable<Binary>,
+            notes_auth_tag -> Nullable<Binary>,
+            notes_data_key -> Nullable<Binary>,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[encrypted(table = crate::described::patients, bind = mrn)]
+struct Patient {
+    patient_id: i64,
+    mrn: String,
+    #[encrypted(search(normalize = "trim", bits = 12))]
+    ssn: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[encrypted(table = crate::described::visits, bind = none)]
+struct Visit {
+    patient_id: i64,
+    seq: i32,
+    #[encrypted(json)]
+    notes: Option<Scopes>,
+}
+
+#[test]
+fn the_derive_describes_each_table() {
+    use jarvis_crypt::{
+        BindingProblem, EncryptedTable, Normalize, SearchDescription, SearchSpec, ValueKind,
+    };
+    let users = User::table();
+    assert_eq!(users.model, "User");
+    assert_eq!(users.name, "users");
+    assert_eq!(users.bound_name, "users");
+    assert_eq!(users.primary_key, ["id"]);
+    assert_eq!(users.single_primary_key(), Some("id"));
+    assert_eq!(users.row_key, Some("id"));
+    assert!(users.binding_problems().is_empty());
+    let [email] = users.fields.as_slice() else {
+        panic!("one encrypted field: {users:?}")
+    };
+    assert_eq!(email.field, "email");
+    assert_eq!(email.kind, ValueKind::Text);
+    assert!(!email.nullable);
+    assert_eq!(
+        (email.ciphertext, email.iv, email.tag, email.data_key),
+        (
+            "encrypted_email",
+            "email_iv",
+            "email_auth_tag",
+            "email_data_key"
+        )
+    );
+    assert_eq!(email.bound_column, "encrypted_email");
+    assert_eq!(email.migrating_from, Some("email"));
+    assert_eq!(
+        email.search,
+        Some(SearchDescription {
+            column: "email_hash",
+            bound_column: "email_hash",
+            spec: SearchSpec::new(Normalize::EMAIL, None).expect("spec"),
+        })
+    );
+
+    // aad_table: the bound name differs from the SQL name.
+    let qualified = QualifiedUser::table();
+    assert_eq!(
+        (qualified.name.as_str(), qualified.bound_name),
+        ("users", "accounts.users")
+    );
+
+    // Several fields, kinds and nullability, original column names.
+    let api_keys = ApiKey::table();
+    let kinds: Vec<_> = api_keys
+        .fields
+        .iter()
+        .map(|f| (f.field, f.kind, f.nullable, f.ciphertext))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("key", ValueKind::Text, false, "encrypted_key"),
+            ("note", ValueKind::Text, true, "encrypted_note"),
+            ("blob", ValueKind::Bytes, false, "encrypted_blob"),
+            ("scopes", ValueKind::Json, false, "encrypted_scopes"),
+        ]
+    );
+    assert_eq!(
+        api_keys.fields[0].search.map(|s| (s.column, s.spec.bits)),
+        Some(("key_hash", Some(8)))
+    );
+
+    // A renamed column is described by its SQL name, bound by the derive's spelling; a bound
+    // column that is not the primary key is reported.
+    let patients = Patient::table();
+    assert_eq!(patients.primary_key, ["patient_id"]);
+    assert_eq!(patients.fields[0].ciphertext, "ssn_ciphertext");
+    assert_eq!(patients.fields[0].bound_column, "encrypted_ssn");
+    assert_eq!(
+        patients.binding_problems(),
+        [BindingProblem::RowKeyNotPrimaryKey {
+            row_key: "mrn",
+            primary_key: vec!["patient_id".into()],
+        }]
+    );
+    assert!(
+        patients.binding_problems()[0]
+            .to_string()
+            .contains("`mrn`) is not the primary key (`patient_id`)")
+    );
+
+    // A composite primary key is described as such; bind = none has no row key.
+    let visits = Visit::table();
+    assert_eq!(visits.primary_key, ["patient_id", "seq"]);
+    assert_eq!(visits.single_primary_key(), None);
+    assert_eq!(visits.row_key, None);
+    assert_eq!(
+        visits.binding_problems(),
+        [BindingProblem::CompositePrimaryKey {
+            primary_key: vec!["patient_id".into(), "seq".into()],
+        }]
+    );
+    assert_eq!(
+        (visits.fields[0].kind, visits.fields[0].nullable),
+        (ValueKind::Json, true)
+    );
+}

@@ -14,8 +14,9 @@
 //! backend, the schema version (latest applied migration) and the master keys the rows need
 //! ([`master_keys_in_use`], read before and after the dump: a key that appears meanwhile
 //! fails the backup). A row in `encrypted_backups` records the backup: name, type (`pg_dump`
-//! or `sqlite`), absolute path, size, checksum, and in `master_key_id` the master key that
-//! wraps the stream's data key (what `jarvis retire-key` checks).
+//! or `sqlite`), absolute path, size, checksum, in `master_key_id` the master key that wraps
+//! the stream's data key, and in `rows_master_key_ids` the manifest's list: `jarvis
+//! retire-key` refuses a key that either names, for file and in-row backups alike.
 //!
 //! `--store-in-db` keeps a small backup (at most [`MAX_IN_DB_BYTES`] of encrypted stream) in
 //! the row itself, in the encrypted field `data`: the stream is then encrypted twice, by its
@@ -140,7 +141,8 @@ pub(crate) enum BackupCommand {
         #[arg(long = "in", value_name = "FILE")]
         input: PathBuf,
     },
-    /// The recorded backups, newest first.
+    /// The recorded backups, newest first, with the master key of each stream and the
+    /// master keys its rows need.
     List {
         /// Machine-readable output.
         #[arg(long)]
@@ -379,16 +381,21 @@ async fn create_in(
         );
     }
 
+    // The record lists the keys the rows need, as the manifest does: `retire-key` reads them
+    // there for file and in-row backups alike.
     let record = store
-        .create_backup(NewBackup {
-            backup_name: name.clone(),
-            backup_type: backup_type.to_owned(),
-            storage_path: path.as_ref().map(|p| p.display().to_string()),
-            data,
-            size_bytes: Some(i64::try_from(size)?),
-            checksum: Some(checksum.clone()),
-            master_key_id: Some(summary.master_key.key_id.clone()),
-        })
+        .create_backup_with_master_keys(
+            NewBackup {
+                backup_name: name.clone(),
+                backup_type: backup_type.to_owned(),
+                storage_path: path.as_ref().map(|p| p.display().to_string()),
+                data,
+                size_bytes: Some(i64::try_from(size)?),
+                checksum: Some(checksum.clone()),
+                master_key_id: Some(summary.master_key.key_id.clone()),
+            },
+            manifest.master_key_ids.clone(),
+        )
         .await
         .with_context(|| match &path {
             Some(p) => format!(
@@ -1181,8 +1188,14 @@ async fn key_status(provider: &dyn KeyProvider, key: &MasterKeyRef) -> Result<St
 async fn list(global: &Global, json: bool) -> Result<ExitCode> {
     let opened = global.open(false).await?;
     let backups = opened.store.list_backups().await;
+    let keys = opened.store.backup_keys().await;
     opened.audit.shutdown().await;
     let backups = backups?;
+    // The master keys each backup's rows need, by row id.
+    let rows_keys: std::collections::BTreeMap<i64, Option<Vec<String>>> = keys?
+        .into_iter()
+        .map(|k| (k.id, k.rows_master_key_ids))
+        .collect();
     let place = |b: &jarvis_models::EncryptedBackup| match (&b.storage_path, &b.data) {
         (_, Some(_)) => "(in the database)".to_owned(),
         (Some(p), None) => p.clone(),
@@ -1202,6 +1215,7 @@ async fn list(global: &Global, json: bool) -> Result<ExitCode> {
                     "size_bytes": b.size_bytes,
                     "checksum": b.checksum,
                     "master_key_id": b.master_key_id,
+                    "rows_master_key_ids": rows_keys.get(&b.id).cloned().flatten(),
                 })
             })
             .collect();
@@ -1216,19 +1230,26 @@ async fn list(global: &Global, json: bool) -> Result<ExitCode> {
         "size",
         "where",
         "master key",
+        "rows' master keys",
         "sha256",
     ]);
     for b in &backups {
+        let rows = match rows_keys.get(&b.id).and_then(Option::as_ref) {
+            Some(keys) if keys.is_empty() => "-".to_owned(),
+            Some(keys) => keys.join("\n"),
+            None => "(not recorded)".to_owned(),
+        };
         table.add_row([
-            b.backup_name.clone(),
-            b.backup_type.clone(),
+            printable(&b.backup_name).into_owned(),
+            printable(&b.backup_type).into_owned(),
             b.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             b.size_bytes.map_or("-".to_owned(), |s| s.to_string()),
-            place(b),
-            b.master_key_id.clone().unwrap_or_else(|| "-".to_owned()),
-            b.checksum
-                .as_deref()
-                .map_or("-".to_owned(), |c| c.chars().take(16).collect()),
+            printable(&place(b)).into_owned(),
+            printable(b.master_key_id.as_deref().unwrap_or("-")).into_owned(),
+            printable(&rows).into_owned(),
+            b.checksum.as_deref().map_or("-".to_owned(), |c| {
+                printable(&c.chars().take(16).collect::<String>()).into_owned()
+            }),
         ]);
     }
     out!("{table}");
@@ -1552,50 +1573,69 @@ impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
     }
 }
 
-/// Recorded backups whose rows need the master key `key_id` (an ARN or local key id), by
-/// the manifests of their files, read without any key: `(needing, unreadable)`, the names
-/// of the backups that list the key among their rows' keys and of those whose file could
-/// not be read. Backups stored in their row are judged by their `master_key_id` alone (their
-/// manifest is under the row's encryption); `retire-key` counts those already.
-pub(crate) async fn backups_needing(
-    db: &Database,
-    key_id: &str,
-) -> Result<(Vec<String>, Vec<String>)> {
-    use diesel::{ExpressionMethods, QueryDsl};
-    use jarvis_models::schema::encrypted_backups;
-    let mut conn = db.get().await?;
-    let files: Vec<(String, Option<String>)> = jarvis_models::with_conn!(&mut conn, |c| {
-        encrypted_backups::table
-            .filter(encrypted_backups::storage_path.is_not_null())
-            .select((
-                encrypted_backups::backup_name,
-                encrypted_backups::storage_path,
-            ))
-            .load(c)
-            .await?
-    });
-    let (mut needing, mut unreadable) = (Vec::new(), Vec::new());
-    for (name, path) in files {
-        let Some(path) = path else { continue };
-        let header = match tokio::fs::File::open(&path).await {
-            Ok(mut file) => stream::read_header(&mut file).await.ok(),
-            Err(_) => None,
-        };
-        match header {
-            Some(header) => {
-                let listed = header
-                    .manifest()
-                    .master_key_ids
-                    .iter()
-                    .any(|id| parse_master_key(id).key_id == key_id);
-                if listed || header.master_key().key_id == key_id {
-                    needing.push(name);
+/// What the recorded backups say about one master key (see [`backups_needing`]).
+#[derive(Debug, Default)]
+pub(crate) struct BackupNeeds {
+    /// Backups that need the key: (name, why).
+    pub(crate) needing: Vec<(String, &'static str)>,
+    /// Backups whose needs cannot be fully known: (name, why).
+    pub(crate) unreadable: Vec<(String, String)>,
+}
+
+/// What the recorded backups need of the master key `key_id` (a KMS key ARN, or a local key
+/// id), read without any key: each record's own list (the stream's key and its rows' keys),
+/// and for a backup in a file the manifest of the file too. A file that cannot be read, and
+/// a backup stored in its row whose record has no list (made before migration 10), are
+/// unreadable: their needs beyond what their record says are not known.
+pub(crate) async fn backups_needing(db: &Database, key_id: &str) -> Result<BackupNeeds> {
+    let mut needs = BackupNeeds::default();
+    for backup in jarvis_models::store::backup_keys(db).await? {
+        let name = printable(&backup.backup_name).into_owned();
+        let mut why = None;
+        if backup.stream_master_key_id.as_deref() == Some(key_id) {
+            why = Some("whose stream's data key is wrapped under it");
+        } else if backup.names(key_id) {
+            why = Some("whose rows are under it (its record says)");
+        }
+        match (&backup.storage_path, backup.in_row) {
+            (Some(path), false) => {
+                let header = match tokio::fs::File::open(path).await {
+                    Ok(mut file) => stream::read_header(&mut file)
+                        .await
+                        .map_err(|e| format!("its file is not a readable backup ({e})")),
+                    Err(e) => Err(format!("its file cannot be read ({e})")),
+                };
+                match header {
+                    Ok(header) => {
+                        let listed = header
+                            .manifest()
+                            .master_key_ids
+                            .iter()
+                            .any(|id| parse_master_key(id).key_id == key_id);
+                        if why.is_none() && header.master_key().key_id == key_id {
+                            why = Some("whose stream's data key is wrapped under it");
+                        } else if why.is_none() && listed {
+                            why = Some("whose rows are under it (its manifest says)");
+                        }
+                    }
+                    Err(e) => needs
+                        .unreadable
+                        .push((name.clone(), printable(&e).into_owned())),
                 }
             }
-            None => unreadable.push(name),
+            _ if backup.rows_master_key_ids.is_none() => needs.unreadable.push((
+                name.clone(),
+                "its record does not list the master keys of its rows (recorded before \
+                 jarvis recorded them)"
+                    .to_owned(),
+            )),
+            _ => {}
+        }
+        if let Some(why) = why {
+            needs.needing.push((name, why));
         }
     }
-    Ok((needing, unreadable))
+    Ok(needs)
 }
 
 #[cfg(test)]

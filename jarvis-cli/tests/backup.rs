@@ -1261,3 +1261,117 @@ async fn verify_escapes_control_characters_of_the_manifest() {
         "{shown}"
     );
 }
+
+/// Every master key a backup's rows need is recorded and counted by `retire-key`, for a
+/// backup stored in its row as for one in a file, and a backup whose file is gone refuses
+/// until `--ignore-unreadable-backups`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retire_key_counts_the_keys_a_backups_rows_need() {
+    let env = Env::new();
+    let endpoint = jarvis_tests::kms_endpoint();
+    let connection = KmsConnection::from_env(KmsOptions::default())
+        .await
+        .expect("kms");
+    let rows_key = fresh_kms_key(&connection, "rows").await;
+    let stream_key = fresh_kms_key(&connection, "stream").await;
+    let db = env.path("keys.db").display().to_string();
+    let kms = |args: &[&str], key: &str| {
+        env.command(args, Some(&db))
+            .env("AWS_ENDPOINT_URL_KMS", &endpoint)
+            .env("KMS_KEY_ID", key)
+            .output()
+            .expect("jarvis runs")
+    };
+    assert_ok(&env.jarvis(&["migrate"], Some(&db)), "migrate");
+    seed_sqlite_users(&db, 25).await;
+    assert_ok(
+        &kms(
+            &["encrypt-existing", "--table", "users", "--column", "email"],
+            &rows_key,
+        ),
+        "encrypt-existing under the rows' key",
+    );
+    // In the row, under the stream key, of rows under the rows' key.
+    assert_ok(
+        &kms(
+            &["backup", "create", "--store-in-db", "--name", "inrow"],
+            &stream_key,
+        ),
+        "backup create --store-in-db",
+    );
+    // Every value moves to the stream key: only the backup still needs the rows' key.
+    assert_ok(
+        &kms(&["rotate", "--to-key", &stream_key], &rows_key),
+        "rotate --to-key",
+    );
+
+    let refused = kms(&["retire-key", &rows_key], &stream_key);
+    let why = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{why}");
+    assert!(
+        why.contains("backup inrow, whose rows are under it (its record says)"),
+        "{why}"
+    );
+
+    let list = kms(&["backup", "list"], &stream_key);
+    assert_ok(&list, "backup list");
+    let listed = text(&list);
+    assert!(
+        listed.contains(&rows_key) && listed.contains(&stream_key),
+        "both keys: {listed}"
+    );
+    let json = kms(&["backup", "list", "--json"], &stream_key);
+    let records: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(records[0]["master_key_id"], stream_key.as_str());
+    assert_eq!(
+        records[0]["rows_master_key_ids"],
+        serde_json::json!([rows_key])
+    );
+
+    // Without that backup, a recorded backup whose file is gone is not known not to need it.
+    execute_sqlite(
+        &db,
+        "DELETE FROM encrypted_backups WHERE backup_name = 'inrow'",
+    )
+    .await;
+    let gone = env.path("gone.jvbk");
+    assert_ok(
+        &kms(
+            &[
+                "backup",
+                "create",
+                "--out",
+                &gone.display().to_string(),
+                "--name",
+                "gone",
+            ],
+            &stream_key,
+        ),
+        "backup create",
+    );
+    std::fs::remove_file(&gone).expect("remove the file");
+    let refused = kms(&["retire-key", &rows_key], &stream_key);
+    let why = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{why}");
+    assert!(
+        why.contains("possibly backup gone: its file cannot be read"),
+        "{why}"
+    );
+    assert!(why.contains("--ignore-unreadable-backups"), "{why}");
+    let accepted = kms(
+        &[
+            "retire-key",
+            &rows_key,
+            "--pending-days",
+            "7",
+            "--ignore-unreadable-backups",
+        ],
+        &stream_key,
+    );
+    assert_ok(&accepted, "retire-key --ignore-unreadable-backups");
+    assert!(
+        text(&accepted).contains("PendingDeletion"),
+        "{}",
+        text(&accepted)
+    );
+}

@@ -1,40 +1,60 @@
 //! `jarvis backup create|restore|verify|list`: encrypted, streamed database backups.
 //!
 //! **Create.** PostgreSQL is dumped with `pg_dump --clean --if-exists --no-owner
-//! --no-privileges` (one consistent snapshot; a forced restore replaces the objects); SQLite
-//! is copied online and consistently with `VACUUM INTO` into a private temporary file (mode
-//! 0600 in a fresh directory of mode 0700, deleted afterwards): that file briefly holds the
-//! database, plaintext columns included, on local disk. The dump is streamed through
+//! --no-privileges -B` (one consistent snapshot; a forced restore replaces the objects; no
+//! large objects, which a plain dump restores through `BEGIN`/`COMMIT` blocks of its own);
+//! SQLite is copied online and consistently with `VACUUM INTO` into a private temporary file
+//! (mode 0600 in a fresh directory of mode 0700, deleted afterwards): that file briefly holds
+//! the database, plaintext columns included, on local disk. The dump is streamed through
 //! [`EncryptWriter`] under a fresh data key of the configured provider
-//! ([`KeyPurpose::Backup`](jarvis_crypt::KeyPurpose::Backup)), into `<file>.partial`, which is
-//! renamed to the file once complete and synced, while its SHA-256 is computed. The manifest
-//! records the backend, the schema version (latest applied migration) and the master keys
-//! the rows need ([`master_keys_in_use`], read before and after the dump: a key that appears
-//! meanwhile fails the backup). A row in `encrypted_backups` records the backup: name, type
-//! (`pg_dump` or `sqlite`), absolute path, size, checksum, and in `master_key_id` the master
-//! key that wraps the stream's data key (what `jarvis retire-key` checks).
+//! ([`KeyPurpose::Backup`](jarvis_crypt::KeyPurpose::Backup)) into `<file>.partial`, created
+//! new (never an existing file, never through a symbolic link), while its SHA-256 is
+//! computed; once complete and synced it is hard-linked to its name, which fails rather than
+//! replace anything there, and the temporary name is removed. The manifest records the
+//! backend, the schema version (latest applied migration) and the master keys the rows need
+//! ([`master_keys_in_use`], read before and after the dump: a key that appears meanwhile
+//! fails the backup). A row in `encrypted_backups` records the backup: name, type (`pg_dump`
+//! or `sqlite`), absolute path, size, checksum, in `master_key_id` the master key that wraps
+//! the stream's data key, and in `rows_master_key_ids` the manifest's list: `jarvis
+//! retire-key` refuses a key that either names, for file and in-row backups alike.
 //!
 //! `--store-in-db` keeps a small backup (at most [`MAX_IN_DB_BYTES`] of encrypted stream) in
 //! the row itself, in the encrypted field `data`: the stream is then encrypted twice, by its
 //! own data key and by the row's field encryption, which binds it to that row.
 //!
-//! **Restore.** The whole stream is first authenticated with [`verify_stream`] (constant
-//! memory, nothing written), then written in one transaction. PostgreSQL: `psql -X -q -v
-//! ON_ERROR_STOP=1` is fed `BEGIN;`, the decrypted dump, then `COMMIT;`, all by this command.
+//! **Restore.** The stream is opened once. A first pass authenticates all of it (constant
+//! memory, nothing written) and, for PostgreSQL, reads the decrypted dump as psql will
+//! ([`psql_dump`]): a psql meta-command, top-level transaction control or a dump that ends
+//! inside a statement is refused before psql is even started. The second pass rewinds the
+//! same descriptor (never a file opened again by its path), checks that the header is the
+//! one authenticated, and writes in one transaction; before anything is committed, the
+//! SHA-256 and size of what it read must be those of the first pass. PostgreSQL: `psql -X -q
+//! -v ON_ERROR_STOP=1` is fed `\restrict <a random key>` (psql's restricted mode, in which it
+//! refuses every meta-command itself), `BEGIN;`, the dump through the same check (pg_dump's
+//! own `\restrict`/`\unrestrict` lines dropped), then `COMMIT;`, all by this command.
 //! (`psql --single-transaction` is not used: it commits at the end of its input, and the end
 //! of a pipe whose writer was killed is an end of input, so a restore killed midway would
 //! commit half a dump. Here the `COMMIT` is only sent after the last chunk authenticated; if
-//! decryption fails in this second pass, psql is killed, its stdin still open, and the
-//! server rolls back.) SQLite: the stream is decrypted into `<target>.restoring`, synced,
-//! the target's WAL checkpointed, then renamed over the target and the stale `-wal`/`-shm`
+//! the second pass fails, psql is killed, its stdin still open, and the server rolls back.)
+//! SQLite: the stream is decrypted into `<target>.restoring` (created new, like
+//! `.partial`), synced, the target's WAL checkpointed, then renamed over the target (which is
+//! the restore; a target that is a symbolic link is refused) and the stale `-wal`/`-shm`
 //! removed. A non-empty target (a table in schema `public`, or an SQLite file with tables)
 //! is refused without `--force`; on PostgreSQL the check is repeated inside the transaction.
 //!
+//! **Child processes.** `pg_dump` and `psql` run with an environment of their own: `PATH`,
+//! `HOME`, the locale and libpq's connection variables ([`CHILD_ENV`]), nothing of jarvis's
+//! secrets (search key, local master key, AWS credentials). A password in the URL goes in
+//! the child's `PGPASSWORD`, never on its command line.
+//!
 //! **Audit.** `backup` events come from recording the backup (and a failed one is recorded
 //! too); `restore` events go into the restored database, or into the catalog database of
-//! `--name` when the restore fails. Neither the database URL, nor keys, nor plaintext are
-//! printed or logged: URLs go to `pg_dump`/`psql` as `--dbname` without their password
-//! (which goes in `PGPASSWORD`), and psql's messages are reduced to their error lines.
+//! `--name` when the restore fails (a refused dump as `dump_refused`). Neither the database
+//! URL, nor keys, nor plaintext are printed or logged: psql's messages are reduced to their
+//! error lines, a refused dump is named by its line and the kind of what was found there,
+//! and the manifest's strings are printed with their control characters escaped.
+
+mod psql_dump;
 
 use std::collections::BTreeSet;
 use std::io;
@@ -61,9 +81,12 @@ use jarvis_models::migrations::Backend;
 use jarvis_models::verify::master_keys_in_use;
 use jarvis_models::{Database, DbAudit, NewBackup, Store};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt, AsyncWrite, AsyncWriteExt, ReadBuf,
+};
 use tokio::process::Command;
 
+use self::psql_dump::{DumpCheck, DumpRefused};
 use crate::config::Global;
 
 /// The largest encrypted backup `--store-in-db` keeps in a row: 64 MiB.
@@ -88,7 +111,9 @@ pub(crate) enum BackupCommand {
         name: Option<String>,
     },
     /// Restore a backup into the database of `--database-url`: the whole backup is
-    /// authenticated first, then written in one transaction (all or nothing).
+    /// authenticated first, then written in one transaction (all or nothing). A PostgreSQL
+    /// dump holding a psql meta-command or top-level transaction control is refused before
+    /// anything runs.
     #[command(group(
         clap::ArgGroup::new("source").required(true).args(["input", "name"])
     ))]
@@ -116,7 +141,8 @@ pub(crate) enum BackupCommand {
         #[arg(long = "in", value_name = "FILE")]
         input: PathBuf,
     },
-    /// The recorded backups, newest first.
+    /// The recorded backups, newest first, with the master key of each stream and the
+    /// master keys its rows need.
     List {
         /// Machine-readable output.
         #[arg(long)]
@@ -150,20 +176,62 @@ pub(crate) async fn run(global: &Global, command: BackupCommand) -> Result<ExitC
     }
 }
 
-/// Whether the error is a backup that does not authenticate or whose key is unknown.
+/// Whether the error is a backup that does not authenticate, whose key is unknown, or
+/// whose dump psql must not run.
 fn rejected(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<CryptError>(),
-            Some(CryptError::StreamTampered(_) | CryptError::UnknownMasterKey { .. })
-        )
+        c.is::<DumpRefused>()
+            || c.is::<BackupChanged>()
+            || matches!(
+                c.downcast_ref::<CryptError>(),
+                Some(CryptError::StreamTampered(_) | CryptError::UnknownMasterKey { .. })
+            )
     })
 }
 
 fn error_kind(e: &anyhow::Error) -> &'static str {
     e.chain()
-        .find_map(|c| c.downcast_ref::<CryptError>().map(|e| e.kind().as_str()))
+        .find_map(|c| {
+            if c.is::<DumpRefused>() {
+                return Some("dump_refused");
+            }
+            if c.is::<BackupChanged>() {
+                return Some("backup_changed");
+            }
+            c.downcast_ref::<CryptError>().map(|e| e.kind().as_str())
+        })
         .unwrap_or("backup")
+}
+
+/// `text` with every control character (ANSI escapes, newlines, C1 controls) and every
+/// bidirectional override written as a `\u{..}` escape: manifest strings are chosen by
+/// whoever wrote the backup, and printed on the operator's terminal.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{061c}'
+                    | '\u{200e}'
+                    | '\u{200f}'
+                    | '\u{202a}'..='\u{202e}'
+                    | '\u{2066}'..='\u{2069}'
+            )
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if unsafe_char(c) {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
 }
 
 // ---- create -------------------------------------------------------------------------------
@@ -259,14 +327,16 @@ async fn create_in(
         let path =
             std::path::absolute(out.unwrap_or_else(|| PathBuf::from(format!("{name}.jvbk"))))
                 .context("cannot make the --out path absolute")?;
-        if path.exists() {
+        // Checked again, without a race, when the finished file takes this name.
+        if std::fs::symlink_metadata(&path).is_ok() {
             bail!(
-                "{} exists; a backup never overwrites a file",
+                "{} exists; a backup never overwrites a file (nor writes through a symbolic \
+                 link)",
                 path.display()
             );
         }
         let partial = with_suffix(&path, ".partial");
-        let file = private_file(&partial).await?;
+        let file = create_new_private(&partial).await?;
         let outcome = encrypt_dump(
             Hashing::new(file, None),
             provider.as_ref(),
@@ -284,8 +354,12 @@ async fn create_in(
         };
         let (file, checksum, size) = sink.finish();
         file.sync_all().await?;
+        let placed = link_into_place(&file, &partial, &path).await;
         drop(file);
-        tokio::fs::rename(&partial, &path).await?;
+        if let Err(e) = placed {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(e);
+        }
         sync_parent(&path);
         (Some(path), None, (summary, checksum, size))
     };
@@ -307,16 +381,21 @@ async fn create_in(
         );
     }
 
+    // The record lists the keys the rows need, as the manifest does: `retire-key` reads them
+    // there for file and in-row backups alike.
     let record = store
-        .create_backup(NewBackup {
-            backup_name: name.clone(),
-            backup_type: backup_type.to_owned(),
-            storage_path: path.as_ref().map(|p| p.display().to_string()),
-            data,
-            size_bytes: Some(i64::try_from(size)?),
-            checksum: Some(checksum.clone()),
-            master_key_id: Some(summary.master_key.key_id.clone()),
-        })
+        .create_backup_with_master_keys(
+            NewBackup {
+                backup_name: name.clone(),
+                backup_type: backup_type.to_owned(),
+                storage_path: path.as_ref().map(|p| p.display().to_string()),
+                data,
+                size_bytes: Some(i64::try_from(size)?),
+                checksum: Some(checksum.clone()),
+                master_key_id: Some(summary.master_key.key_id.clone()),
+            },
+            manifest.master_key_ids.clone(),
+        )
         .await
         .with_context(|| match &path {
             Some(p) => format!(
@@ -380,13 +459,17 @@ async fn encrypt_dump<W: AsyncWrite + Unpin + Send>(
 }
 
 async fn pg_dump<W: AsyncWrite + Unpin + ?Sized>(url: &str, writer: &mut W) -> Result<()> {
-    let mut command = Command::new("pg_dump");
+    let mut command = pg_command("pg_dump");
     command.args([
         "--format=plain",
         "--clean",
         "--if-exists",
         "--no-owner",
         "--no-privileges",
+        // Large objects would come as `BEGIN; lo_open...; COMMIT;` blocks, which the
+        // restore refuses (its one transaction); the jarvis tables have none. (`-B` is
+        // `--no-blobs` before PostgreSQL 16 and `--no-large-objects` after.)
+        "-B",
     ]);
     pg_connection(&mut command, url)?;
     command
@@ -421,7 +504,7 @@ async fn sqlite_copy<W: AsyncWrite + Unpin + ?Sized>(db: &Database, writer: &mut
         .context("cannot create a private temporary directory")?;
     let snapshot = dir.path().join("snapshot.sqlite");
     // VACUUM INTO accepts an existing empty file: create it 0600 first.
-    drop(private_file(&snapshot).await?);
+    drop(create_new_private(&snapshot).await?);
     let target = snapshot
         .to_str()
         .context("the temporary directory's path is not UTF-8")?
@@ -455,18 +538,132 @@ enum Source {
     Bytes(Arc<[u8]>),
 }
 
+/// An opened stream: readable, and rewindable for the second pass of a restore.
+trait Stream: AsyncRead + AsyncSeek + Unpin + Send {}
+impl<T: AsyncRead + AsyncSeek + Unpin + Send> Stream for T {}
+
 impl Source {
-    async fn open(&self) -> Result<Box<dyn AsyncRead + Unpin + Send>> {
+    /// Opens the stream once: a restore authenticates and then applies this same
+    /// descriptor, rewound, never a file opened again by its path.
+    async fn open(&self) -> Result<Box<dyn Stream>> {
         Ok(match self {
-            Source::File(path) => Box::new(tokio::io::BufReader::with_capacity(
-                256 * 1024,
+            Source::File(path) => Box::new(
                 tokio::fs::File::open(path)
                     .await
                     .with_context(|| format!("cannot open {}", path.display()))?,
-            )),
+            ),
             Source::Bytes(bytes) => Box::new(std::io::Cursor::new(bytes.clone())),
         })
     }
+}
+
+/// A buffered reader over an opened stream that hashes what it reads.
+type StreamReader<'a> = HashingReader<tokio::io::BufReader<&'a mut dyn Stream>>;
+
+/// A [`StreamReader`] from the stream's current position.
+fn hashing_reader(stream: &mut dyn Stream) -> StreamReader<'_> {
+    HashingReader::new(tokio::io::BufReader::with_capacity(256 * 1024, stream))
+}
+
+/// What the first pass of a restore authenticated: the stream's summary, and the SHA-256
+/// of its header and of the whole stream, which the second pass must see again.
+struct Authenticated {
+    summary: stream::StreamSummary,
+    header_sha256: String,
+    sha256: String,
+    size: u64,
+}
+
+/// The first pass: the header and every chunk authenticated (and, for a PostgreSQL dump,
+/// the plaintext checked as psql will read it), nothing written.
+async fn authenticate(
+    provider: &dyn KeyProvider,
+    stream: &mut dyn Stream,
+    check_dump: Option<Backend>,
+) -> Result<Authenticated> {
+    let mut reader = hashing_reader(stream);
+    let header = stream::read_header(&mut reader)
+        .await
+        .context("the backup does not authenticate; the target database was not touched")?;
+    let header_sha256 = reader.digest();
+    // The claimed backend decides whether the plaintext is a psql script; the authenticated
+    // manifest is compared with the target afterwards.
+    let mut dump = (check_dump == Some(Backend::Postgres)
+        && header.manifest().backend == backend_tag(Backend::Postgres))
+    .then(DumpCheck::new);
+    let checked: Result<stream::StreamSummary> = async {
+        let mut decrypt = DecryptReader::from_header(&mut reader, header, provider)
+            .await
+            .context("the backup does not authenticate; the target database was not touched")?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut forwarded = Vec::new();
+        loop {
+            let n = decrypt
+                .read(&mut buf)
+                .await
+                .map_err(CryptError::from)
+                .context("the backup does not authenticate; the target database was not touched")?;
+            if n == 0 {
+                break;
+            }
+            if let Some(dump) = &mut dump {
+                dump.feed(&buf[..n], &mut forwarded)
+                    .context(REFUSED_UNTOUCHED)?;
+                forwarded.clear();
+            }
+        }
+        if let Some(dump) = &mut dump {
+            dump.finish(&mut forwarded).context(REFUSED_UNTOUCHED)?;
+        }
+        Ok(decrypt.summary())
+    }
+    .await;
+    let summary = checked?;
+    let (sha256, size) = reader.finish();
+    Ok(Authenticated {
+        summary,
+        header_sha256,
+        sha256,
+        size,
+    })
+}
+
+/// What a dump refused by [`DumpCheck`] before psql started says.
+const REFUSED_UNTOUCHED: &str =
+    "nothing of it was executed and the target database was not touched";
+
+/// The second pass begins: the stream rewound and its header read again, which must be
+/// the one the first pass authenticated. Read the rest through `reader`, then compare with
+/// [`same_bytes`] before anything is committed.
+async fn rewind<'a>(
+    stream: &'a mut dyn Stream,
+    first: &Authenticated,
+) -> Result<(StreamReader<'a>, stream::Header)> {
+    stream
+        .seek(io::SeekFrom::Start(0))
+        .await
+        .context("cannot rewind the backup")?;
+    let mut reader = hashing_reader(stream);
+    let header = stream::read_header(&mut reader).await?;
+    if reader.digest() != first.header_sha256 {
+        return Err(anyhow!(BackupChanged).context("the target database was not touched"));
+    }
+    Ok((reader, header))
+}
+
+/// The stream changed between the two passes of a restore: what the second pass read is
+/// not what the first authenticated (the file was rewritten in place meanwhile).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the backup changed while it was being restored (its bytes are not those that were \
+     authenticated)"
+)]
+struct BackupChanged;
+
+/// Whether the second pass read exactly the bytes of the first.
+fn same_bytes<R>(reader: HashingReader<R>, first: &Authenticated) -> bool {
+    let (sha256, size) = reader.finish();
+    sha256 == first.sha256 && size == first.size
 }
 
 /// The recorded backup of `--name`, in its catalog database.
@@ -564,7 +761,8 @@ async fn restore(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Authenticates the whole stream, then restores it; returns the stream's master key.
+/// Authenticates the whole stream, then restores it from the same descriptor; returns the
+/// stream's master key.
 async fn restore_from(
     provider: &dyn KeyProvider,
     source: &Source,
@@ -573,6 +771,17 @@ async fn restore_from(
     force: bool,
 ) -> Result<MasterKeyRef> {
     let backend = Backend::from_url(target_url);
+    if backend == Backend::Sqlite {
+        // The restored file replaces the target's name: never a symbolic link's.
+        let target = Path::new(sqlite_path(target_url));
+        if std::fs::symlink_metadata(target).is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!(
+                "{} is a symbolic link: restore to the file it points to, by its own path; \
+                 the target database was not touched",
+                target.display()
+            );
+        }
+    }
     let tables = existing_tables(target_url).await?;
     if tables > 0 && !force {
         bail!(
@@ -580,38 +789,43 @@ async fn restore_from(
              objects of the backup"
         );
     }
-    // Pass 1: every chunk, nothing written.
-    let mut reader = HashingReader::new(source.open().await?);
-    let summary = stream::verify_stream(provider, &mut reader)
-        .await
-        .context("the backup does not authenticate; the target database was not touched")?;
-    let (checksum, size) = reader.finish();
+    let mut stream = source.open().await?;
+    // Pass 1: every chunk (and a dump as psql will read it), nothing written.
+    let first = authenticate(provider, &mut *stream, Some(backend)).await?;
     if let Some(r) = recorded
-        && (r.size.is_some_and(|s| u64::try_from(s).ok() != Some(size))
-            || r.checksum.as_ref().is_some_and(|c| *c != checksum))
+        && (r
+            .size
+            .is_some_and(|s| u64::try_from(s).ok() != Some(first.size))
+            || r.checksum.as_ref().is_some_and(|c| *c != first.sha256))
     {
         bail!(
             "the backup's bytes do not match its record (size or SHA-256): it was replaced; \
              the target database was not touched"
         );
     }
+    let summary = &first.summary;
     let expected = backend_tag(backend);
     if summary.manifest.backend != expected {
         bail!(
             "the backup is of a {} database, the target is {}",
-            summary.manifest.backend,
+            printable(&summary.manifest.backend),
             backend.name()
         );
     }
     eprintln!(
         "authenticated {} chunks ({} bytes of dump, schema {}); restoring",
-        summary.chunks, summary.plaintext_bytes, summary.manifest.schema_version
+        summary.chunks,
+        summary.plaintext_bytes,
+        printable(&summary.manifest.schema_version)
     );
+    // Pass 2: the same descriptor, rewound.
     match backend {
-        Backend::Postgres => psql_restore(provider, source, target_url, force).await?,
-        Backend::Sqlite => sqlite_restore(provider, source, target_url).await?,
+        Backend::Postgres => {
+            psql_restore(provider, &mut *stream, &first, target_url, force).await?
+        }
+        Backend::Sqlite => sqlite_restore(provider, &mut *stream, &first, target_url).await?,
     }
-    Ok(summary.master_key)
+    Ok(first.summary.master_key)
 }
 
 #[derive(QueryableByName)]
@@ -644,19 +858,46 @@ async fn existing_tables(url: &str) -> Result<i64> {
 }
 
 enum Feed {
-    /// The stream failed to decrypt (it changed since it was verified).
-    Decrypt(anyhow::Error),
+    /// The restore must not commit: the stream failed to decrypt or changed since it was
+    /// authenticated, or the dump was refused.
+    Stop(anyhow::Error),
     /// psql stopped reading.
     Psql(io::Error),
 }
 
+/// psql's input before the dump: restricted mode under a key of this restore (so psql
+/// itself refuses any meta-command), one transaction, and the settings the dump check
+/// assumes; on a target that must be empty, the check repeated inside the transaction.
+fn psql_preamble(force: bool) -> String {
+    use rand::Rng;
+    let key: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect();
+    let mut preamble = format!(
+        "\\restrict {key}\nBEGIN;\nSET client_min_messages = warning;\n\
+         SET client_encoding = 'UTF8';\nSET standard_conforming_strings = on;\n"
+    );
+    if !force {
+        preamble.push_str(
+            "DO $jarvis$ BEGIN IF EXISTS (SELECT 1 FROM pg_catalog.pg_tables \
+             WHERE schemaname = 'public') THEN RAISE EXCEPTION \
+             'jarvis: the target database is not empty'; END IF; END $jarvis$;\n",
+        );
+    }
+    preamble
+}
+
 async fn psql_restore(
     provider: &dyn KeyProvider,
-    source: &Source,
+    stream: &mut dyn Stream,
+    first: &Authenticated,
     url: &str,
     force: bool,
 ) -> Result<()> {
-    let mut command = Command::new("psql");
+    let (mut reader, header) = rewind(stream, first).await?;
+    let mut command = pg_command("psql");
     command.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=terse"]);
     pg_connection(&mut command, url)?;
     command
@@ -669,46 +910,52 @@ async fn psql_restore(
         .context("cannot run psql (install the PostgreSQL client tools)")?;
     let mut stdin = child.stdin.take().context("psql has no stdin")?;
     let stderr = collect(child.stderr.take());
-    let mut preamble = String::from("BEGIN;\nSET client_min_messages = warning;\n");
-    if !force {
-        preamble.push_str(
-            "DO $jarvis$ BEGIN IF EXISTS (SELECT 1 FROM pg_catalog.pg_tables \
-             WHERE schemaname = 'public') THEN RAISE EXCEPTION \
-             'jarvis: the target database is not empty'; END IF; END $jarvis$;\n",
-        );
-    }
     let fed: Result<(), Feed> = async {
         stdin
-            .write_all(preamble.as_bytes())
+            .write_all(psql_preamble(force).as_bytes())
             .await
             .map_err(Feed::Psql)?;
-        let file = source.open().await.map_err(Feed::Decrypt)?;
-        let mut reader = DecryptReader::new(file, provider)
+        let mut decrypt = DecryptReader::from_header(&mut reader, header, provider)
             .await
-            .map_err(|e| Feed::Decrypt(e.into()))?;
+            .map_err(|e| Feed::Stop(e.into()))?;
+        let mut dump = DumpCheck::new();
         let mut buf = vec![0u8; 256 * 1024];
+        let mut lines = Vec::with_capacity(buf.len());
         loop {
-            let n = reader
+            let n = decrypt
                 .read(&mut buf)
                 .await
-                .map_err(|e| Feed::Decrypt(CryptError::from(e).into()))?;
+                .map_err(|e| Feed::Stop(CryptError::from(e).into()))?;
             if n == 0 {
                 break;
             }
-            stdin.write_all(&buf[..n]).await.map_err(Feed::Psql)?;
+            dump.feed(&buf[..n], &mut lines)
+                .map_err(|e| Feed::Stop(e.into()))?;
+            stdin.write_all(&lines).await.map_err(Feed::Psql)?;
+            lines.clear();
         }
-        // Only now, every chunk authenticated, does the transaction commit.
+        dump.finish(&mut lines).map_err(|e| Feed::Stop(e.into()))?;
+        stdin.write_all(&lines).await.map_err(Feed::Psql)?;
+        drop(decrypt);
+        if !same_bytes(reader, first) {
+            return Err(Feed::Stop(anyhow!(BackupChanged)));
+        }
+        // Only now, every chunk authenticated and the same as in the first pass, does the
+        // transaction commit.
         stdin.write_all(b"\nCOMMIT;\n").await.map_err(Feed::Psql)?;
         stdin.flush().await.map_err(Feed::Psql)
     }
     .await;
     match fed {
-        Err(Feed::Decrypt(e)) => {
+        Err(Feed::Stop(e)) => {
             // Killed with its stdin still open: no end of input, no COMMIT; it rolls back.
             let _ = child.start_kill();
             let _ = child.wait().await;
             drop(stdin);
-            Err(e.context("the backup failed to decrypt while restoring; psql was killed and its transaction rolled back"))
+            Err(e.context(
+                "the restore stopped before its COMMIT; psql was killed and its transaction \
+                 rolled back",
+            ))
         }
         Err(Feed::Psql(e)) => {
             drop(stdin);
@@ -716,7 +963,7 @@ async fn psql_restore(
             let messages = stderr.await.unwrap_or_default();
             bail!(
                 "psql stopped ({status}, {e}); the transaction rolled back: {}",
-                error_lines(&messages)
+                psql_errors(&messages)
             )
         }
         Ok(()) => {
@@ -726,12 +973,23 @@ async fn psql_restore(
             if !status.success() {
                 bail!(
                     "psql failed ({status}); the transaction rolled back: {}",
-                    error_lines(&messages)
+                    psql_errors(&messages)
                 );
             }
             Ok(())
         }
     }
+}
+
+/// psql's error lines, and a clear word when psql is too old for restricted mode.
+fn psql_errors(messages: &str) -> String {
+    if messages.contains("invalid command \\restrict") {
+        return "this psql does not know `\\restrict` (the fix of CVE-2025-8714 in the \
+                PostgreSQL client tools 13.22, 14.19, 15.14, 16.10, 17.6 and later): upgrade \
+                them; nothing of the dump was executed"
+            .to_owned();
+    }
+    error_lines(messages)
 }
 
 #[derive(QueryableByName)]
@@ -740,20 +998,37 @@ struct Checkpoint {
     busy: i32,
 }
 
-async fn sqlite_restore(provider: &dyn KeyProvider, source: &Source, url: &str) -> Result<()> {
+async fn sqlite_restore(
+    provider: &dyn KeyProvider,
+    stream: &mut dyn Stream,
+    first: &Authenticated,
+    url: &str,
+) -> Result<()> {
     let target = PathBuf::from(sqlite_path(url));
     let restoring = with_suffix(&target, ".restoring");
-    let mut file = private_file(&restoring).await?;
-    let mut reader = source.open().await?;
-    if let Err(e) = stream::decrypt_stream(provider, &mut reader, &mut file).await {
-        drop(file);
+    let (mut reader, header) = rewind(stream, first).await?;
+    let mut file = create_new_private(&restoring).await?;
+    let written: Result<()> = async {
+        let mut decrypt = DecryptReader::from_header(&mut reader, header, provider).await?;
+        tokio::io::copy_buf(&mut decrypt, &mut file)
+            .await
+            .map_err(CryptError::from)?;
+        drop(decrypt);
+        if !same_bytes(reader, first) {
+            return Err(BackupChanged.into());
+        }
+        file.sync_all().await?;
+        Ok(())
+    }
+    .await;
+    drop(file);
+    if let Err(e) = written {
         let _ = tokio::fs::remove_file(&restoring).await;
-        return Err(anyhow!(e).context(
-            "the backup failed to decrypt while restoring; the target database was not touched",
+        return Err(e.context(
+            "the restore stopped before the target was replaced; the target database was not \
+             touched",
         ));
     }
-    file.sync_all().await?;
-    drop(file);
     if std::fs::metadata(&target).is_ok_and(|m| m.len() > 0) {
         // Whatever the WAL holds goes into the old file, so no stale WAL is left to replay.
         let db = Database::connect(url, 1).await?;
@@ -770,6 +1045,8 @@ async fn sqlite_restore(provider: &dyn KeyProvider, source: &Source, url: &str) 
             bail!("the target database is in use; stop its users and restore again");
         }
     }
+    // Replacing the target is the restore itself (an empty target, or --force); the name
+    // was checked not to be a symbolic link above.
     tokio::fs::rename(&restoring, &target).await?;
     for suffix in ["-wal", "-shm"] {
         match tokio::fs::remove_file(with_suffix(&target, suffix)).await {
@@ -785,18 +1062,22 @@ async fn sqlite_restore(provider: &dyn KeyProvider, source: &Source, url: &str) 
 
 async fn verify(global: &Global, input: &Path) -> Result<ExitCode> {
     let mut file = Source::File(input.to_owned()).open().await?;
-    let header = stream::read_header(&mut file)
+    let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, &mut *file);
+    let header = stream::read_header(&mut reader)
         .await
         .context("not a readable backup")?;
-    drop(file);
     let provider = global.provider().await;
     let verified = match &provider {
-        Ok(provider) => {
-            let mut file = Source::File(input.to_owned()).open().await?;
-            stream::verify_stream(provider.as_ref(), &mut file)
+        Ok(provider) => async {
+            let mut decrypt =
+                DecryptReader::from_header(&mut reader, header.clone(), provider.as_ref()).await?;
+            tokio::io::copy_buf(&mut decrypt, &mut tokio::io::sink())
                 .await
-                .map_err(anyhow::Error::from)
+                .map_err(CryptError::from)?;
+            Ok(decrypt.summary())
         }
+        .await
+        .map_err(|e: CryptError| anyhow::Error::from(e)),
         Err(e) => Err(anyhow!("no key provider: {e:#}")),
     };
     let manifest = match &verified {
@@ -811,19 +1092,19 @@ async fn verify(global: &Global, input: &Path) -> Result<ExitCode> {
             &summary.manifest
         }
         Err(e) => {
-            out!("backup    REJECTED: {e:#}");
+            out!("backup    REJECTED: {}", printable(&format!("{e:#}")));
             out!("          (the manifest below is as stored, not authenticated)");
             header.manifest()
         }
     };
-    out!("backend   {}", manifest.backend);
-    out!("schema    {}", manifest.schema_version);
-    out!("created   {}", manifest.created_at);
+    // Every string of the manifest is the backup writer's: printed with its control
+    // characters escaped.
+    out!("backend   {}", printable(&manifest.backend));
+    out!("schema    {}", printable(&manifest.schema_version));
+    out!("created   {}", printable(&manifest.created_at));
     for (key, value) in &manifest.extra {
-        out!(
-            "{key:<9} {}",
-            value.as_str().map_or(value.to_string(), str::to_owned)
-        );
+        let value = value.as_str().map_or(value.to_string(), str::to_owned);
+        out!("{:<9} {}", printable(key), printable(&value));
     }
     let mut needed: Vec<(&str, MasterKeyRef)> = vec![("stream", header.master_key().clone())];
     let mut seen = BTreeSet::from([header.master_key().clone()]);
@@ -842,11 +1123,15 @@ async fn verify(global: &Global, input: &Path) -> Result<ExitCode> {
             Ok(provider) => key_status(provider.as_ref(), key).await,
             Err(_) => Err("no key provider is configured".to_owned()),
         };
+        let shown = printable(&key.to_string()).into_owned();
         match status {
-            Ok(note) => out!("key       {key} ({role}): available, {note}"),
+            Ok(note) => out!(
+                "key       {shown} ({role}): available, {}",
+                printable(&note)
+            ),
             Err(why) => {
                 missing += 1;
-                out!("key       {key} ({role}): MISSING: {why}");
+                out!("key       {shown} ({role}): MISSING: {}", printable(&why));
             }
         }
     }
@@ -903,8 +1188,14 @@ async fn key_status(provider: &dyn KeyProvider, key: &MasterKeyRef) -> Result<St
 async fn list(global: &Global, json: bool) -> Result<ExitCode> {
     let opened = global.open(false).await?;
     let backups = opened.store.list_backups().await;
+    let keys = opened.store.backup_keys().await;
     opened.audit.shutdown().await;
     let backups = backups?;
+    // The master keys each backup's rows need, by row id.
+    let rows_keys: std::collections::BTreeMap<i64, Option<Vec<String>>> = keys?
+        .into_iter()
+        .map(|k| (k.id, k.rows_master_key_ids))
+        .collect();
     let place = |b: &jarvis_models::EncryptedBackup| match (&b.storage_path, &b.data) {
         (_, Some(_)) => "(in the database)".to_owned(),
         (Some(p), None) => p.clone(),
@@ -924,6 +1215,7 @@ async fn list(global: &Global, json: bool) -> Result<ExitCode> {
                     "size_bytes": b.size_bytes,
                     "checksum": b.checksum,
                     "master_key_id": b.master_key_id,
+                    "rows_master_key_ids": rows_keys.get(&b.id).cloned().flatten(),
                 })
             })
             .collect();
@@ -938,19 +1230,26 @@ async fn list(global: &Global, json: bool) -> Result<ExitCode> {
         "size",
         "where",
         "master key",
+        "rows' master keys",
         "sha256",
     ]);
     for b in &backups {
+        let rows = match rows_keys.get(&b.id).and_then(Option::as_ref) {
+            Some(keys) if keys.is_empty() => "-".to_owned(),
+            Some(keys) => keys.join("\n"),
+            None => "(not recorded)".to_owned(),
+        };
         table.add_row([
-            b.backup_name.clone(),
-            b.backup_type.clone(),
+            printable(&b.backup_name).into_owned(),
+            printable(&b.backup_type).into_owned(),
             b.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
             b.size_bytes.map_or("-".to_owned(), |s| s.to_string()),
-            place(b),
-            b.master_key_id.clone().unwrap_or_else(|| "-".to_owned()),
-            b.checksum
-                .as_deref()
-                .map_or("-".to_owned(), |c| c.chars().take(16).collect()),
+            printable(&place(b)).into_owned(),
+            printable(b.master_key_id.as_deref().unwrap_or("-")).into_owned(),
+            printable(&rows).into_owned(),
+            b.checksum.as_deref().map_or("-".to_owned(), |c| {
+                printable(&c.chars().take(16).collect::<String>()).into_owned()
+            }),
         ]);
     }
     out!("{table}");
@@ -972,21 +1271,56 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Creates (or truncates) a file of mode 0600.
-async fn private_file(path: &Path) -> Result<tokio::fs::File> {
-    let file = tokio::fs::OpenOptions::new()
+/// Creates `path`, mode 0600, as a new file: never an existing file, and never through a
+/// symbolic link (`O_CREAT | O_EXCL` fails on any existing name, a dangling link included,
+/// and does not follow it).
+async fn create_new_private(path: &Path) -> Result<tokio::fs::File> {
+    match tokio::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)
         .await
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    // An existing file keeps its mode through `open`: set it.
-    use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .await?;
-    Ok(file)
+    {
+        Ok(file) => Ok(file),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => bail!(
+            "{} exists (a symbolic link, or the file of an interrupted run?); it was not \
+             touched: remove it and try again",
+            path.display()
+        ),
+        Err(e) => Err(anyhow!(e).context(format!("cannot create {}", path.display()))),
+    }
+}
+
+/// Gives the finished file `partial` (open as `file`) its name `path` without ever
+/// replacing anything of that name: a hard link fails on any existing name, a symbolic link
+/// included; then the temporary name goes. `partial` must still be the file written.
+async fn link_into_place(file: &tokio::fs::File, partial: &Path, path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let written = file.metadata().await?;
+    let named = tokio::fs::symlink_metadata(partial).await?;
+    if (named.dev(), named.ino()) != (written.dev(), written.ino()) {
+        bail!(
+            "{} was replaced while the backup was written; nothing was put at {}",
+            partial.display(),
+            path.display()
+        );
+    }
+    match tokio::fs::hard_link(partial, path).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => bail!(
+            "{} exists (it appeared while the backup ran); a backup never overwrites a file",
+            path.display()
+        ),
+        Err(e) => {
+            return Err(anyhow!(e).context(format!(
+                "cannot name the backup {} (its file system needs hard links)",
+                path.display()
+            )));
+        }
+    }
+    tokio::fs::remove_file(partial).await?;
+    Ok(())
 }
 
 /// Makes a rename durable: syncs the directory holding `path` (best effort).
@@ -1002,20 +1336,103 @@ fn sync_parent(path: &Path) {
     }
 }
 
-/// Points a `pg_dump`/`psql` command at the database of `url` without putting the password
-/// on its command line (it goes in `PGPASSWORD`).
+/// The environment `pg_dump` and `psql` inherit, by name: the search path, home and locale,
+/// and libpq's connection variables. Everything else (the search key, the local master key,
+/// AWS credentials, `DATABASE_URL`...) stays with jarvis. Left out on purpose:
+/// `PGOPTIONS` and `PGCLIENTENCODING`, which would change how the session reads a dump.
+const CHILD_ENV: [&str; 40] = [
+    "PATH",
+    "HOME",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_MESSAGES",
+    "LC_COLLATE",
+    "LC_NUMERIC",
+    "LC_TIME",
+    "LC_MONETARY",
+    "TZ",
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGDATABASE",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGSYSCONFDIR",
+    "PGAPPNAME",
+    "PGCONNECT_TIMEOUT",
+    "PGSSLMODE",
+    "PGREQUIRESSL",
+    "PGSSLNEGOTIATION",
+    "PGSSLCERT",
+    "PGSSLKEY",
+    "PGSSLCERTMODE",
+    "PGSSLROOTCERT",
+    "PGSSLCRL",
+    "PGSSLCRLDIR",
+    "PGSSLSNI",
+    "PGSSLMINPROTOCOLVERSION",
+    "PGSSLMAXPROTOCOLVERSION",
+    "PGGSSENCMODE",
+    "PGKRBSRVNAME",
+    "PGTARGETSESSIONATTRS",
+    "KRB5CCNAME",
+];
+
+/// `pg_dump` or `psql` with an environment of [`CHILD_ENV`] only.
+fn pg_command(program: &str) -> Command {
+    let mut command = Command::new(program);
+    command.env_clear();
+    for name in CHILD_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    command
+}
+
+/// Points a `pg_dump`/`psql` command at the database of `url` without putting a password
+/// on its command line: one in the URL (as its user info or a `password` parameter) goes in
+/// the child's `PGPASSWORD`.
 fn pg_connection(command: &mut Command, url: &str) -> Result<()> {
     let mut parsed =
         url::Url::parse(url).map_err(|e| anyhow!("the PostgreSQL URL does not parse: {e}"))?;
-    if let Some(password) = parsed.password() {
-        let password = percent_encoding::percent_decode_str(password)
-            .decode_utf8()
-            .context("the PostgreSQL URL's password is not UTF-8")?
-            .into_owned();
-        command.env("PGPASSWORD", password);
+    let mut password = match parsed.password() {
+        Some(password) => Some(
+            percent_encoding::percent_decode_str(password)
+                .decode_utf8()
+                .context("the PostgreSQL URL's password is not UTF-8")?
+                .into_owned(),
+        ),
+        None => None,
+    };
+    if password.is_some() {
         parsed
             .set_password(None)
             .map_err(|()| anyhow!("the PostgreSQL URL has no host"))?;
+    }
+    if parsed.query_pairs().any(|(k, _)| k == "password") {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in pairs {
+            if k == "password" {
+                password = Some(v);
+            } else {
+                query.append_pair(&k, &v);
+            }
+        }
+        let query = query.finish();
+        parsed.set_query((!query.is_empty()).then_some(query.as_str()));
+    }
+    if let Some(password) = password {
+        command.env("PGPASSWORD", password);
     }
     command.arg("--dbname").arg(parsed.as_str());
     Ok(())
@@ -1039,7 +1456,13 @@ fn collect<R: AsyncRead + Unpin + Send + 'static>(
 fn error_lines(messages: &str) -> String {
     let lines: Vec<&str> = messages
         .lines()
-        .filter(|l| l.contains("ERROR") || l.contains("FATAL") || l.contains("error:"))
+        .filter(|l| {
+            l.contains("ERROR")
+                || l.contains("FATAL")
+                || l.contains("error:")
+                || l.contains("invalid command")
+                || l.contains("restricted")
+        })
         .take(5)
         .collect();
     if lines.is_empty() {
@@ -1124,6 +1547,11 @@ impl<R> HashingReader<R> {
         }
     }
 
+    /// The SHA-256 (hex) of what went through so far.
+    fn digest(&self) -> String {
+        hex::encode(&self.hasher.clone().finalize()[..])
+    }
+
     fn finish(self) -> (String, u64) {
         (hex::encode(&self.hasher.finalize()[..]), self.bytes)
     }
@@ -1145,50 +1573,69 @@ impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
     }
 }
 
-/// Recorded backups whose rows need the master key `key_id` (an ARN or local key id), by
-/// the manifests of their files, read without any key: `(needing, unreadable)`, the names
-/// of the backups that list the key among their rows' keys and of those whose file could
-/// not be read. Backups stored in their row are judged by their `master_key_id` alone (their
-/// manifest is under the row's encryption); `retire-key` counts those already.
-pub(crate) async fn backups_needing(
-    db: &Database,
-    key_id: &str,
-) -> Result<(Vec<String>, Vec<String>)> {
-    use diesel::{ExpressionMethods, QueryDsl};
-    use jarvis_models::schema::encrypted_backups;
-    let mut conn = db.get().await?;
-    let files: Vec<(String, Option<String>)> = jarvis_models::with_conn!(&mut conn, |c| {
-        encrypted_backups::table
-            .filter(encrypted_backups::storage_path.is_not_null())
-            .select((
-                encrypted_backups::backup_name,
-                encrypted_backups::storage_path,
-            ))
-            .load(c)
-            .await?
-    });
-    let (mut needing, mut unreadable) = (Vec::new(), Vec::new());
-    for (name, path) in files {
-        let Some(path) = path else { continue };
-        let header = match tokio::fs::File::open(&path).await {
-            Ok(mut file) => stream::read_header(&mut file).await.ok(),
-            Err(_) => None,
-        };
-        match header {
-            Some(header) => {
-                let listed = header
-                    .manifest()
-                    .master_key_ids
-                    .iter()
-                    .any(|id| parse_master_key(id).key_id == key_id);
-                if listed || header.master_key().key_id == key_id {
-                    needing.push(name);
+/// What the recorded backups say about one master key (see [`backups_needing`]).
+#[derive(Debug, Default)]
+pub(crate) struct BackupNeeds {
+    /// Backups that need the key: (name, why).
+    pub(crate) needing: Vec<(String, &'static str)>,
+    /// Backups whose needs cannot be fully known: (name, why).
+    pub(crate) unreadable: Vec<(String, String)>,
+}
+
+/// What the recorded backups need of the master key `key_id` (a KMS key ARN, or a local key
+/// id), read without any key: each record's own list (the stream's key and its rows' keys),
+/// and for a backup in a file the manifest of the file too. A file that cannot be read, and
+/// a backup stored in its row whose record has no list (made before migration 10), are
+/// unreadable: their needs beyond what their record says are not known.
+pub(crate) async fn backups_needing(db: &Database, key_id: &str) -> Result<BackupNeeds> {
+    let mut needs = BackupNeeds::default();
+    for backup in jarvis_models::store::backup_keys(db).await? {
+        let name = printable(&backup.backup_name).into_owned();
+        let mut why = None;
+        if backup.stream_master_key_id.as_deref() == Some(key_id) {
+            why = Some("whose stream's data key is wrapped under it");
+        } else if backup.names(key_id) {
+            why = Some("whose rows are under it (its record says)");
+        }
+        match (&backup.storage_path, backup.in_row) {
+            (Some(path), false) => {
+                let header = match tokio::fs::File::open(path).await {
+                    Ok(mut file) => stream::read_header(&mut file)
+                        .await
+                        .map_err(|e| format!("its file is not a readable backup ({e})")),
+                    Err(e) => Err(format!("its file cannot be read ({e})")),
+                };
+                match header {
+                    Ok(header) => {
+                        let listed = header
+                            .manifest()
+                            .master_key_ids
+                            .iter()
+                            .any(|id| parse_master_key(id).key_id == key_id);
+                        if why.is_none() && header.master_key().key_id == key_id {
+                            why = Some("whose stream's data key is wrapped under it");
+                        } else if why.is_none() && listed {
+                            why = Some("whose rows are under it (its manifest says)");
+                        }
+                    }
+                    Err(e) => needs
+                        .unreadable
+                        .push((name.clone(), printable(&e).into_owned())),
                 }
             }
-            None => unreadable.push(name),
+            _ if backup.rows_master_key_ids.is_none() => needs.unreadable.push((
+                name.clone(),
+                "its record does not list the master keys of its rows (recorded before \
+                 jarvis recorded them)"
+                    .to_owned(),
+            )),
+            _ => {}
+        }
+        if let Some(why) = why {
+            needs.needing.push((name, why));
         }
     }
-    Ok((needing, unreadable))
+    Ok(needs)
 }
 
 #[cfg(test)]

@@ -227,10 +227,16 @@ pub(crate) async fn rotate(global: &Global, args: RotateArgs) -> Result<()> {
     Ok(())
 }
 
+/// `jarvis retire-key`: refused while any row, the stored search key or a recorded backup
+/// needs the key. A recorded backup needs it when its record says so (the key of its stream,
+/// or of its rows), or its file's manifest does; a backup whose needs cannot be read (its
+/// file gone or unreadable, or an in-row backup recorded before its rows' keys were) refuses
+/// too, unless `ignore_unreadable_backups`.
 pub(crate) async fn retire_key(
     global: &Global,
     key: &str,
     pending_days: i32,
+    ignore_unreadable_backups: bool,
 ) -> Result<std::process::ExitCode> {
     if !(7..=30).contains(&pending_days) {
         anyhow::bail!("--pending-days must be between 7 and 30 (KMS's waiting period)");
@@ -257,22 +263,22 @@ pub(crate) async fn retire_key(
     }
     let usage = jarvis_models::verify::key_usage(&db, &arn).await?;
     // Backups recorded under another key may still hold rows under this one.
-    let (backups, unreadable) = crate::backup::backups_needing(&db, &arn).await?;
-    for name in &unreadable {
-        eprintln!("note: backup {name}: its file cannot be read, so its keys are not known");
+    let backups = crate::backup::backups_needing(&db, &arn).await?;
+    for (name, why) in &backups.unreadable {
+        if ignore_unreadable_backups {
+            eprintln!("note: backup {name}: {why}; ignored (--ignore-unreadable-backups)");
+        }
     }
-    if !usage.is_unused() || !backups.is_empty() {
+    let unreadable_refuse = !ignore_unreadable_backups && !backups.unreadable.is_empty();
+    if !usage.is_unused() || !backups.needing.is_empty() || unreadable_refuse {
         eprintln!("refused: {arn} is still needed by");
         for ((table, column), n) in &usage.columns {
             if *n > 0 {
                 eprintln!("  {n} values in {table}.{column}");
             }
         }
-        if usage.backups > 0 {
-            eprintln!("  {} recorded backups", usage.backups);
-        }
-        for name in &backups {
-            eprintln!("  backup {name}, whose rows are under it (its manifest says)");
+        for (name, why) in &backups.needing {
+            eprintln!("  backup {name}, {why}");
         }
         if usage.search_keys > 0 {
             eprintln!("  the search key stored in jarvis_keys");
@@ -281,6 +287,15 @@ pub(crate) async fn retire_key(
             eprintln!(
                 "  {} legacy values, whose bare KMS blobs do not say which key they need",
                 usage.legacy
+            );
+        }
+        if unreadable_refuse {
+            for (name, why) in &backups.unreadable {
+                eprintln!("  possibly backup {name}: {why}");
+            }
+            eprintln!(
+                "(a backup that is gone for good can be passed over with \
+                 --ignore-unreadable-backups)"
             );
         }
         eprintln!("move them under another master key first");

@@ -130,13 +130,18 @@ enum Command {
         json: bool,
     },
     /// Disable a KMS master key and schedule its deletion, refused while any row or recorded
-    /// backup still needs it.
+    /// backup still needs it (or may: a backup that cannot be read).
     RetireKey {
         /// The key: id, ARN or alias.
         key: String,
         /// Days before KMS deletes the key (7 to 30); the deletion can be cancelled meanwhile.
         #[arg(long, default_value_t = 30)]
         pending_days: i32,
+        /// Retire the key even though some recorded backups cannot be read (a file gone, or
+        /// a record that does not list its rows' keys): what they need beyond what their
+        /// records say is then not known. Keys their records name still refuse.
+        #[arg(long)]
+        ignore_unreadable_backups: bool,
     },
     /// Encrypted backups: create (pg_dump or an SQLite copy, streamed through the backup
     /// cipher), restore (authenticated first, then one transaction), verify, list.
@@ -245,8 +250,12 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify { table, json } => {
             return verify::run(global, table.as_deref(), json).await;
         }
-        Command::RetireKey { key, pending_days } => {
-            return jobs::retire_key(global, &key, pending_days).await;
+        Command::RetireKey {
+            key,
+            pending_days,
+            ignore_unreadable_backups,
+        } => {
+            return jobs::retire_key(global, &key, pending_days, ignore_unreadable_backups).await;
         }
         Command::Backup { command } => return backup::run(global, command).await,
         Command::Audit { since, json } => audit::run(global, &since, json).await?,

@@ -1,7 +1,12 @@
 //! `jarvis backup create|restore|verify|list` end to end, through the binary, on PostgreSQL
 //! and SQLite: byte-identical round trips, every tampering named and refused with the target
 //! untouched, a restore killed midway leaving nothing behind, non-empty targets refused, and a
-//! round trip under an AWS KMS key (the local KMS server).
+//! round trip under an AWS KMS key (the local KMS server). The hardening of the security
+//! review: authentic dumps with psql meta-commands or transaction control refused before
+//! anything runs, NULL and bytea first columns restored, the authenticated descriptor
+//! applied (not a file reopened by path), child processes without the secrets, symbolic
+//! links never followed, manifest strings printed escaped, and `retire-key` counting every
+//! master key a backup's rows need.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,8 +16,12 @@ use std::time::{Duration, Instant};
 use diesel::sql_types::Text;
 use diesel::{QueryableByName, sql_query};
 use diesel_async::RunQueryDsl;
-use jarvis_crypt::{Encryptor, KeyProvider, LocalKeyProvider, NoAudit, SearchKey};
+use jarvis_crypt::stream::{Manifest, StreamOptions};
+use jarvis_crypt::{
+    Encryptor, KeyProvider, KmsConnection, KmsOptions, LocalKeyProvider, NoAudit, SearchKey,
+};
 use jarvis_models::{Database, NewApiKey, NewOAuthToken, Store, with_conn};
+use jarvis_tests::fault_proxy::{Fault, FaultProxy};
 
 const SALT: &str = "the search salt of the backup tests, 32 bytes or more";
 
@@ -684,5 +693,685 @@ async fn sqlite_round_trip_under_a_kms_key() {
     assert_ok(
         &kms(&["verify"], Some(&target_url), Some(&key_id)),
         "verify of the restored database",
+    );
+}
+
+// ---- the security review (issue 14) ---------------------------------------------------------
+
+/// `plaintext` sealed by the real backup writer under the test's local key, as a backup of
+/// `backend`, into `path`.
+async fn seal(env: &Env, backend: &str, manifest: Option<Manifest>, plaintext: &[u8], path: &Path) {
+    let provider = LocalKeyProvider::from_file(&env.key_file).expect("key file");
+    let manifest = manifest.unwrap_or_else(|| Manifest::new(backend, "test"));
+    let mut sealed = Vec::new();
+    jarvis_crypt::stream::encrypt_stream(
+        &provider,
+        &manifest,
+        &mut &plaintext[..],
+        &mut sealed,
+        StreamOptions::default(),
+    )
+    .await
+    .expect("seal");
+    std::fs::write(path, sealed).expect("write the backup");
+}
+
+/// What jarvis's own pg_dump invocation writes for `url`.
+fn real_pg_dump(url: &str) -> String {
+    let output = Command::new("pg_dump")
+        .args([
+            "--format=plain",
+            "--clean",
+            "--if-exists",
+            "--no-owner",
+            "--no-privileges",
+            "-B",
+            "--dbname",
+            url,
+        ])
+        .output()
+        .expect("pg_dump runs");
+    assert!(output.status.success(), "pg_dump: {}", text(&output));
+    String::from_utf8(output.stdout).expect("utf-8 dump")
+}
+
+fn table_names(url: &str) -> String {
+    psql(
+        url,
+        "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_catalog.pg_tables \
+         WHERE schemaname = 'public'",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meta_commands_and_transaction_control_in_an_authentic_dump_are_refused() {
+    let env = Env::new();
+    let source = jarvis_tests::fresh_postgres_database("backup_inject_src");
+    psql(
+        &source,
+        "CREATE TABLE first (id int PRIMARY KEY, note text); \
+         CREATE TABLE second (id int PRIMARY KEY); \
+         INSERT INTO first VALUES (1, 'one'), (2, NULL); INSERT INTO second VALUES (7);",
+    );
+    let dump = real_pg_dump(&source);
+    // The installed pg_dump puts psql in restricted mode (`\restrict KEY`, the fix of
+    // CVE-2025-8714); whoever writes the dump can leave that out, or lift it with the key
+    // the dump itself shows.
+    let key = dump
+        .lines()
+        .find_map(|l| l.strip_prefix("\\restrict "))
+        .map(str::to_owned);
+    let unrestricted: String = dump
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let target = jarvis_tests::fresh_postgres_database("backup_inject_dst");
+    psql(
+        &target,
+        "CREATE TABLE keep (x int); INSERT INTO keep VALUES (42);",
+    );
+    let marker = env.path("owned");
+    let touch = format!("touch {}", marker.display());
+    let meta = "a psql meta-command (`\\!`)";
+    let mut cases = vec![
+        (&unrestricted, format!("\\! {touch}\n"), meta),
+        (&unrestricted, format!("SELECT 1; \\! {touch}\n"), meta),
+        (
+            &unrestricted,
+            "COMMIT;\n".to_owned(),
+            "transaction control (`commit`)",
+        ),
+        (
+            &unrestricted,
+            "END;\n".to_owned(),
+            "transaction control (`end`)",
+        ),
+        (
+            &dump,
+            "BEGIN;\n".to_owned(),
+            "transaction control (`begin`)",
+        ),
+        (
+            &dump,
+            "CREATE TABLE sneaky (); -- stays\nROLLBACK;\n".to_owned(),
+            "transaction control (`rollback`)",
+        ),
+    ];
+    let lifted = key.map(|key| format!("\\unrestrict {key}\n\\! {touch}\n"));
+    if let Some(lifted) = &lifted {
+        cases.push((&dump, lifted.clone(), meta));
+    }
+    for (dump, injected, reason) in cases {
+        // Everything before the injection (the DROPs and CREATEs) would run first.
+        let at = dump.find("\nCOPY ").expect("a COPY in the dump") + 1;
+        let evil = format!("{}{injected}{}", &dump[..at], &dump[at..]);
+        let line = dump[..at].lines().count() + injected.lines().count();
+        let file = env.path("evil.jvbk");
+        seal(&env, "postgres", None, evil.as_bytes(), &file).await;
+        let verified = env.jarvis(
+            &["backup", "verify", "--in", &file.display().to_string()],
+            None,
+        );
+        assert_ok(&verified, "the evil backup is authentic");
+        let output = restore(&env, &file, &target, &["--force"]);
+        let said = text(&output);
+        assert!(
+            !marker.exists(),
+            "{injected:?}: the meta-command ran: {said}"
+        );
+        assert_eq!(table_names(&target), "keep", "{injected:?}: {said}");
+        assert_eq!(psql(&target, "SELECT x FROM keep"), "42");
+        assert_eq!(output.status.code(), Some(1), "{injected:?}: {said}");
+        assert!(said.contains(reason), "{injected:?}: {said}");
+        assert!(
+            said.contains(&format!("at line {line}")),
+            "{injected:?}: {said}"
+        );
+        assert!(said.contains("was not touched"), "{injected:?}: {said}");
+    }
+    assert_eq!(
+        psql(
+            &target,
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid()"
+        ),
+        "0",
+        "no psql left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dumps_with_null_and_bytea_first_columns_round_trip() {
+    let env = Env::new();
+    let source = seeded_postgres(&env, "backup_copy_src", 20, 20).await;
+    // First columns that COPY writes with a leading backslash, text that looks like psql,
+    // bodies with transaction words, a non-ASCII name, a large object (not backed up).
+    psql(
+        &source,
+        r#"CREATE TABLE null_first (a text, b int);
+           INSERT INTO null_first VALUES (NULL, 1), ('\! touch /tmp/no', 2), (E'\\.', 3),
+               (E'two\nlines', 4), ('\.', 5), (NULL, NULL);
+           CREATE TABLE bytea_first (a bytea, b text);
+           INSERT INTO bytea_first VALUES ('\x00ff5c2e0a'::bytea, 'x'), (NULL, 'y'), ('\x'::bytea, NULL);
+           CREATE TABLE "café" (v text);
+           INSERT INTO "café" VALUES ('é;'), (E'\\'), ('COMMIT;');
+           COMMENT ON TABLE null_first IS 'has \! and COMMIT; and '' in it';
+           CREATE FUNCTION sign_of(x int) RETURNS int LANGUAGE sql
+               BEGIN ATOMIC SELECT CASE WHEN x > 0 THEN 1 ELSE 0 END; END;
+           CREATE PROCEDURE commits() LANGUAGE plpgsql AS $$ BEGIN COMMIT; END $$;
+           SELECT lo_from_bytea(0, 'a large object');"#,
+    );
+    let dump = real_pg_dump(&source);
+    assert!(dump.contains("\n\\N\t"), "a NULL first column in COPY data");
+    assert!(dump.contains("\n\\\\x00ff5c2e0a\t"), "a bytea first column");
+    let file = env.path("copy.jvbk");
+    create_backup(&env, &source, &file, "copy");
+    let target = jarvis_tests::fresh_postgres_database("backup_copy_dst");
+    let output = restore(&env, &file, &target, &[]);
+    assert_ok(&output, "restore");
+    for sql in [
+        "SELECT md5(string_agg(COALESCE(a, 'NULL') || ':' || COALESCE(b::text, 'NULL'), ',' ORDER BY b NULLS LAST, a)) FROM null_first",
+        "SELECT md5(string_agg(COALESCE(encode(a, 'hex'), 'NULL') || ':' || COALESCE(b, 'NULL'), ',' ORDER BY b NULLS LAST)) FROM bytea_first",
+        "SELECT string_agg(v, '|' ORDER BY v) FROM \"café\"",
+        "SELECT obj_description('null_first'::regclass)",
+        "SELECT sign_of(5) || ',' || sign_of(-5)",
+    ] {
+        assert_eq!(psql(&source, sql), psql(&target, sql), "{sql}");
+    }
+    assert_eq!(pg_fingerprint(&source), pg_fingerprint(&target));
+    assert_eq!(
+        psql(&target, "SELECT COUNT(*) FROM pg_largeobject_metadata"),
+        "0",
+        "large objects are not backed up"
+    );
+    assert_ok(
+        &env.jarvis(&["verify"], Some(&target)),
+        "verify of the restored database",
+    );
+}
+
+/// A restore applies the very file it authenticated: the path is replaced by another
+/// authentic backup while the first pass waits for KMS, and the first one is restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_applies_the_file_it_authenticated_not_the_path() {
+    let env = Env::new();
+    let endpoint = jarvis_tests::kms_endpoint();
+    let connection = KmsConnection::from_env(KmsOptions::default())
+        .await
+        .expect("kms");
+    let key = fresh_kms_key(&connection, "fd").await;
+    let mut files = Vec::new();
+    for (name, users) in [("thirty", 30), ("five", 5)] {
+        let db = env.path(&format!("{name}.db")).display().to_string();
+        assert_ok(&env.jarvis(&["migrate"], Some(&db)), "migrate");
+        seed_sqlite_users(&db, users).await;
+        let file = env.path(&format!("{name}.jvbk"));
+        let output = env
+            .command(
+                &[
+                    "backup",
+                    "create",
+                    "--out",
+                    &file.display().to_string(),
+                    "--name",
+                    name,
+                ],
+                Some(&db),
+            )
+            .env("AWS_ENDPOINT_URL_KMS", &endpoint)
+            .env("KMS_KEY_ID", &key)
+            .output()
+            .expect("jarvis runs");
+        assert_ok(&output, "backup create");
+        files.push(file);
+    }
+    let (authentic, other) = (files[0].clone(), files[1].clone());
+
+    let proxy = FaultProxy::start(&endpoint).await;
+    proxy.inject("Decrypt", Fault::Delay(Duration::from_secs(3)), 1);
+    let target = env.path("restored.db");
+    let mut child = env
+        .command(
+            &[
+                "backup",
+                "restore",
+                "--in",
+                &authentic.display().to_string(),
+                "--database-url",
+                &target.display().to_string(),
+            ],
+            None,
+        )
+        .env("AWS_ENDPOINT_URL_KMS", proxy.url())
+        .env("KMS_KEY_ID", &key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn restore");
+    // Once the restore holds the file open (its first pass waits for KMS), the path gets
+    // the other backup.
+    let wanted = std::fs::canonicalize(&authentic).expect("path");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let open = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+            .map(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == wanted))
+            })
+            .unwrap_or(false);
+        if open {
+            break;
+        }
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "the restore ended early"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the restore never opened the backup"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    std::fs::rename(&other, &authentic).expect("replace the path");
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("restore");
+    assert_ok(&output, "restore");
+    assert!(
+        proxy.seen("Decrypt") >= 2,
+        "both passes unwrapped the data key"
+    );
+    let restored = Database::connect(&target.display().to_string(), 1)
+        .await
+        .expect("db");
+    let mut conn = restored.get().await.expect("conn");
+    let users: Count = with_conn!(&mut conn, |c| sql_query("SELECT COUNT(*) AS n FROM users")
+        .get_result(c)
+        .await
+        .expect("count"));
+    assert_eq!(users.n, 30, "the authenticated backup was restored");
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// `users` plaintext users in the SQLite database `url`.
+async fn seed_sqlite_users(url: &str, users: usize) {
+    execute_sqlite(
+        url,
+        &format!(
+            "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < {users})
+             INSERT INTO users (email) SELECT 'p' || n || '@example.net' FROM g"
+        ),
+    )
+    .await;
+}
+
+async fn execute_sqlite(url: &str, sql: &str) {
+    let db = Database::connect(url, 1).await.expect("db");
+    let mut conn = db.get().await.expect("conn");
+    with_conn!(&mut conn, |c| sql_query(sql).execute(c).await.expect(sql));
+}
+
+/// A fresh KMS key of the local KMS server.
+async fn fresh_kms_key(connection: &KmsConnection, name: &str) -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let suffix = RandomState::new().hash_one(Instant::now()) % 1_000_000;
+    let env = format!("backup-{name}-{}-{suffix}", std::process::id());
+    connection
+        .ensure_key(&env, None)
+        .await
+        .expect("kms key")
+        .key_arn
+}
+
+/// pg_dump and psql run with an allow-listed environment: no search key, local master key
+/// or AWS secret, and the URL's password in `PGPASSWORD`, never on their command line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_dump_and_psql_see_none_of_the_secrets() {
+    let env = Env::new();
+    let plain = seeded_postgres(&env, "backup_env", 5, 5).await;
+    let with_password = |url: &str| url.replacen("://postgres@", "://postgres:pw-in-the-url@", 1);
+    let source = with_password(&plain);
+    assert_ne!(source, plain, "{plain}");
+    let target = with_password(&jarvis_tests::fresh_postgres_database("backup_env_dst"));
+    let master_key = "0123456789abcdef".repeat(4);
+    let secrets = [
+        ("JARVIS_LOCAL_MASTER_KEY", master_key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", "aws-secret-marker"),
+        ("AWS_SESSION_TOKEN", "aws-session-marker"),
+    ];
+    let run = |args: &[&str], path: Option<&str>| {
+        let mut command = env.command(args, Some(&source));
+        command.envs(secrets);
+        if let Some(path) = path {
+            command.env("PATH", path);
+        }
+        command.output().expect("jarvis runs")
+    };
+    // A real backup first (under the master key of the environment).
+    let file = env.path("env.jvbk").display().to_string();
+    assert_ok(
+        &run(&["backup", "create", "--out", &file, "--name", "env"], None),
+        "backup create",
+    );
+    // Then a pg_dump and a psql first on PATH that write down what they were given.
+    let fake = env.path("fake-bin");
+    std::fs::create_dir(&fake).expect("dir");
+    for program in ["pg_dump", "psql"] {
+        let seen = env.path(&format!("{program}.seen"));
+        let script = fake.join(program);
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n{{ env; echo '--- args'; printf '%s\\n' \"$@\"; }} > '{}'\nexit 1\n",
+                seen.display()
+            ),
+        )
+        .expect("script");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").expect("PATH")
+    );
+    let created = run(
+        &["backup", "create", "--out", "x.jvbk", "--name", "fake"],
+        Some(&path),
+    );
+    assert!(!created.status.success());
+    let restored = run(
+        &[
+            "backup",
+            "restore",
+            "--in",
+            &file,
+            "--database-url",
+            &target,
+        ],
+        Some(&path),
+    );
+    assert!(!restored.status.success(), "{}", text(&restored));
+    for program in ["pg_dump", "psql"] {
+        let seen = std::fs::read_to_string(env.path(&format!("{program}.seen")))
+            .unwrap_or_else(|e| panic!("{program} did not run: {e}"));
+        let (environment, args) = seen.split_once("--- args").expect("two parts");
+        for (name, value) in secrets.iter().chain(&[("ENCRYPTION_SEARCH_SALT", SALT)]) {
+            assert!(!seen.contains(name), "{program} saw {name}:\n{seen}");
+            assert!(
+                !seen.contains(value),
+                "{program} saw the value of {name}:\n{seen}"
+            );
+        }
+        assert!(!seen.contains("DATABASE_URL"), "{program}:\n{seen}");
+        assert!(
+            environment.contains("PGPASSWORD=pw-in-the-url"),
+            "{program}:\n{seen}"
+        );
+        assert!(!args.contains("pw-in-the-url"), "{program}:\n{seen}");
+        assert!(args.contains("--dbname"), "{program}:\n{seen}");
+        assert!(environment.contains("PATH="), "{program}:\n{seen}");
+    }
+}
+
+/// `--out`, `<out>.partial` and `<target>.restoring` are created new: a symbolic link (or
+/// any file) there is refused and what it points to is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symbolic_links_at_the_output_paths_are_refused() {
+    use std::os::unix::fs::symlink;
+    let env = Env::new();
+    let source = env.path("links.db").display().to_string();
+    assert_ok(&env.jarvis(&["migrate"], Some(&source)), "migrate");
+    seed_sqlite_users(&source, 10).await;
+    let victim = env.path("victim.txt");
+    std::fs::write(&victim, b"precious").expect("victim");
+    let create = |out: &Path| {
+        env.jarvis(
+            &[
+                "backup",
+                "create",
+                "--out",
+                &out.display().to_string(),
+                "--name",
+                "links",
+            ],
+            Some(&source),
+        )
+    };
+
+    // A dangling link at --out: nothing is created through it.
+    let through = env.path("made-through-the-link.jvbk");
+    let dangling = env.path("dangling.jvbk");
+    symlink(&through, &dangling).expect("symlink");
+    let output = create(&dangling);
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("never overwrites"),
+        "{}",
+        text(&output)
+    );
+    assert!(!through.exists());
+    assert!(
+        std::fs::symlink_metadata(&dangling)
+            .expect("link")
+            .file_type()
+            .is_symlink()
+    );
+
+    // A link to a file at --out.
+    let linked = env.path("linked.jvbk");
+    symlink(&victim, &linked).expect("symlink");
+    assert!(!create(&linked).status.success());
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
+
+    // A link at the .partial path.
+    let out = env.path("partial.jvbk");
+    symlink(&victim, env.path("partial.jvbk.partial")).expect("symlink");
+    let output = create(&out);
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("partial.jvbk.partial exists"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
+    assert!(
+        std::fs::symlink_metadata(&out).is_err(),
+        "no backup at {}",
+        out.display()
+    );
+
+    // A good backup, and a link at the .restoring path of its restore.
+    let good = env.path("good.jvbk");
+    assert_ok(&create(&good), "backup create");
+    let target = env.path("target.db");
+    symlink(&victim, env.path("target.db.restoring")).expect("symlink");
+    let output = restore(&env, &good, &target.display().to_string(), &[]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("target.db.restoring exists"),
+        "{}",
+        text(&output)
+    );
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
+    assert!(!target.exists());
+
+    // A target that is itself a link.
+    let link_target = env.path("link.db");
+    symlink(&victim, &link_target).expect("symlink");
+    let output = restore(
+        &env,
+        &good,
+        &link_target.display().to_string(),
+        &["--force"],
+    );
+    assert!(!output.status.success());
+    assert!(text(&output).contains("symbolic link"), "{}", text(&output));
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
+}
+
+/// `backup verify` prints the manifest's strings with control characters escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_escapes_control_characters_of_the_manifest() {
+    let env = Env::new();
+    let mut manifest = Manifest::new("sqlite", "2026\r\u{1b}]0;owned\u{7}");
+    manifest.extra.insert(
+        "backup_name".into(),
+        serde_json::Value::from(
+            "evil\u{1b}[2J\u{1b}[1;1H\nkey       FAKE#v1 (rows): available\u{202e}",
+        ),
+    );
+    manifest
+        .extra
+        .insert("tool\u{1b}[31m".into(), serde_json::Value::from("x\u{85}y"));
+    let file = env.path("escapes.jvbk");
+    seal(
+        &env,
+        "sqlite",
+        Some(manifest),
+        b"not really a database",
+        &file,
+    )
+    .await;
+    let output = env.jarvis(
+        &["backup", "verify", "--in", &file.display().to_string()],
+        None,
+    );
+    assert_ok(&output, "backup verify");
+    let shown = String::from_utf8(output.stdout).expect("utf-8");
+    for c in ['\u{1b}', '\r', '\u{7}', '\u{85}', '\u{202e}'] {
+        assert!(!shown.contains(c), "{c:?} printed: {shown:?}");
+    }
+    assert!(
+        !shown.lines().any(|l| l.starts_with("key       FAKE")),
+        "a forged line: {shown}"
+    );
+    assert!(shown.contains("evil\\u{1b}[2J"), "{shown}");
+    assert!(shown.contains("\\u{a}key       FAKE"), "{shown}");
+    assert_eq!(
+        shown.lines().filter(|l| l.starts_with("key ")).count(),
+        1,
+        "{shown}"
+    );
+}
+
+/// Every master key a backup's rows need is recorded and counted by `retire-key`, for a
+/// backup stored in its row as for one in a file, and a backup whose file is gone refuses
+/// until `--ignore-unreadable-backups`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retire_key_counts_the_keys_a_backups_rows_need() {
+    let env = Env::new();
+    let endpoint = jarvis_tests::kms_endpoint();
+    let connection = KmsConnection::from_env(KmsOptions::default())
+        .await
+        .expect("kms");
+    let rows_key = fresh_kms_key(&connection, "rows").await;
+    let stream_key = fresh_kms_key(&connection, "stream").await;
+    let db = env.path("keys.db").display().to_string();
+    let kms = |args: &[&str], key: &str| {
+        env.command(args, Some(&db))
+            .env("AWS_ENDPOINT_URL_KMS", &endpoint)
+            .env("KMS_KEY_ID", key)
+            .output()
+            .expect("jarvis runs")
+    };
+    assert_ok(&env.jarvis(&["migrate"], Some(&db)), "migrate");
+    seed_sqlite_users(&db, 25).await;
+    assert_ok(
+        &kms(
+            &["encrypt-existing", "--table", "users", "--column", "email"],
+            &rows_key,
+        ),
+        "encrypt-existing under the rows' key",
+    );
+    // In the row, under the stream key, of rows under the rows' key.
+    assert_ok(
+        &kms(
+            &["backup", "create", "--store-in-db", "--name", "inrow"],
+            &stream_key,
+        ),
+        "backup create --store-in-db",
+    );
+    // Every value moves to the stream key: only the backup still needs the rows' key.
+    assert_ok(
+        &kms(&["rotate", "--to-key", &stream_key], &rows_key),
+        "rotate --to-key",
+    );
+
+    let refused = kms(&["retire-key", &rows_key], &stream_key);
+    let why = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{why}");
+    assert!(
+        why.contains("backup inrow, whose rows are under it (its record says)"),
+        "{why}"
+    );
+
+    let list = kms(&["backup", "list"], &stream_key);
+    assert_ok(&list, "backup list");
+    let listed = text(&list);
+    assert!(
+        listed.contains(&rows_key) && listed.contains(&stream_key),
+        "both keys: {listed}"
+    );
+    let json = kms(&["backup", "list", "--json"], &stream_key);
+    let records: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(records[0]["master_key_id"], stream_key.as_str());
+    assert_eq!(
+        records[0]["rows_master_key_ids"],
+        serde_json::json!([rows_key])
+    );
+
+    // Without that backup, a recorded backup whose file is gone is not known not to need it.
+    execute_sqlite(
+        &db,
+        "DELETE FROM encrypted_backups WHERE backup_name = 'inrow'",
+    )
+    .await;
+    let gone = env.path("gone.jvbk");
+    assert_ok(
+        &kms(
+            &[
+                "backup",
+                "create",
+                "--out",
+                &gone.display().to_string(),
+                "--name",
+                "gone",
+            ],
+            &stream_key,
+        ),
+        "backup create",
+    );
+    std::fs::remove_file(&gone).expect("remove the file");
+    let refused = kms(&["retire-key", &rows_key], &stream_key);
+    let why = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{why}");
+    assert!(
+        why.contains("possibly backup gone: its file cannot be read"),
+        "{why}"
+    );
+    assert!(why.contains("--ignore-unreadable-backups"), "{why}");
+    let accepted = kms(
+        &[
+            "retire-key",
+            &rows_key,
+            "--pending-days",
+            "7",
+            "--ignore-unreadable-backups",
+        ],
+        &stream_key,
+    );
+    assert_ok(&accepted, "retire-key --ignore-unreadable-backups");
+    assert!(
+        text(&accepted).contains("PendingDeletion"),
+        "{}",
+        text(&accepted)
     );
 }

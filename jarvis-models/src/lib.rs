@@ -23,4 +23,4 @@ pub use audit::DbAudit;
 pub use db::Database;
 pub use error::ModelError;
 pub use models::{ApiKey, EncryptedBackup, OAuthToken, User};
-pub use store::{NewApiKey, NewBackup, NewOAuthToken, Store};
+pub use store::{BackupKeys, NewApiKey, NewBackup, NewOAuthToken, Store};

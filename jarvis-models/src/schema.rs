@@ -214,6 +214,10 @@ diesel::table! {
         rotation_count -> Integer,
         /// Time of the last rotation (UTC).
         last_rotated_at -> Nullable<Timestamp>,
+        /// The master keys the backup's rows need (its manifest's list), a JSON array of
+        /// `<id>#v<N>` or KMS key ARNs; NULL when not recorded (backups made before
+        /// migration 10).
+        rows_master_key_ids -> Nullable<Text>,
     }
 }
 

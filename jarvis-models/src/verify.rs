@@ -341,7 +341,9 @@ async fn check(encryptor: &Encryptor, entries: Vec<Entry>, report: &mut VerifyRe
 pub struct KeyUsage {
     /// Values per (table, column) whose data key is wrapped under the key.
     pub columns: BTreeMap<(&'static str, &'static str), u64>,
-    /// Recorded backups whose `master_key_id` is the key.
+    /// Recorded backups that need the key, by their record: the key of the stream's data key
+    /// (`master_key_id`), or one of the keys their rows need (`rows_master_key_ids`). What a
+    /// backup's file says is not read here (`jarvis retire-key` reads it).
     pub backups: u64,
     /// Keys in `jarvis_keys` (the stored search key) wrapped under the key.
     pub search_keys: u64,
@@ -403,12 +405,12 @@ pub async fn key_usage(db: &Database, key_id: &str) -> Result<KeyUsage, ModelErr
                 Ok(KeyEnvelope::Jarvis { master_key, .. }) if master_key.key_id == key_id)
         })
         .count() as u64;
-    let backups: i64 = with_conn!(&mut conn, |c| encrypted_backups::table
-        .filter(encrypted_backups::master_key_id.eq(key_id))
-        .count()
-        .get_result(c)
-        .await?);
-    usage.backups = u64::try_from(backups).unwrap_or(0);
+    drop(conn);
+    usage.backups = crate::store::backup_keys(db)
+        .await?
+        .iter()
+        .filter(|b| b.names(key_id))
+        .count() as u64;
     Ok(usage)
 }
 

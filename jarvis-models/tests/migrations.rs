@@ -142,7 +142,7 @@ both_backends!(
 // ---------------------------------------------------------------------------------------------
 
 /// The embedded migrations of each backend.
-const MIGRATION_COUNT: usize = 10;
+const MIGRATION_COUNT: usize = 11;
 
 const TABLES: [&str; 9] = [
     "users",
@@ -1327,6 +1327,13 @@ fn constraints_reject_malformed_rows(backend: Backend) {
         "INSERT INTO encrypted_backups (backup_name, backup_type, size_bytes) \
          VALUES ('b', 'full', -1)",
     );
+    // the master keys of a backup's rows: a JSON array, or NULL
+    for keys in ["'not json'", "'{\"k\": 1}'", "'\"k\"'"] {
+        rejects(&format!(
+            "INSERT INTO encrypted_backups (backup_name, backup_type, rows_master_key_ids) \
+             VALUES ('b', 'full', {keys})"
+        ));
+    }
     if backend == Backend::Sqlite {
         // timestamps in another form than diesel's would compare wrongly in the views
         rejects("INSERT INTO users (email, created_at) VALUES ('a@b.c', '2026-01-01T00:00:00')");

@@ -382,6 +382,52 @@ both_backends!(backups_are_recorded, |f: Fixture| async move {
     );
 });
 
+both_backends!(
+    backups_record_the_master_keys_of_their_rows,
+    |f: Fixture| async move {
+        let new = |name: &str| NewBackup {
+            backup_name: name.into(),
+            backup_type: "pg_dump".into(),
+            storage_path: Some(format!("/backups/{name}.jvbk")),
+            data: None,
+            size_bytes: Some(1),
+            checksum: None,
+            master_key_id: Some("arn:aws:kms:us-east-1:111122223333:key/stream".into()),
+        };
+        let rows_key = "arn:aws:kms:us-east-1:111122223333:key/rows";
+        let with_keys = f
+            .store
+            .create_backup_with_master_keys(new("with"), vec![rows_key.into(), "local-1#v2".into()])
+            .await
+            .expect("record");
+        let without = f.store.create_backup(new("without")).await.expect("record");
+        let keys = f.store.backup_keys().await.expect("keys");
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].id, without.id, "newest first");
+        assert_eq!(keys[0].rows_master_key_ids, Some(Vec::new()));
+        assert_eq!(keys[1].id, with_keys.id);
+        assert_eq!(
+            keys[1].rows_master_key_ids,
+            Some(vec![rows_key.to_owned(), "local-1#v2".to_owned()])
+        );
+        assert!(!keys[1].in_row);
+        // A local key id names every version of it; a key id is not a prefix match.
+        assert!(keys[1].names(rows_key) && keys[1].names("local-1"));
+        assert!(!keys[1].names("local") && !keys[0].names(rows_key));
+        for (key, backups) in [
+            (rows_key, 1),
+            ("local-1", 1),
+            ("arn:aws:kms:us-east-1:111122223333:key/stream", 2),
+            ("arn:aws:kms:us-east-1:111122223333:key/other", 0),
+        ] {
+            let usage = jarvis_models::verify::key_usage(&f.db, key)
+                .await
+                .expect("usage");
+            assert_eq!(usage.backups, backups, "{key}");
+        }
+    }
+);
+
 /// 10,000 users under 2 data keys: a cold listing makes exactly 2 unwrap calls.
 async fn listing_unwraps_each_data_key_once(backend: &str) {
     let f = fixture(

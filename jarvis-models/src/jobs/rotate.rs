@@ -870,6 +870,11 @@ fn spec_name(spec: SearchSpec) -> String {
 /// The keyset cursor of a worker that has not done a batch in this pass yet.
 const START: i64 = i64::MIN;
 
+/// A batch looks for pending rows in windows of this many batch sizes of ids...
+const WINDOW_BATCHES: i64 = 4;
+/// ...and at least this many.
+const MIN_WINDOW: i64 = 256;
+
 /// The stored-form columns of one encrypted field.
 #[derive(Debug, Clone, Copy)]
 struct Field {
@@ -976,12 +981,14 @@ impl Predicate {
         })
     }
 
-    /// The pending rows after a worker's keyset cursor.
-    fn after(&self, cursor: i64) -> String {
+    /// The pending rows after a worker's keyset cursor, up to `last` (a window of ids: a
+    /// bounded range of the primary key, which the planner scans in order, where the whole
+    /// rest of the table would be sorted to find the first pending rows).
+    fn window(&self, cursor: i64, last: i64) -> String {
         if cursor == START {
-            self.pending.clone()
+            format!("{} AND id <= {last}", self.pending)
         } else {
-            format!("{} AND id > {cursor}", self.pending)
+            format!("{} AND id > {cursor} AND id <= {last}", self.pending)
         }
     }
 }
@@ -1064,6 +1071,9 @@ where
     async fn count(conn: &mut Conn, predicate: &str) -> Result<i64>;
     /// The ids of the rows matching `predicate`.
     async fn ids(conn: &mut Conn, predicate: &str) -> Result<Vec<i64>>;
+    /// The last of the next `size` ids after `cursor` ([`START`]: from the first), `None`
+    /// at the end of the table.
+    async fn window_end(conn: &mut Conn, cursor: i64, size: i64) -> Result<Option<i64>>;
     /// Writes a row's columns; the number of rows changed.
     async fn update(conn: &mut Conn, row: &Self::Row) -> Result<usize>;
     /// Counts a rotation of rows `ids`.
@@ -1150,6 +1160,18 @@ macro_rules! rotate_table {
                     .select($table::id)
                     .load(c)
                     .await?))
+            }
+
+            async fn window_end(conn: &mut Conn, cursor: i64, size: i64) -> Result<Option<i64>> {
+                let ids: Vec<i64> = with_conn!(conn, |c| {
+                    let query = $table::table.select($table::id).order($table::id).limit(size);
+                    if cursor == START {
+                        query.load(c).await?
+                    } else {
+                        query.filter($table::id.gt(cursor)).load(c).await?
+                    }
+                });
+                Ok(ids.last().copied())
             }
 
             async fn update(conn: &mut Conn, row: &$row) -> Result<usize> {
@@ -1263,20 +1285,14 @@ impl Job<'_> {
     ) -> Result<u64> {
         let started = Instant::now();
         let mut ids = Vec::new();
-        let pending = predicate.after(cursor.load(Ordering::SeqCst));
-        let not_done = predicate.not_done.as_deref();
+        let mut position = cursor.load(Ordering::SeqCst);
+        let at = &mut position;
         let result = match table {
-            "users" => self.run::<User>(table, &pending, not_done, &mut ids).await,
-            "api_keys" => {
-                self.run::<ApiKey>(table, &pending, not_done, &mut ids)
-                    .await
-            }
-            "oauth_tokens" => {
-                self.run::<OAuthToken>(table, &pending, not_done, &mut ids)
-                    .await
-            }
+            "users" => self.run::<User>(table, predicate, at, &mut ids).await,
+            "api_keys" => self.run::<ApiKey>(table, predicate, at, &mut ids).await,
+            "oauth_tokens" => self.run::<OAuthToken>(table, predicate, at, &mut ids).await,
             _ => {
-                self.run::<EncryptedBackup>(table, &pending, not_done, &mut ids)
+                self.run::<EncryptedBackup>(table, predicate, at, &mut ids)
                     .await
             }
         };
@@ -1287,9 +1303,7 @@ impl Job<'_> {
         }
         match result {
             Ok((rows, n)) => {
-                if let Some(last) = ids.iter().max() {
-                    cursor.fetch_max(*last, Ordering::SeqCst);
-                }
+                cursor.fetch_max(position, Ordering::SeqCst);
                 values.fetch_add(n, Ordering::SeqCst);
                 tracing::debug!(table, rows, values = n, "rotate: batch committed");
                 Ok(rows)
@@ -1337,8 +1351,8 @@ impl Job<'_> {
     async fn run<M>(
         &self,
         table: &'static str,
-        pending: &str,
-        not_done: Option<&str>,
+        predicate: &Predicate,
+        position: &mut i64,
         ids: &mut Vec<i64>,
     ) -> Result<(u64, u64)>
     where
@@ -1347,7 +1361,7 @@ impl Job<'_> {
     {
         let mut tx = Transaction::begin(self.store.database()).await?;
         match self
-            .rotate_batch::<M>(tx.conn()?, table, pending, not_done, ids)
+            .rotate_batch::<M>(tx.conn()?, table, predicate, position, ids)
             .await
         {
             Ok(counts) => {
@@ -1361,12 +1375,15 @@ impl Job<'_> {
         }
     }
 
+    /// One batch inside the open transaction: the first pending rows after `position`,
+    /// window by window; `position` ends after the last id the batch looked at (rows skipped
+    /// as locked in between are left to the next pass).
     async fn rotate_batch<M>(
         &self,
         conn: &mut Conn,
         table: &'static str,
-        pending: &str,
-        not_done: Option<&str>,
+        predicate: &Predicate,
+        position: &mut i64,
         ids: &mut Vec<i64>,
     ) -> Result<(u64, u64)>
     where
@@ -1374,11 +1391,22 @@ impl Job<'_> {
         M::Row: Clone + Sync,
     {
         let limit = i64::try_from(self.options.batch_size).unwrap_or(i64::MAX);
-        let rows = M::pending(conn, pending, limit).await?;
+        let window = limit.saturating_mul(WINDOW_BATCHES).max(MIN_WINDOW);
+        let rows = loop {
+            let Some(last) = M::window_end(conn, *position, window).await? else {
+                return Ok((0, 0));
+            };
+            let rows = M::pending(conn, &predicate.window(*position, last), limit).await?;
+            *position = match rows.iter().map(M::id).max() {
+                // A full batch: pending rows may follow within the window.
+                Some(max) if rows.len() >= self.options.batch_size => max,
+                _ => last,
+            };
+            if !rows.is_empty() {
+                break rows;
+            }
+        };
         ids.extend(rows.iter().map(M::id));
-        if rows.is_empty() {
-            return Ok((0, 0));
-        }
         let models = M::decrypt_rows(rows.clone(), self.store.encryptor()).await?;
         let (new_rows, values) = match (&self.options.mode, &self.hashers) {
             (RotateMode::ToKey(to), _) => self.rewrap_rows::<M>(rows, to).await?,
@@ -1418,7 +1446,7 @@ impl Job<'_> {
         if self.options.mode.changes_data_keys() {
             M::mark_rotated(conn, ids, now()).await?;
         }
-        if let (Some(job), Some(not_done)) = (self.run, not_done) {
+        if let (Some(job), Some(not_done)) = (self.run, predicate.not_done.as_deref()) {
             // Only the rows the run had not done yet: a row done again (rewritten by the
             // application under another master key meanwhile) is in a range already, and
             // ranges that never overlap keep "the range at or before the row" exact.

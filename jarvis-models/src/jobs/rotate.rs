@@ -51,8 +51,9 @@
 //! As in [`encrypt_existing`](super::encrypt_existing): one transaction; up to `batch_size`
 //! pending rows `ORDER BY id` after the worker's keyset cursor (the last id it did in this
 //! pass), on PostgreSQL `FOR UPDATE SKIP LOCKED` (workers and processes never take the same
-//! row; a row an application transaction holds is skipped, and found by the next pass); the
-//! new rows are built, then **verified** before anything is written: they are decrypted
+//! row; a row an application transaction holds is skipped, and found by the next pass), and
+//! checked again by a second statement against the progress other workers committed
+//! meanwhile; the new rows are built, then **verified** before anything is written: they are decrypted
 //! through a second encryptor with an empty cache (so every new wrapped key is unwrapped by
 //! the key provider itself) and must give exactly the values read (`rehash`: and their
 //! search hashes, recomputed by a second hasher from the values decrypted, must be the ones
@@ -1396,12 +1397,27 @@ impl Job<'_> {
             let Some(last) = M::window_end(conn, *position, window).await? else {
                 return Ok((0, 0));
             };
-            let rows = M::pending(conn, &predicate.window(*position, last), limit).await?;
+            let mut rows = M::pending(conn, &predicate.window(*position, last), limit).await?;
             *position = match rows.iter().map(M::id).max() {
                 // A full batch: pending rows may follow within the window.
                 Some(max) if rows.len() >= self.options.batch_size => max,
                 _ => last,
             };
+            if predicate.not_done.is_some() && !rows.is_empty() {
+                // A row another worker rewrote and committed after this statement's snapshot
+                // is re-checked by PostgreSQL against its new version before it is locked,
+                // but the run's progress is read as of the snapshot: a row that worker has
+                // just done (and recorded) would pass. A new statement sees its commit.
+                let list: Vec<String> = rows.iter().map(|r| M::id(r).to_string()).collect();
+                let still: std::collections::HashSet<i64> = M::ids(
+                    conn,
+                    &format!("id IN ({}) AND {}", list.join(","), predicate.pending),
+                )
+                .await?
+                .into_iter()
+                .collect();
+                rows.retain(|row| still.contains(&M::id(row)));
+            }
             if !rows.is_empty() {
                 break rows;
             }

@@ -959,3 +959,95 @@ async fn a_row_locked_by_the_application_leaves_the_run_unfinished() {
     let out = stdout(&run(dir.path(), &args, &vars));
     assert!(out.contains("to-key users: 1 of 1 rows done"), "{out}");
 }
+
+/// `verify` recomputes every search hash under the configured search key, and reports a
+/// row holding both a ciphertext and the plaintext it replaced; each a failure of its own
+/// kind, by table, row and column. Without a search key it says the hashes were not checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_checks_search_hashes_and_plaintext_left_beside_ciphertext() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = dir.path().join("verify.sqlite3").display().to_string();
+    let key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let vars = [
+        ("DATABASE_URL", url.as_str()),
+        ("JARVIS_LOCAL_MASTER_KEY", key),
+        ("ENCRYPTION_SEARCH_SALT", SALT),
+    ];
+    let no_search_key = [
+        ("DATABASE_URL", url.as_str()),
+        ("JARVIS_LOCAL_MASTER_KEY", key),
+    ];
+    run(dir.path(), &["migrate"], &vars);
+    let db = Database::connect(&url, 2).await.expect("db");
+    let provider: Arc<dyn KeyProvider> =
+        Arc::new(LocalKeyProvider::from_hex(key).expect("local key"));
+    let search = SearchKey::new(SALT.as_bytes().to_vec()).expect("salt");
+    seed(&store(&db, provider, search), 20).await;
+    let report = verify_json(dir.path(), &vars);
+    assert_eq!(report["clean"], true, "{report}");
+    assert_eq!(report["search_hashes_checked"], true);
+
+    // User 3 gets user 4's (valid) hash, API key 2 loses its hash, user 5 gets its
+    // plaintext back beside the ciphertext.
+    execute(
+        &db,
+        "UPDATE users SET email_hash = (SELECT email_hash FROM users WHERE id = 4) WHERE id = 3",
+    )
+    .await;
+    execute(&db, "UPDATE api_keys SET key_hash = NULL WHERE id = 2").await;
+    execute(
+        &db,
+        "UPDATE users SET email = 'user5@example.com' WHERE id = 5",
+    )
+    .await;
+
+    let failed = jarvis(dir.path(), &["verify"], &vars)
+        .output()
+        .expect("verify");
+    let out = stdout(&failed);
+    assert_eq!(failed.status.code(), Some(1), "{out}");
+    for line in [
+        "FAILED users id 3 email_hash: search_hash_mismatch",
+        "FAILED api_keys id 2 key_hash: search_hash_mismatch",
+        "FAILED users id 5 email: plaintext_not_cleared",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    assert_eq!(out.matches("FAILED").count(), 3, "{out}");
+    let json = jarvis(dir.path(), &["verify", "--json"], &vars)
+        .output()
+        .expect("verify --json");
+    assert_eq!(json.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    let users = report["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .find(|c| c["table"] == "users")
+        .expect("users")
+        .clone();
+    assert_eq!(users["search_hash_mismatches"], 1, "{users}");
+    assert_eq!(users["plaintext_not_cleared"], 1, "{users}");
+    assert_eq!(users["failed"], 0, "every value still decrypts: {users}");
+
+    // No search key configured or stored: the values are checked, the hashes are not, and
+    // verify says so.
+    let unchecked = jarvis(dir.path(), &["verify"], &no_search_key)
+        .output()
+        .expect("verify");
+    let out = stdout(&unchecked);
+    assert_eq!(
+        unchecked.status.code(),
+        Some(1),
+        "the plaintext is still found: {out}"
+    );
+    assert!(out.contains("search hashes not checked"), "{out}");
+    assert!(!out.contains("search_hash_mismatch"), "{out}");
+    execute(&db, "UPDATE users SET email = NULL WHERE id = 5").await;
+    let unchecked = jarvis(dir.path(), &["verify", "--json"], &no_search_key)
+        .output()
+        .expect("verify");
+    assert!(unchecked.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&unchecked.stdout).expect("json");
+    assert_eq!(report["search_hashes_checked"], false, "{report}");
+}

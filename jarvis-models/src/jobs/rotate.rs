@@ -34,11 +34,12 @@
 //! run is recorded in `jarvis_jobs` (kind and parameters); each committed batch records the
 //! ids it did in `jarvis_job_progress`, in the batch's own transaction, as ranges of
 //! consecutive ids that never overlap (a row done again is in a range already). A row is
-//! done by the run exactly when a committed batch of the run rewrote it. On top of that, a `reencrypt` row whose values are not all under the writer's
-//! master key is pending whatever the progress says: a value the application writes under
-//! the old master key in the middle of a `--reencrypt --to-key NEW` run is taken up again,
-//! and the run is finished (its `finished_at` set, its progress deleted) only when a final
-//! count over every table finds nothing pending.
+//! done by the run exactly when a committed batch of the run rewrote it. On top of that, a
+//! `reencrypt` row whose values are not all under the writer's master key is pending
+//! whatever the progress says: a value the application writes under the old master key in
+//! the middle of a `--reencrypt --to-key NEW` run is taken up again, and the run is finished
+//! (its `finished_at` set, its progress deleted) only when a final count over every table
+//! finds nothing pending.
 //!
 //! A run's parameters are its tables, the master key it writes under and the fingerprint of
 //! the search key its hashes are computed with (`rehash`: the old and the new fingerprint and
@@ -48,14 +49,15 @@
 //!
 //! # One batch
 //!
-//! As in [`encrypt_existing`](super::encrypt_existing): one transaction; up to `batch_size`
+//! As in [`encrypt_existing`](mod@super::encrypt_existing): one transaction; up to `batch_size`
 //! pending rows `ORDER BY id` after the worker's keyset cursor (the last id it did in this
 //! pass), on PostgreSQL `FOR UPDATE SKIP LOCKED` (workers and processes never take the same
 //! row; a row an application transaction holds is skipped, and found by the next pass), and
 //! checked again by a second statement against the progress other workers committed
-//! meanwhile; the new rows are built, then **verified** before anything is written: they are decrypted
-//! through a second encryptor with an empty cache (so every new wrapped key is unwrapped by
-//! the key provider itself) and must give exactly the values read (`rehash`: and their
+//! meanwhile (ids are looked for in windows of a few batch sizes, an ordered range of the
+//! primary key); the new rows are built, then **verified** before anything is written: they
+//! are decrypted through a second encryptor with an empty cache (so every new wrapped key is
+//! unwrapped by the key provider itself) and must give exactly the values read (`rehash`: and their
 //! search hashes, recomputed by a second hasher from the values decrypted, must be the ones
 //! written); then one `UPDATE` per row, the rotation columns for the batch, the batch's
 //! progress, `COMMIT`, one audit event ([`Operation::Rotate`], [`Operation::Rewrap`] or
@@ -66,7 +68,8 @@
 //! A table is done in passes: each worker walks the table by id once; when every worker has
 //! reached the end, the pending rows are counted again, and another pass starts if some
 //! remain (rows skipped as locked, rows the application rewrote behind the workers) and the
-//! last pass lowered their number. A row is written by one `UPDATE` in one transaction: at
+//! last pass lowered their number; once every table is done, tables with pending rows again
+//! get another round, on the same condition. A row is written by one `UPDATE` in one transaction: at
 //! any moment it holds its old valid form or its new verified one. A rerun (after a kill, a
 //! crash, a KMS outage) continues where the run stopped. The stop flag finishes the current
 //! batch. Failures end the job with the first failed batch's error; committed batches stay.

@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
+use jarvis_crypt::SearchKey;
 use jarvis_models::jobs::{
     EncryptExistingOptions, Progress, RotateMode, RotateOptions, encrypt_existing as run_job,
 };
@@ -136,35 +137,62 @@ pub(crate) struct RotateArgs {
     pub(crate) to_key: Option<String>,
     pub(crate) reencrypt: bool,
     pub(crate) legacy: bool,
+    pub(crate) rehash: bool,
     pub(crate) batch_size: usize,
     pub(crate) workers: usize,
     pub(crate) dry_run: bool,
 }
 
-pub(crate) async fn rotate(global: &Global, args: RotateArgs) -> Result<()> {
+/// `jarvis rotate`. `new_search_key` is the configured search key of `--rehash`: the store
+/// is opened with it unchecked (the start-up check would refuse a key other than the
+/// recorded one, which the job replaces) and the job gets it explicitly. Exit status 1 when
+/// the run is not finished (rows left pending).
+pub(crate) async fn rotate(
+    global: &Global,
+    args: RotateArgs,
+    new_search_key: Option<SearchKey>,
+) -> Result<std::process::ExitCode> {
     let target = match &args.to_key {
         Some(key) => Some(global.target_key(key).await?),
         None => None,
     };
+    let modes = (
+        &args.older_than,
+        target,
+        args.reencrypt,
+        args.legacy,
+        args.rehash,
+    );
     // The target of --to-key is allowed for decryption for this run: re-wrapped keys are
     // verified under it.
-    let (mode, write_under, decrypt_also) =
-        match (&args.older_than, target, args.reencrypt, args.legacy) {
-            (Some(age), None, false, false) => (RotateMode::OlderThan(parse_age(age)?), None, None),
-            (None, Some((to, p)), false, false) => (RotateMode::ToKey(to), None, Some(p)),
-            (None, target, true, false) => (RotateMode::Reencrypt, target.map(|(_, p)| p), None),
-            (None, None, false, true) => (RotateMode::Legacy, None, None),
-            _ => anyhow::bail!(
-                "choose one of --older-than AGE, --to-key KEY, --reencrypt [--to-key KEY], --legacy"
-            ),
-        };
+    let (mode, write_under, decrypt_also) = match modes {
+        (Some(age), None, false, false, false) => {
+            (RotateMode::OlderThan(parse_age(age)?), None, None)
+        }
+        (None, Some((to, p)), false, false, false) => (RotateMode::ToKey(to), None, Some(p)),
+        (None, target, true, false, false) => (RotateMode::Reencrypt, target.map(|(_, p)| p), None),
+        (None, None, false, true, false) => (RotateMode::Legacy, None, None),
+        (None, None, false, false, true) => (RotateMode::Rehash, None, None),
+        _ => anyhow::bail!(
+            "choose one of --older-than AGE, --to-key KEY, --reencrypt [--to-key KEY], \
+             --legacy, --rehash"
+        ),
+    };
+    let rehash_key = match (&mode, new_search_key) {
+        (RotateMode::Rehash, Some(key)) => Some(Arc::new(key)),
+        (RotateMode::Rehash, None) => anyhow::bail!(
+            "rotate --rehash recomputes every search hash under the configured search key: \
+             set ENCRYPTION_SEARCH_SALT (or --search-key-file) to the new key"
+        ),
+        _ => None,
+    };
     let opened = global
         .open_with(OpenOptions {
-            search: true,
+            search: rehash_key.is_none(),
             allow_legacy: mode == RotateMode::Legacy,
             write_under,
             decrypt_also,
-            ..OpenOptions::default()
+            new_search_key: rehash_key.is_some(),
         })
         .await?;
     let mut options = RotateOptions::new(mode, Arc::new(opened.audit.clone()));
@@ -173,6 +201,7 @@ pub(crate) async fn rotate(global: &Global, args: RotateArgs) -> Result<()> {
     options.workers = args.workers;
     options.dry_run = args.dry_run;
     options.stop = Some(stop_on_ctrl_c());
+    options.search_key = rehash_key;
     let view = ProgressView::new("rotate");
     let result = jarvis_models::jobs::rotate(&opened.store, &options, &|p| view.update(p)).await;
     view.finish();
@@ -213,6 +242,24 @@ pub(crate) async fn rotate(global: &Global, args: RotateArgs) -> Result<()> {
             report.stored_keys_rewrapped
         );
     }
+    if let Some((old, new)) = &report.search_key_fingerprints {
+        match (report.finished, report.dry_run) {
+            (true, false) if old == new => out!(
+                "every search hash is under the search key {} (recorded)",
+                new.short()
+            ),
+            (true, false) => out!(
+                "search key fingerprint recorded: {} (was {})",
+                new.short(),
+                old.short()
+            ),
+            _ => out!(
+                "search key fingerprint still {} (the new key {} is recorded when every hash is done)",
+                old.short(),
+                new.short()
+            ),
+        }
+    }
     out!(
         "{} rows in {:.1} s ({:.0} rows/s){}",
         report.rows_rotated(),
@@ -224,7 +271,15 @@ pub(crate) async fn rotate(global: &Global, args: RotateArgs) -> Result<()> {
             ""
         }
     );
-    Ok(())
+    if !report.dry_run && !report.stopped && !report.finished {
+        eprintln!(
+            "not finished: {} rows are still pending (locked by other transactions, or written \
+             meanwhile under another key); rerun",
+            report.rows_remaining()
+        );
+        return Ok(std::process::ExitCode::from(1));
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// `jarvis retire-key`: refused while any row, the stored search key or a recorded backup

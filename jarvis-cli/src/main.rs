@@ -83,33 +83,42 @@ enum Command {
         workers: usize,
     },
     /// Re-encrypt values under fresh data keys, re-wrap data keys under another master key,
-    /// or upgrade legacy rows, in verified, resumable batches (safe to kill; several workers
-    /// or processes may run at once). Updates `rotation_count` and `last_rotated_at`.
+    /// upgrade legacy rows, or recompute search hashes under a new search key, in verified,
+    /// resumable batches (safe to kill; several workers or processes may run at once).
+    /// Re-encryption updates `rotation_count` and `last_rotated_at`; re-wrapping and
+    /// re-hashing leave them. Exit status 1 when rows are left pending.
     #[command(group(
         clap::ArgGroup::new("mode")
             .required(true)
             .multiple(true)
-            .args(["older_than", "to_key", "reencrypt", "legacy"])
+            .args(["older_than", "to_key", "reencrypt", "legacy", "rehash"])
     ))]
     Rotate {
         /// Only this table (`users`, `api_keys`, `oauth_tokens`, `encrypted_backups`).
         #[arg(long)]
         table: Option<String>,
         /// Re-encrypt rows last rotated (or created) longer ago than this: `90d`, `12h`.
-        #[arg(long, conflicts_with_all = ["to_key", "reencrypt", "legacy"])]
+        #[arg(long, conflicts_with_all = ["to_key", "reencrypt", "legacy", "rehash"])]
         older_than: Option<String>,
         /// Re-wrap every data key under this master key (KMS ReEncrypt; no data is
         /// re-encrypted); with `--reencrypt`, write the fresh data keys under it. A KMS key
         /// id, ARN or alias, or a version of the local key (`2`).
-        #[arg(long, conflicts_with = "legacy")]
+        #[arg(long, conflicts_with_all = ["legacy", "rehash"])]
         to_key: Option<String>,
         /// Re-encrypt every value under fresh data keys: the answer to a compromised key.
-        #[arg(long)]
+        /// Resumes an unfinished run with the same tables, master key and search key.
+        #[arg(long, conflicts_with = "rehash")]
         reencrypt: bool,
         /// Rewrite legacy rows (16-byte IV, bare KMS blob) in the current form, search hash
         /// included.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "rehash")]
         legacy: bool,
+        /// Recompute every search hash under the configured search key
+        /// (ENCRYPTION_SEARCH_SALT), the new one, then record its fingerprint in place of the
+        /// old one's: a deliberate change of search key or of a column's normalizers. Every
+        /// table; stop the applications' lookups and writes meanwhile.
+        #[arg(long, conflicts_with = "table")]
+        rehash: bool,
         /// Rows per batch (one transaction each).
         #[arg(long, default_value_t = jarvis_models::jobs::RotateOptions::DEFAULT_BATCH_SIZE)]
         batch_size: usize,
@@ -228,24 +237,30 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             to_key,
             reencrypt,
             legacy,
+            rehash,
             batch_size,
             workers,
             dry_run,
         } => {
-            jobs::rotate(
-                global,
-                jobs::RotateArgs {
-                    table,
-                    older_than,
-                    to_key,
-                    reencrypt,
-                    legacy,
-                    batch_size,
-                    workers,
-                    dry_run,
-                },
-            )
-            .await?;
+            // `--rehash`: the configured search key is the new one, given to the job
+            // explicitly and not checked against the recorded fingerprint it replaces.
+            let new_search_key = if rehash {
+                cli.global.configured_search_key()?
+            } else {
+                None
+            };
+            let args = jobs::RotateArgs {
+                table,
+                older_than,
+                to_key,
+                reencrypt,
+                legacy,
+                rehash,
+                batch_size,
+                workers,
+                dry_run,
+            };
+            return jobs::rotate(&cli.global, args, new_search_key).await;
         }
         Command::Verify { table, json } => {
             return verify::run(global, table.as_deref(), json).await;

@@ -1,4 +1,5 @@
-//! `jarvis verify`: decrypt everything, report rows by master key and form, and failures.
+//! `jarvis verify`: decrypt everything, check search hashes, report rows by master key and
+//! form, and failures.
 
 use std::process::ExitCode;
 
@@ -10,7 +11,19 @@ use crate::config::Global;
 
 pub(crate) async fn run(global: &Global, table: Option<&str>, json: bool) -> Result<ExitCode> {
     let opened = global.open(false).await?;
-    let report = jarvis_models::verify::verify(&opened.db, &opened.encryptor, table).await?;
+    // Search hashes are checked under the configured search key, or the one stored in
+    // jarvis_keys (loaded, never created).
+    let stored = match opened.encryptor.search_key_fingerprint() {
+        Some(_) => None,
+        None => jarvis_models::keys::load_search_key_with(&opened.db, &opened.encryptor).await?,
+    };
+    let report = jarvis_models::verify::verify_with_search_key(
+        &opened.db,
+        &opened.encryptor,
+        table,
+        stored.as_ref(),
+    )
+    .await?;
     opened.audit.shutdown().await;
     print(&report, json);
     Ok(if report.is_clean() {
@@ -29,6 +42,8 @@ pub(crate) fn print(report: &VerifyReport, json: bool) {
                 serde_json::json!({
                     "table": table, "column": column, "current": c.current, "legacy": c.legacy,
                     "plaintext": c.plaintext, "null": c.null, "failed": c.failed,
+                    "search_hash_mismatches": c.search_hash_mismatches,
+                    "plaintext_not_cleared": c.plaintext_not_cleared,
                     "by_master_key": c.by_master_key,
                 })
             })
@@ -40,7 +55,10 @@ pub(crate) fn print(report: &VerifyReport, json: bool) {
             .collect();
         out!(
             "{}",
-            serde_json::json!({"columns": columns, "failures": failures, "clean": report.is_clean()})
+            serde_json::json!({
+                "columns": columns, "failures": failures, "clean": report.is_clean(),
+                "search_hashes_checked": report.search_hashes_checked,
+            })
         );
         return;
     }
@@ -53,6 +71,8 @@ pub(crate) fn print(report: &VerifyReport, json: bool) {
         "plaintext",
         "null",
         "failed",
+        "bad hash",
+        "both forms",
         "master keys",
     ]);
     for ((t, column), c) in &report.columns {
@@ -69,10 +89,18 @@ pub(crate) fn print(report: &VerifyReport, json: bool) {
             c.plaintext.to_string(),
             c.null.to_string(),
             c.failed.to_string(),
+            c.search_hash_mismatches.to_string(),
+            c.plaintext_not_cleared.to_string(),
             keys.join("\n"),
         ]);
     }
     out!("{table}");
+    if !report.search_hashes_checked {
+        out!(
+            "search hashes not checked: no search key is configured (ENCRYPTION_SEARCH_SALT) \
+             or stored in jarvis_keys"
+        );
+    }
     for f in &report.failures {
         out!(
             "FAILED {} id {} {}: {}",

@@ -303,13 +303,14 @@ async fn to_key_rewraps_every_data_key_once_then_the_old_key_retires() {
         "{out}"
     );
 
-    // Ciphertexts untouched, data keys changed, the rotation counted.
+    // Ciphertexts untouched, data keys re-wrapped; no data key changed, so the rotation
+    // clock `--older-than` reads is not reset.
     let after = users(&db).await;
     assert_eq!(before.len(), after.len());
     for (b, a) in before.iter().zip(&after) {
         assert_eq!(b.ciphertext, a.ciphertext);
         assert_ne!(b.data_key, a.data_key);
-        assert_eq!(a.rotation_count, b.rotation_count + 1);
+        assert_eq!(a.rotation_count, b.rotation_count);
     }
     // Every value decrypts, all under the new key.
     let report = verify_json(dir.path(), &vars_new);
@@ -777,4 +778,276 @@ async fn retire_key_counts_backups_whose_rows_need_the_key() {
         &vars_new,
     );
     assert!(stdout(&accepted).contains("PendingDeletion"));
+}
+
+const NEW_SALT: &str = "the search salt the rotate tests move to, long enough as well";
+
+/// `rotate --rehash`: the configured search key is the new one, the recorded fingerprint the
+/// old one's; every hash is recomputed, the new fingerprint recorded, a rerun does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rehash_moves_the_search_hashes_to_the_configured_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = dir.path().join("rehash.sqlite3").display().to_string();
+    let key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let old_vars = [
+        ("DATABASE_URL", url.as_str()),
+        ("JARVIS_LOCAL_MASTER_KEY", key),
+        ("ENCRYPTION_SEARCH_SALT", SALT),
+    ];
+    let new_vars = [
+        ("DATABASE_URL", url.as_str()),
+        ("JARVIS_LOCAL_MASTER_KEY", key),
+        ("ENCRYPTION_SEARCH_SALT", NEW_SALT),
+    ];
+    run(dir.path(), &["migrate"], &old_vars);
+    let db = Database::connect(&url, 2).await.expect("db");
+    let provider: Arc<dyn KeyProvider> =
+        Arc::new(LocalKeyProvider::from_hex(key).expect("local key"));
+    let old = SearchKey::new(SALT.as_bytes().to_vec()).expect("salt");
+    let new = SearchKey::new(NEW_SALT.as_bytes().to_vec()).expect("salt");
+    let (old_short, new_short) = (old.fingerprint().short(), new.fingerprint().short());
+    jarvis_models::keys::record_search_key(&db, &old)
+        .await
+        .expect("record the old key");
+    seed(&store(&db, Arc::clone(&provider), old), 50).await;
+    let with_new = store(&db, provider, new);
+    assert!(
+        with_new
+            .find_user_by_email("user7@example.com")
+            .await
+            .expect("lookup")
+            .is_none()
+    );
+
+    // The new key must be configured: it is the key the hashes move to.
+    let no_key = jarvis(
+        dir.path(),
+        &["rotate", "--rehash"],
+        &[
+            ("DATABASE_URL", url.as_str()),
+            ("JARVIS_LOCAL_MASTER_KEY", key),
+        ],
+    )
+    .output()
+    .expect("runs");
+    assert_eq!(no_key.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&no_key.stderr).contains("set ENCRYPTION_SEARCH_SALT"),
+        "{}",
+        String::from_utf8_lossy(&no_key.stderr)
+    );
+    // Every table at once: the search key is the database's.
+    let one_table = jarvis(
+        dir.path(),
+        &["rotate", "--rehash", "--table", "users"],
+        &new_vars,
+    )
+    .output()
+    .expect("runs");
+    assert!(!one_table.status.success());
+
+    let out = stdout(&run(
+        dir.path(),
+        &["rotate", "--rehash", "--batch-size", "20", "--workers", "2"],
+        &new_vars,
+    ));
+    assert!(
+        out.contains("rehash users: 50 of 50 rows done (50 values)"),
+        "{out}"
+    );
+    assert!(out.contains("rehash api_keys: 3 of 3 rows done"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "search key fingerprint recorded: {new_short} (was {old_short})"
+        )),
+        "{out}"
+    );
+    let found = with_new
+        .find_user_by_email(" USER7@example.com")
+        .await
+        .expect("lookup")
+        .expect("found under the new key");
+    assert_eq!(found.email, "user7@example.com");
+    assert!(
+        with_new
+            .find_api_key_by_key("sk_live_rotate_2")
+            .await
+            .expect("lookup")
+            .is_some()
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) AS n FROM users WHERE rotation_count > 0"
+        )
+        .await,
+        0,
+        "no data key changed"
+    );
+    assert_eq!(verify_json(dir.path(), &new_vars)["clean"], true);
+
+    let again = stdout(&run(dir.path(), &["rotate", "--rehash"], &new_vars));
+    assert!(
+        again.contains(&format!(
+            "every search hash is under the search key {new_short} (recorded)"
+        )),
+        "{again}"
+    );
+    assert!(again.contains("0 rows in"), "{again}");
+}
+
+/// A row held by another transaction is skipped (`SKIP LOCKED`): the run ends unfinished,
+/// says so, exits 1, and a rerun once the row is free finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_locked_by_the_application_leaves_the_run_unfinished() {
+    let url = jarvis_tests::fresh_postgres_database("cli_rotate_locked");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = "1:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff,\
+               2:ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+    let vars = [
+        ("DATABASE_URL", url.as_str()),
+        ("JARVIS_LOCAL_MASTER_KEY", key),
+        ("ENCRYPTION_SEARCH_SALT", SALT),
+    ];
+    run(dir.path(), &["migrate"], &vars);
+    let db = Database::connect(&url, 4).await.expect("db");
+    let provider: Arc<dyn KeyProvider> = Arc::new(
+        LocalKeyProvider::from_hex(key)
+            .expect("local key")
+            .with_current_version(1)
+            .expect("version 1"),
+    );
+    let search = SearchKey::new(SALT.as_bytes().to_vec()).expect("salt");
+    seed(&store(&db, provider, search), 40).await;
+
+    // The application holds user 7 in an open transaction.
+    let mut holder = db.get().await.expect("conn");
+    with_conn!(&mut holder, |c| {
+        sql_query("BEGIN").execute(c).await.expect("begin");
+        sql_query("SELECT id FROM users WHERE id = 7 FOR UPDATE")
+            .execute(c)
+            .await
+            .expect("lock")
+    });
+    let args = [
+        "rotate",
+        "--to-key",
+        "2",
+        "--table",
+        "users",
+        "--batch-size",
+        "10",
+    ];
+    let held = jarvis(dir.path(), &args, &vars).output().expect("runs");
+    let (out, err) = (
+        String::from_utf8_lossy(&held.stdout),
+        String::from_utf8_lossy(&held.stderr),
+    );
+    assert_eq!(held.status.code(), Some(1), "{out}\n{err}");
+    assert!(out.contains("to-key users: 39 of 40 rows done"), "{out}");
+    assert!(out.contains("; 1 remaining"), "{out}");
+    assert!(
+        err.contains("not finished: 1 rows are still pending"),
+        "{err}"
+    );
+    with_conn!(&mut holder, |c| sql_query("ROLLBACK")
+        .execute(c)
+        .await
+        .expect("rollback"));
+    drop(holder);
+
+    let out = stdout(&run(dir.path(), &args, &vars));
+    assert!(out.contains("to-key users: 1 of 1 rows done"), "{out}");
+}
+
+/// `verify` recomputes every search hash under the configured search key, and reports a
+/// row holding both a ciphertext and the plaintext it replaced; each a failure of its own
+/// kind, by table, row and column. Without a search key it says the hashes were not checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_checks_search_hashes_and_plaintext_left_beside_ciphertext() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = dir.path().join("verify.sqlite3").display().to_string();
+    let key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let vars = [
+        ("DATABASE_URL", url.as_str()),
+        ("JARVIS_LOCAL_MASTER_KEY", key),
+        ("ENCRYPTION_SEARCH_SALT", SALT),
+    ];
+    let no_search_key = [
+        ("DATABASE_URL", url.as_str()),
+        ("JARVIS_LOCAL_MASTER_KEY", key),
+    ];
+    run(dir.path(), &["migrate"], &vars);
+    let db = Database::connect(&url, 2).await.expect("db");
+    let provider: Arc<dyn KeyProvider> =
+        Arc::new(LocalKeyProvider::from_hex(key).expect("local key"));
+    let search = SearchKey::new(SALT.as_bytes().to_vec()).expect("salt");
+    seed(&store(&db, provider, search), 20).await;
+    let report = verify_json(dir.path(), &vars);
+    assert_eq!(report["clean"], true, "{report}");
+    assert_eq!(report["search_hashes_checked"], true);
+
+    // User 3 gets user 4's (valid) hash, API key 2 loses its hash, user 5 gets its
+    // plaintext back beside the ciphertext.
+    execute(
+        &db,
+        "UPDATE users SET email_hash = (SELECT email_hash FROM users WHERE id = 4) WHERE id = 3",
+    )
+    .await;
+    execute(&db, "UPDATE api_keys SET key_hash = NULL WHERE id = 2").await;
+    execute(
+        &db,
+        "UPDATE users SET email = 'user5@example.com' WHERE id = 5",
+    )
+    .await;
+
+    let failed = jarvis(dir.path(), &["verify"], &vars)
+        .output()
+        .expect("verify");
+    let out = stdout(&failed);
+    assert_eq!(failed.status.code(), Some(1), "{out}");
+    for line in [
+        "FAILED users id 3 email_hash: search_hash_mismatch",
+        "FAILED api_keys id 2 key_hash: search_hash_mismatch",
+        "FAILED users id 5 email: plaintext_not_cleared",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    assert_eq!(out.matches("FAILED").count(), 3, "{out}");
+    let json = jarvis(dir.path(), &["verify", "--json"], &vars)
+        .output()
+        .expect("verify --json");
+    assert_eq!(json.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    let users = report["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .find(|c| c["table"] == "users")
+        .expect("users")
+        .clone();
+    assert_eq!(users["search_hash_mismatches"], 1, "{users}");
+    assert_eq!(users["plaintext_not_cleared"], 1, "{users}");
+    assert_eq!(users["failed"], 0, "every value still decrypts: {users}");
+
+    // No search key configured or stored: the values are checked, the hashes are not, and
+    // verify says so.
+    let unchecked = jarvis(dir.path(), &["verify"], &no_search_key)
+        .output()
+        .expect("verify");
+    let out = stdout(&unchecked);
+    assert_eq!(
+        unchecked.status.code(),
+        Some(1),
+        "the plaintext is still found: {out}"
+    );
+    assert!(out.contains("search hashes not checked"), "{out}");
+    assert!(!out.contains("search_hash_mismatch"), "{out}");
+    execute(&db, "UPDATE users SET email = NULL WHERE id = 5").await;
+    let unchecked = jarvis(dir.path(), &["verify", "--json"], &no_search_key)
+        .output()
+        .expect("verify");
+    assert!(unchecked.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&unchecked.stdout).expect("json");
+    assert_eq!(report["search_hashes_checked"], false, "{report}");
 }

@@ -266,7 +266,8 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// Runs of resumable jobs that need their start time when rerun (`rotate --reencrypt`).
+    /// Runs of resumable jobs (`rotate --reencrypt`, `rotate --rehash`): a rerun with the same
+    /// parameters resumes the unfinished run, whose progress is in `jarvis_job_progress`.
     jarvis_jobs (id) {
         /// Row id (sequence `jarvis_jobs_id_seq` on PostgreSQL).
         id -> BigInt,

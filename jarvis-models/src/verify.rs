@@ -1,20 +1,37 @@
 //! Verification: decrypt every encrypted field of every row, count rows by master key and by
-//! form, and list every failure.
+//! form, check search hashes, and list every failure.
 //!
 //! Forms: `current` (12-byte nonce, jarvis wrapped key), `legacy` (16-byte IV, bare KMS blob;
 //! counted, not decrypted, not a failure), `plaintext` (a migrating column not yet encrypted),
 //! `null` (a nullable field without a value). A current value that does not decrypt is a
 //! failure with its error kind.
+//!
+//! Two more failures, each of its own kind, name the table, row and column:
+//!
+//! - [`SEARCH_HASH_MISMATCH`]: the stored search hash of a searchable field (the model's
+//!   [`Encrypted::SEARCH_COLUMNS`]) is not the hash of its decrypted value under the search
+//!   key (missing where the value is present, or under another key or normalizer): lookups
+//!   would miss the row. Checked only with a search key; [`VerifyReport::search_hashes_checked`]
+//!   says whether they were.
+//! - [`PLAINTEXT_NOT_CLEARED`]: a row of a table in the migrating state holds both the
+//!   ciphertext and the plaintext it replaced (written by hand, or by an old application
+//!   after its migration): the plaintext should have been cleared.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
 use diesel_async::RunQueryDsl;
-use jarvis_crypt::{Binding, Encryptor, KeyEnvelope, MasterKeyRef, StoredField};
+use jarvis_crypt::{
+    Binding, ColumnHasher, Encrypted, Encryptor, ErrorKind, KeyEnvelope, MasterKeyRef,
+    SearchColumn, SearchHash, SearchKey, StoredField,
+};
 
 use crate::db::Database;
 use crate::error::ModelError;
-use crate::models::{ApiKeyRow, EncryptedBackupRow, OAuthTokenRow, UserRow};
+use crate::models::{
+    ApiKey, ApiKeyRow, EncryptedBackup, EncryptedBackupRow, OAuthToken, OAuthTokenRow, User,
+    UserRow,
+};
 use crate::schema::{api_keys, encrypted_backups, oauth_tokens, users};
 use crate::with_conn;
 
@@ -31,6 +48,26 @@ pub const TABLES: [(&str, &[&str]); 4] = [
 
 const PAGE: i64 = 1000;
 
+/// The failure kind of a stored search hash that is not the hash of its decrypted value.
+pub const SEARCH_HASH_MISMATCH: &str = "search_hash_mismatch";
+
+/// The failure kind of a row holding both a ciphertext and the plaintext it replaced.
+pub const PLAINTEXT_NOT_CLEARED: &str = "plaintext_not_cleared";
+
+/// The searchable field stored in `table`.`ciphertext`, as its model describes it.
+fn search_column(table: &str, ciphertext: &str) -> Option<SearchColumn> {
+    [
+        User::SEARCH_COLUMNS,
+        ApiKey::SEARCH_COLUMNS,
+        OAuthToken::SEARCH_COLUMNS,
+        EncryptedBackup::SEARCH_COLUMNS,
+    ]
+    .into_iter()
+    .flatten()
+    .find(|c| c.table == table && c.ciphertext == ciphertext)
+    .copied()
+}
+
 /// Counts of one encrypted column.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ColumnReport {
@@ -46,6 +83,10 @@ pub struct ColumnReport {
     pub null: u64,
     /// Values that failed.
     pub failed: u64,
+    /// Values whose stored search hash is not the hash of the value (when hashes are checked).
+    pub search_hash_mismatches: u64,
+    /// Rows holding both the ciphertext and the plaintext it replaced.
+    pub plaintext_not_cleared: u64,
 }
 
 /// One value that failed to verify.
@@ -55,9 +96,11 @@ pub struct Failure {
     pub table: &'static str,
     /// Row id.
     pub id: i64,
-    /// Ciphertext column.
+    /// The column at fault: the ciphertext column; the search-hash column for
+    /// [`SEARCH_HASH_MISMATCH`]; the plaintext column for [`PLAINTEXT_NOT_CLEARED`].
     pub column: &'static str,
-    /// The error's kind.
+    /// The error's kind ([`ErrorKind::as_str`], [`SEARCH_HASH_MISMATCH`] or
+    /// [`PLAINTEXT_NOT_CLEARED`]).
     pub error_kind: &'static str,
 }
 
@@ -68,6 +111,9 @@ pub struct VerifyReport {
     pub columns: BTreeMap<(&'static str, &'static str), ColumnReport>,
     /// Every failure.
     pub failures: Vec<Failure>,
+    /// Whether search hashes were checked: `false` without a search key, when only the values
+    /// were.
+    pub search_hashes_checked: bool,
 }
 
 impl VerifyReport {
@@ -83,7 +129,10 @@ struct Entry {
     column: &'static str,
     id: i64,
     stored: Form,
-    plaintext: bool,
+    /// The plaintext column, when the row holds a value in it.
+    plaintext: Option<&'static str>,
+    /// The stored search hash, for a searchable field.
+    hash: Option<Option<SearchHash>>,
 }
 
 /// The four columns of a value: a stored form, or none; partly NULL columns are neither.
@@ -114,11 +163,24 @@ fn stored(
     Form { value, partial }
 }
 
-/// Verifies every table, or only `only`.
+/// Verifies every table, or only `only`, checking search hashes under the encryptor's search
+/// key (not at all without one).
 pub async fn verify(
     db: &Database,
     encryptor: &Encryptor,
     only: Option<&str>,
+) -> Result<VerifyReport, ModelError> {
+    verify_with_search_key(db, encryptor, only, None).await
+}
+
+/// [`verify`], checking search hashes under `search_key` when one is given (for instance the
+/// key stored in `jarvis_keys`, [`load_search_key`](crate::keys::load_search_key)), else under
+/// the encryptor's.
+pub async fn verify_with_search_key(
+    db: &Database,
+    encryptor: &Encryptor,
+    only: Option<&str>,
+    search_key: Option<&SearchKey>,
 ) -> Result<VerifyReport, ModelError> {
     if let Some(table) = only
         && !TABLES.iter().any(|(t, _)| *t == table)
@@ -130,7 +192,15 @@ pub async fn verify(
         ))
         .into());
     }
-    let mut report = VerifyReport::default();
+    let mut hashes = match search_key {
+        Some(key) => Hashes::Key(key, BTreeMap::new()),
+        None if encryptor.search_key_fingerprint().is_some() => Hashes::Encryptor(encryptor),
+        None => Hashes::Off,
+    };
+    let mut report = VerifyReport {
+        search_hashes_checked: !matches!(hashes, Hashes::Off),
+        ..VerifyReport::default()
+    };
     for (table, columns) in TABLES {
         if only.is_some_and(|t| t != table) {
             continue;
@@ -143,10 +213,39 @@ pub async fn verify(
             let (entries, last) = page(db, table, after).await?;
             let Some(last) = last else { break };
             after = last;
-            check(encryptor, entries, &mut report).await;
+            check(encryptor, &mut hashes, entries, &mut report).await;
         }
     }
     Ok(report)
+}
+
+/// How search hashes are computed, if at all.
+enum Hashes<'a> {
+    Off,
+    Encryptor(&'a Encryptor),
+    /// A key of its own, with each column's hasher derived once.
+    Key(
+        &'a SearchKey,
+        BTreeMap<(&'static str, &'static str), ColumnHasher>,
+    ),
+}
+
+impl Hashes<'_> {
+    /// The hash of `value` in `column`; `None` when hashes are not checked.
+    fn hash(&mut self, column: &SearchColumn, value: &str) -> Option<SearchHash> {
+        match self {
+            Hashes::Off => None,
+            Hashes::Encryptor(encryptor) => encryptor
+                .search_hash(column.table, column.hash, column.spec, value)
+                .ok(),
+            Hashes::Key(key, hashers) => Some(
+                hashers
+                    .entry((column.table, column.hash))
+                    .or_insert_with(|| key.column(column.table, column.hash, column.spec))
+                    .hash(value),
+            ),
+        }
+    }
 }
 
 async fn page(
@@ -172,7 +271,8 @@ async fn page(
                     table,
                     column: "encrypted_email",
                     id: r.id,
-                    plaintext: r.email.is_some(),
+                    plaintext: r.email.is_some().then_some("email"),
+                    hash: Some(r.email_hash),
                     stored: stored(
                         r.encrypted_email,
                         r.email_iv,
@@ -196,7 +296,8 @@ async fn page(
                     table,
                     column: "encrypted_key",
                     id: r.id,
-                    plaintext: false,
+                    plaintext: None,
+                    hash: Some(r.key_hash),
                     stored: stored(
                         Some(r.encrypted_key),
                         Some(r.key_iv),
@@ -220,7 +321,8 @@ async fn page(
                     table,
                     column: "encrypted_access_token",
                     id: r.id,
-                    plaintext: false,
+                    plaintext: None,
+                    hash: None,
                     stored: stored(
                         Some(r.encrypted_access_token),
                         Some(r.access_token_iv),
@@ -232,7 +334,8 @@ async fn page(
                     table,
                     column: "encrypted_refresh_token",
                     id: r.id,
-                    plaintext: false,
+                    plaintext: None,
+                    hash: None,
                     stored: stored(
                         r.encrypted_refresh_token,
                         r.refresh_token_iv,
@@ -256,7 +359,8 @@ async fn page(
                     table,
                     column: "encrypted_data",
                     id: r.id,
-                    plaintext: false,
+                    plaintext: None,
+                    hash: None,
                     stored: stored(
                         r.encrypted_data,
                         r.data_iv,
@@ -270,13 +374,27 @@ async fn page(
     Ok((entries, last))
 }
 
-async fn check(encryptor: &Encryptor, entries: Vec<Entry>, report: &mut VerifyReport) {
+async fn check(
+    encryptor: &Encryptor,
+    hashes: &mut Hashes<'_>,
+    entries: Vec<Entry>,
+    report: &mut VerifyReport,
+) {
     let mut current = Vec::new();
     for entry in entries {
         let counts = report
             .columns
             .entry((entry.table, entry.column))
             .or_default();
+        if let (Some(plaintext), Some(_)) = (entry.plaintext, &entry.stored.value) {
+            counts.plaintext_not_cleared += 1;
+            report.failures.push(Failure {
+                table: entry.table,
+                id: entry.id,
+                column: plaintext,
+                error_kind: PLAINTEXT_NOT_CLEARED,
+            });
+        }
         if entry.stored.partial {
             counts.failed += 1;
             report.failures.push(Failure {
@@ -288,7 +406,7 @@ async fn check(encryptor: &Encryptor, entries: Vec<Entry>, report: &mut VerifyRe
             continue;
         }
         match &entry.stored.value {
-            None if entry.plaintext => counts.plaintext += 1,
+            None if entry.plaintext.is_some() => counts.plaintext += 1,
             None => counts.null += 1,
             Some(s) if s.is_legacy() => counts.legacy += 1,
             Some(_) => {
@@ -311,7 +429,16 @@ async fn check(encryptor: &Encryptor, entries: Vec<Entry>, report: &mut VerifyRe
             .entry((entry.table, entry.column))
             .or_default();
         match result {
-            Ok(_) => {
+            Ok(plaintext) => {
+                if let Some((column, kind)) = check_hash(hashes, entry, &plaintext) {
+                    counts.search_hash_mismatches += u64::from(kind == SEARCH_HASH_MISMATCH);
+                    report.failures.push(Failure {
+                        table: entry.table,
+                        id: entry.id,
+                        column,
+                        error_kind: kind,
+                    });
+                }
                 let key = entry
                     .stored
                     .value
@@ -334,6 +461,22 @@ async fn check(encryptor: &Encryptor, entries: Vec<Entry>, report: &mut VerifyRe
             }
         }
     }
+}
+
+/// The failure, if any, of a searchable value's stored hash: (column, kind).
+fn check_hash(
+    hashes: &mut Hashes<'_>,
+    entry: &Entry,
+    plaintext: &[u8],
+) -> Option<(&'static str, &'static str)> {
+    let stored = entry.hash.as_ref()?;
+    let column = search_column(entry.table, entry.column)?;
+    let Ok(text) = std::str::from_utf8(plaintext) else {
+        // A searchable field is text; a value that is not cannot have the right hash.
+        return Some((entry.column, ErrorKind::InvalidPlaintext.as_str()));
+    };
+    let expected = hashes.hash(&column, text)?;
+    (stored.as_ref() != Some(&expected)).then_some((column.hash, SEARCH_HASH_MISMATCH))
 }
 
 /// Where a master key is still needed: wrapped-key columns and recorded backups.

@@ -34,11 +34,12 @@
 //! run is recorded in `jarvis_jobs` (kind and parameters); each committed batch records the
 //! ids it did in `jarvis_job_progress`, in the batch's own transaction, as ranges of
 //! consecutive ids that never overlap (a row done again is in a range already). A row is
-//! done by the run exactly when a committed batch of the run rewrote it. On top of that, a `reencrypt` row whose values are not all under the writer's
-//! master key is pending whatever the progress says: a value the application writes under
-//! the old master key in the middle of a `--reencrypt --to-key NEW` run is taken up again,
-//! and the run is finished (its `finished_at` set, its progress deleted) only when a final
-//! count over every table finds nothing pending.
+//! done by the run exactly when a committed batch of the run rewrote it. On top of that, a
+//! `reencrypt` row whose values are not all under the writer's master key is pending
+//! whatever the progress says: a value the application writes under the old master key in
+//! the middle of a `--reencrypt --to-key NEW` run is taken up again, and the run is finished
+//! (its `finished_at` set, its progress deleted) only when a final count over every table
+//! finds nothing pending.
 //!
 //! A run's parameters are its tables, the master key it writes under and the fingerprint of
 //! the search key its hashes are computed with (`rehash`: the old and the new fingerprint and
@@ -48,13 +49,15 @@
 //!
 //! # One batch
 //!
-//! As in [`encrypt_existing`](super::encrypt_existing): one transaction; up to `batch_size`
+//! As in [`encrypt_existing`](mod@super::encrypt_existing): one transaction; up to `batch_size`
 //! pending rows `ORDER BY id` after the worker's keyset cursor (the last id it did in this
 //! pass), on PostgreSQL `FOR UPDATE SKIP LOCKED` (workers and processes never take the same
-//! row; a row an application transaction holds is skipped, and found by the next pass); the
-//! new rows are built, then **verified** before anything is written: they are decrypted
-//! through a second encryptor with an empty cache (so every new wrapped key is unwrapped by
-//! the key provider itself) and must give exactly the values read (`rehash`: and their
+//! row; a row an application transaction holds is skipped, and found by the next pass), and
+//! checked again by a second statement against the progress other workers committed
+//! meanwhile (ids are looked for in windows of a few batch sizes, an ordered range of the
+//! primary key); the new rows are built, then **verified** before anything is written: they
+//! are decrypted through a second encryptor with an empty cache (so every new wrapped key is
+//! unwrapped by the key provider itself) and must give exactly the values read (`rehash`: and their
 //! search hashes, recomputed by a second hasher from the values decrypted, must be the ones
 //! written); then one `UPDATE` per row, the rotation columns for the batch, the batch's
 //! progress, `COMMIT`, one audit event ([`Operation::Rotate`], [`Operation::Rewrap`] or
@@ -65,7 +68,8 @@
 //! A table is done in passes: each worker walks the table by id once; when every worker has
 //! reached the end, the pending rows are counted again, and another pass starts if some
 //! remain (rows skipped as locked, rows the application rewrote behind the workers) and the
-//! last pass lowered their number. A row is written by one `UPDATE` in one transaction: at
+//! last pass lowered their number; once every table is done, tables with pending rows again
+//! get another round, on the same condition. A row is written by one `UPDATE` in one transaction: at
 //! any moment it holds its old valid form or its new verified one. A rerun (after a kill, a
 //! crash, a KMS outage) continues where the run stopped. The stop flag finishes the current
 //! batch. Failures end the job with the first failed batch's error; committed batches stay.
@@ -870,6 +874,11 @@ fn spec_name(spec: SearchSpec) -> String {
 /// The keyset cursor of a worker that has not done a batch in this pass yet.
 const START: i64 = i64::MIN;
 
+/// A batch looks for pending rows in windows of this many batch sizes of ids...
+const WINDOW_BATCHES: i64 = 4;
+/// ...and at least this many.
+const MIN_WINDOW: i64 = 256;
+
 /// The stored-form columns of one encrypted field.
 #[derive(Debug, Clone, Copy)]
 struct Field {
@@ -976,12 +985,14 @@ impl Predicate {
         })
     }
 
-    /// The pending rows after a worker's keyset cursor.
-    fn after(&self, cursor: i64) -> String {
+    /// The pending rows after a worker's keyset cursor, up to `last` (a window of ids: a
+    /// bounded range of the primary key, which the planner scans in order, where the whole
+    /// rest of the table would be sorted to find the first pending rows).
+    fn window(&self, cursor: i64, last: i64) -> String {
         if cursor == START {
-            self.pending.clone()
+            format!("{} AND id <= {last}", self.pending)
         } else {
-            format!("{} AND id > {cursor}", self.pending)
+            format!("{} AND id > {cursor} AND id <= {last}", self.pending)
         }
     }
 }
@@ -1064,6 +1075,9 @@ where
     async fn count(conn: &mut Conn, predicate: &str) -> Result<i64>;
     /// The ids of the rows matching `predicate`.
     async fn ids(conn: &mut Conn, predicate: &str) -> Result<Vec<i64>>;
+    /// The last of the next `size` ids after `cursor` ([`START`]: from the first), `None`
+    /// at the end of the table.
+    async fn window_end(conn: &mut Conn, cursor: i64, size: i64) -> Result<Option<i64>>;
     /// Writes a row's columns; the number of rows changed.
     async fn update(conn: &mut Conn, row: &Self::Row) -> Result<usize>;
     /// Counts a rotation of rows `ids`.
@@ -1150,6 +1164,18 @@ macro_rules! rotate_table {
                     .select($table::id)
                     .load(c)
                     .await?))
+            }
+
+            async fn window_end(conn: &mut Conn, cursor: i64, size: i64) -> Result<Option<i64>> {
+                let ids: Vec<i64> = with_conn!(conn, |c| {
+                    let query = $table::table.select($table::id).order($table::id).limit(size);
+                    if cursor == START {
+                        query.load(c).await?
+                    } else {
+                        query.filter($table::id.gt(cursor)).load(c).await?
+                    }
+                });
+                Ok(ids.last().copied())
             }
 
             async fn update(conn: &mut Conn, row: &$row) -> Result<usize> {
@@ -1263,20 +1289,14 @@ impl Job<'_> {
     ) -> Result<u64> {
         let started = Instant::now();
         let mut ids = Vec::new();
-        let pending = predicate.after(cursor.load(Ordering::SeqCst));
-        let not_done = predicate.not_done.as_deref();
+        let mut position = cursor.load(Ordering::SeqCst);
+        let at = &mut position;
         let result = match table {
-            "users" => self.run::<User>(table, &pending, not_done, &mut ids).await,
-            "api_keys" => {
-                self.run::<ApiKey>(table, &pending, not_done, &mut ids)
-                    .await
-            }
-            "oauth_tokens" => {
-                self.run::<OAuthToken>(table, &pending, not_done, &mut ids)
-                    .await
-            }
+            "users" => self.run::<User>(table, predicate, at, &mut ids).await,
+            "api_keys" => self.run::<ApiKey>(table, predicate, at, &mut ids).await,
+            "oauth_tokens" => self.run::<OAuthToken>(table, predicate, at, &mut ids).await,
             _ => {
-                self.run::<EncryptedBackup>(table, &pending, not_done, &mut ids)
+                self.run::<EncryptedBackup>(table, predicate, at, &mut ids)
                     .await
             }
         };
@@ -1287,9 +1307,7 @@ impl Job<'_> {
         }
         match result {
             Ok((rows, n)) => {
-                if let Some(last) = ids.iter().max() {
-                    cursor.fetch_max(*last, Ordering::SeqCst);
-                }
+                cursor.fetch_max(position, Ordering::SeqCst);
                 values.fetch_add(n, Ordering::SeqCst);
                 tracing::debug!(table, rows, values = n, "rotate: batch committed");
                 Ok(rows)
@@ -1337,8 +1355,8 @@ impl Job<'_> {
     async fn run<M>(
         &self,
         table: &'static str,
-        pending: &str,
-        not_done: Option<&str>,
+        predicate: &Predicate,
+        position: &mut i64,
         ids: &mut Vec<i64>,
     ) -> Result<(u64, u64)>
     where
@@ -1347,7 +1365,7 @@ impl Job<'_> {
     {
         let mut tx = Transaction::begin(self.store.database()).await?;
         match self
-            .rotate_batch::<M>(tx.conn()?, table, pending, not_done, ids)
+            .rotate_batch::<M>(tx.conn()?, table, predicate, position, ids)
             .await
         {
             Ok(counts) => {
@@ -1361,12 +1379,15 @@ impl Job<'_> {
         }
     }
 
+    /// One batch inside the open transaction: the first pending rows after `position`,
+    /// window by window; `position` ends after the last id the batch looked at (rows skipped
+    /// as locked in between are left to the next pass).
     async fn rotate_batch<M>(
         &self,
         conn: &mut Conn,
         table: &'static str,
-        pending: &str,
-        not_done: Option<&str>,
+        predicate: &Predicate,
+        position: &mut i64,
         ids: &mut Vec<i64>,
     ) -> Result<(u64, u64)>
     where
@@ -1374,11 +1395,37 @@ impl Job<'_> {
         M::Row: Clone + Sync,
     {
         let limit = i64::try_from(self.options.batch_size).unwrap_or(i64::MAX);
-        let rows = M::pending(conn, pending, limit).await?;
+        let window = limit.saturating_mul(WINDOW_BATCHES).max(MIN_WINDOW);
+        let rows = loop {
+            let Some(last) = M::window_end(conn, *position, window).await? else {
+                return Ok((0, 0));
+            };
+            let mut rows = M::pending(conn, &predicate.window(*position, last), limit).await?;
+            *position = match rows.iter().map(M::id).max() {
+                // A full batch: pending rows may follow within the window.
+                Some(max) if rows.len() >= self.options.batch_size => max,
+                _ => last,
+            };
+            if predicate.not_done.is_some() && !rows.is_empty() {
+                // A row another worker rewrote and committed after this statement's snapshot
+                // is re-checked by PostgreSQL against its new version before it is locked,
+                // but the run's progress is read as of the snapshot: a row that worker has
+                // just done (and recorded) would pass. A new statement sees its commit.
+                let list: Vec<String> = rows.iter().map(|r| M::id(r).to_string()).collect();
+                let still: std::collections::HashSet<i64> = M::ids(
+                    conn,
+                    &format!("id IN ({}) AND {}", list.join(","), predicate.pending),
+                )
+                .await?
+                .into_iter()
+                .collect();
+                rows.retain(|row| still.contains(&M::id(row)));
+            }
+            if !rows.is_empty() {
+                break rows;
+            }
+        };
         ids.extend(rows.iter().map(M::id));
-        if rows.is_empty() {
-            return Ok((0, 0));
-        }
         let models = M::decrypt_rows(rows.clone(), self.store.encryptor()).await?;
         let (new_rows, values) = match (&self.options.mode, &self.hashers) {
             (RotateMode::ToKey(to), _) => self.rewrap_rows::<M>(rows, to).await?,
@@ -1418,7 +1465,7 @@ impl Job<'_> {
         if self.options.mode.changes_data_keys() {
             M::mark_rotated(conn, ids, now()).await?;
         }
-        if let (Some(job), Some(not_done)) = (self.run, not_done) {
+        if let (Some(job), Some(not_done)) = (self.run, predicate.not_done.as_deref()) {
             // Only the rows the run had not done yet: a row done again (rewritten by the
             // application under another master key meanwhile) is in a range already, and
             // ranges that never overlap keep "the range at or before the row" exact.

@@ -261,7 +261,11 @@ impl SearchSpec {
 }
 
 /// Computes one column's search hashes.
-#[derive(Clone)]
+///
+/// It holds the column's HMAC key schedule (the key's inner and outer pads), a secret: like
+/// the other secrets of the crate it is not `Clone`, prints nothing of itself in `Debug`, and
+/// its state is wiped when it is dropped (the `zeroize` feature of `hmac` and `sha2`). Derive
+/// it again with [`SearchKey::column`] where another one is needed.
 pub struct ColumnHasher {
     mac: HmacSha256,
     spec: SearchSpec,

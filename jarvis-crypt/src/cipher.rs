@@ -1,4 +1,18 @@
-//! AES-256-GCM, the one cipher of jarvis-crypt.
+//! AES-256-GCM, the one cipher of jarvis-crypt, and the randomness its keys and nonces take.
+//!
+//! # Randomness
+//!
+//! Every data key, nonce, root search key, local master key and backup-stream nonce prefix
+//! comes straight from the operating system's generator ([`rand::rngs::OsRng`], i.e.
+//! `getrandom(2)` on Linux), never from a userspace generator: the state of a userspace
+//! generator (such as rand's thread generator, a ChaCha generator reseeded from the OS now
+//! and then) is copied by `fork`, so a parent and its child would draw the same "random"
+//! nonces and keys until the next reseed. The operating system's generator keeps no state in
+//! the process to copy. The price is a system call per draw, one per value encrypted (its
+//! nonce), small beside the cost of encrypting and storing the value. A failing generator is
+//! an [`Error::Io`], never a silent fallback.
+//!
+//! # Caller-chosen nonces
 //!
 //! [`seal_with_nonce`] and [`open`] are the known-answer API: they take the key and the nonce
 //! from the caller and exist for known-answer tests (Wycheproof) and for interoperability with
@@ -19,6 +33,9 @@ use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::aes::Aes256;
 use aes_gcm::aes::cipher::consts::U16;
 use aes_gcm::{Aes256Gcm, AesGcm, Nonce as GcmNonce, Tag};
+
+use rand::TryRngCore;
+use rand::rngs::OsRng;
 
 use crate::error::{Error, Result};
 
@@ -67,6 +84,32 @@ pub fn seal_with_nonce(
         other => return Err(nonce_length(other)),
     };
     Ok((buffer, tag))
+}
+
+/// Fills `buf` from the operating system's generator (see the module documentation).
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {
+    OsRng.try_fill_bytes(buf).map_err(|e| {
+        Error::from(std::io::Error::other(format!(
+            "the operating system's random generator failed: {e}"
+        )))
+    })
+}
+
+/// `N` bytes from the operating system's generator. Not for keys, which go straight into
+/// their wiped-on-drop box: see [`random_key`].
+pub(crate) fn random_array<const N: usize>() -> Result<[u8; N]> {
+    let mut out = [0u8; N];
+    fill_random(&mut out)?;
+    Ok(out)
+}
+
+/// A fresh random 256-bit key, drawn straight into its wiped-on-drop box.
+pub(crate) fn random_key() -> Result<secrecy::SecretBox<[u8; KEY_LEN]>> {
+    let mut drawn = Ok(());
+    let key = secrecy::SecretBox::init_with_mut(|bytes: &mut [u8; KEY_LEN]| {
+        drawn = fill_random(bytes);
+    });
+    drawn.map(|()| key)
 }
 
 /// Decrypts and authenticates `ciphertext` with its separate 16-byte `tag`.

@@ -29,7 +29,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use rand::RngCore;
 use secrecy::{ExposeSecret, SecretBox};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -97,9 +96,18 @@ impl LocalKeyProvider {
     }
 
     /// A provider with one fresh random key (version 1), held in memory only.
+    ///
+    /// # Panics
+    ///
+    /// When the operating system's random generator fails, which it does not on a running
+    /// Linux, macOS or BSD system.
     pub fn generate() -> Self {
+        let key = match cipher::random_key() {
+            Ok(key) => key,
+            Err(e) => panic!("{e}"),
+        };
         let mut versions = BTreeMap::new();
-        versions.insert(1, random_key());
+        versions.insert(1, key);
         // One version is present, so this cannot fail.
         Self::from_versions(versions, None).unwrap_or_else(|_| unreachable!())
     }
@@ -152,7 +160,7 @@ impl LocalKeyProvider {
                 Error::Configuration(format!("cannot create {}: {e}", parent.display()))
             })?;
         }
-        let key = random_key();
+        let key = cipher::random_key()?;
         let mut file = open_private(path, true)?;
         let body = Zeroizing::new(format!(
             "# jarvis-crypt local master key: keep secret, never commit\n1 {}\n",
@@ -201,7 +209,7 @@ impl LocalKeyProvider {
         for (version, key) in current.versions.iter() {
             body.push_str(&format!("{version} {}\n", hex::encode(key.expose_secret())));
         }
-        let key = random_key();
+        let key = cipher::random_key()?;
         body.push_str(&format!("{next} {}\n", hex::encode(key.expose_secret())));
         let tmp = path.with_extension("rotating");
         let _ = std::fs::remove_file(&tmp);
@@ -258,8 +266,7 @@ impl LocalKeyProvider {
         let header = envelope_header(to)?;
         let mut aad = header.clone();
         aad.extend_from_slice(&purpose.context_bytes());
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rng().fill_bytes(&mut nonce);
+        let nonce: [u8; NONCE_LEN] = cipher::random_array()?;
         let (ct, tag) =
             cipher::seal_with_nonce(master.expose_secret(), &nonce, &aad, key.expose_secret())?;
         let ct = Zeroizing::new(ct);
@@ -290,7 +297,7 @@ impl KeyProvider for LocalKeyProvider {
     }
 
     async fn generate_data_key(&self, purpose: KeyPurpose) -> Result<GeneratedDataKey> {
-        let key = DataKey::generate();
+        let key = DataKey::try_generate()?;
         let wrapped = self.wrap(&key, &self.master_key(), purpose)?;
         Ok(GeneratedDataKey { key, wrapped })
     }
@@ -332,10 +339,6 @@ impl KeyProvider for LocalKeyProvider {
         let key = self.unwrap_data_key(wrapped, purpose).await?;
         self.wrap(&key, to, purpose)
     }
-}
-
-fn random_key() -> SecretBox<[u8; KEY_LEN]> {
-    SecretBox::init_with_mut(|key: &mut [u8; KEY_LEN]| rand::rng().fill_bytes(key))
 }
 
 fn parse_version(text: &str) -> Result<u32> {

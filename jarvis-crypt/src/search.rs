@@ -93,11 +93,18 @@ impl SearchKey {
         }
     }
 
-    /// A fresh random 32-byte root key.
+    /// A fresh random 32-byte root key, from the operating system's generator (safe across
+    /// `fork`; see [`cipher`](crate::cipher#randomness)).
+    ///
+    /// # Panics
+    ///
+    /// When the operating system's generator fails, which it does not on a running Linux,
+    /// macOS or BSD system.
     pub fn generate() -> Self {
-        use rand::RngCore;
         let mut bytes = vec![0u8; MIN_SEARCH_KEY_LEN];
-        rand::rng().fill_bytes(&mut bytes);
+        if let Err(e) = crate::cipher::fill_random(&mut bytes) {
+            panic!("{e}");
+        }
         SearchKey(SecretBox::new(Box::new(bytes)))
     }
 

@@ -1,5 +1,6 @@
 //! Secret hygiene that the type system can show: the hash and HMAC states that hold key
-//! material wipe themselves, and search hashers are not `Clone`.
+//! material wipe themselves, search hashers are not `Clone`, and every random value of the
+//! crate comes from the operating system's generator.
 
 use zeroize::ZeroizeOnDrop;
 
@@ -28,4 +29,53 @@ fn column_hashers_are_not_clone() {
     struct IsClone;
     impl<T: Clone> AmbiguousIfClone<IsClone> for T {}
     <jarvis_crypt::ColumnHasher as AmbiguousIfClone<_>>::check();
+}
+
+/// No source file of the crate draws from a userspace generator (`rand::rng()`, the thread
+/// generator, `rand::random`, seeded generators): their state is copied by `fork`, so a
+/// parent and its child would repeat each other's nonces and keys. Randomness goes through
+/// `cipher::fill_random` (the operating system's generator).
+#[test]
+fn randomness_comes_from_the_operating_system() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let forbidden = [
+        "rand::rng(",
+        "thread_rng",
+        "ThreadRng",
+        "rand::random",
+        "StdRng",
+        "SmallRng",
+        "from_entropy",
+        "from_os_rng",
+        "rand::RngCore",
+    ];
+    let mut files = vec![src];
+    let mut checked = 0;
+    let mut found = Vec::new();
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("read_dir") {
+                files.push(entry.expect("entry").path());
+            }
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        checked += 1;
+        let text = std::fs::read_to_string(&path).expect("read");
+        for (n, line) in text.lines().enumerate() {
+            for name in forbidden {
+                if line.contains(name) {
+                    found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(checked > 10, "the sources were found ({checked} files)");
+    assert!(
+        found.is_empty(),
+        "userspace randomness:\n{}",
+        found.join("\n")
+    );
 }

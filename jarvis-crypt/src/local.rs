@@ -266,9 +266,8 @@ impl LocalKeyProvider {
         let header = envelope_header(to)?;
         let mut aad = header.clone();
         aad.extend_from_slice(&purpose.context_bytes());
-        let nonce: [u8; NONCE_LEN] = cipher::random_array()?;
-        let (ct, tag) =
-            cipher::seal_with_nonce(master.expose_secret(), &nonce, &aad, key.expose_secret())?;
+        let (nonce, ct, tag) =
+            cipher::seal_random(master.expose_secret(), &aad, key.expose_secret())?;
         let ct = Zeroizing::new(ct);
         let mut out = header;
         out.extend_from_slice(&nonce);

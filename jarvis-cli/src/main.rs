@@ -53,7 +53,8 @@ enum Command {
         #[arg(long)]
         principal: Option<String>,
         /// Local provider: add a new version to the key file and make it current (new data
-        /// keys are wrapped under it; `jarvis rotate --to-key N` moves the old ones).
+        /// keys are wrapped under it; `jarvis rotate --to-key N` moves the old ones). The key
+        /// file keeps its key id, so old versions may be removed once nothing uses them.
         #[arg(long)]
         new_version: bool,
     },

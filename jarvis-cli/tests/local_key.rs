@@ -1,10 +1,11 @@
 //! The local master key file through the binary: its id survives the documented rotation
 //! procedure (a new version, `rotate --to-key`, the old version removed), for a file created
-//! today and for one in the earlier format without an `id` line.
+//! today and for one in the earlier format without an `id` line; concurrent
+//! `init --new-version` runs lose no version.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
 use jarvis_crypt::{Encryptor, KeyProvider, LocalKeyProvider, NoAudit};
@@ -187,4 +188,40 @@ async fn a_key_file_of_the_earlier_format_goes_through_the_same_procedure() {
         "init leaves an existing file as it is"
     );
     new_version_rotate_and_remove_the_old_one(dir.path(), &key_file, ID).await;
+}
+
+#[test]
+fn concurrent_new_versions_lose_none() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("master.key");
+    let file = key_file.display().to_string();
+    let vars = [("JARVIS_LOCAL_KEY_FILE", file.as_str())];
+    let id = run(dir.path(), &["init"], &vars);
+    let id = id.trim();
+    let runs: Vec<_> = (0..6)
+        .map(|_| {
+            jarvis(dir.path(), &["init", "--new-version"], &vars)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let mut printed: Vec<String> = runs
+        .into_iter()
+        .map(|child| {
+            let output = child.wait_with_output().expect("wait");
+            assert_ok(&output, &["init", "--new-version"]);
+            String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        })
+        .collect();
+    printed.sort();
+    let expected: Vec<String> = (2..=7).map(|v| format!("{id}#v{v}")).collect();
+    assert_eq!(printed, expected, "each run added its own version");
+    let mut versions = versions_in(&key_file);
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=7).collect::<Vec<u32>>());
+    let loaded = LocalKeyProvider::from_file(&key_file).expect("load");
+    assert_eq!(loaded.key_id(), id);
+    assert_eq!(loaded.current_version(), 7);
 }

@@ -19,9 +19,16 @@
 //! still unwrap, and [`KeyProvider::rewrap_data_key`] moves them to the current one. Once
 //! nothing is wrapped under an old version any more, its line may be removed: the id stays.
 //!
-//! A file that group or others can read is refused. A new version is written to
-//! `<file>.rotating` beside the file and renamed over it, so a reader sees the old file or
-//! the new one, never a part of either.
+//! The file is refused (a [`Error::Configuration`]) unless it is owned by the effective user
+//! and neither group nor others have any access to it, and unless its folder is owned by the
+//! effective user or root and writable by neither group nor others: whoever may replace the
+//! file or rename something over it chooses the master key that new data keys are wrapped
+//! under. Folders created for a new key file get mode 0700.
+//!
+//! Writers (creating the file, adding a version) hold an exclusive lock on `<file>.lock`
+//! beside it, read the file under the lock, write the new content to `<file>.rotating` and
+//! rename it over the file: two `jarvis init --new-version` at once add two versions, one
+//! after the other, and a reader sees the old file or the new one, never a part of either.
 //!
 //! # The master key id
 //!
@@ -151,7 +158,8 @@ impl LocalKeyProvider {
         Self::from_versions(versions, key_id, None)
     }
 
-    /// Loads a key file. Refuses a file that group or others may read.
+    /// Loads a key file. Refuses a file that is not the effective user's, that group or
+    /// others may read, or whose folder others may write (see the module docs).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         check_key_file(path)?;
@@ -181,11 +189,12 @@ impl LocalKeyProvider {
         Self::from_versions(versions, key_id, Some(path.to_owned()))
     }
 
-    /// Creates a key file with one random key and its id (mode 0600, parent folders as
-    /// needed). Fails if the file exists.
+    /// Creates a key file with one random key and its id (mode 0600, missing parent folders
+    /// with mode 0700). Fails if the file exists.
     pub fn create_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         create_parent(path)?;
+        let _lock = lock_key_file(path)?;
         if std::fs::symlink_metadata(path).is_ok() {
             return Err(Error::Configuration(format!(
                 "key file {} exists; a key file is never overwritten",
@@ -196,14 +205,19 @@ impl LocalKeyProvider {
         Self::from_file(path)
     }
 
-    /// Loads the key file, creating it first when it does not exist.
+    /// Loads the key file, creating it first when it does not exist (under the writers'
+    /// lock, so two processes starting at once create one key).
     pub fn load_or_create(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if path.exists() {
-            Self::from_file(path)
-        } else {
-            Self::create_file(path)
+            return Self::from_file(path);
         }
+        create_parent(path)?;
+        let _lock = lock_key_file(path)?;
+        if std::fs::symlink_metadata(path).is_err() {
+            write_new_key_file(path)?;
+        }
+        Self::from_file(path)
     }
 
     /// Reads the configuration of the environment: `JARVIS_LOCAL_MASTER_KEY` if set, else
@@ -219,11 +233,15 @@ impl LocalKeyProvider {
         Self::from_file(path)
     }
 
-    /// Adds a new random version to a key file and returns it. The file is written anew
-    /// beside it (mode 0600) with its key id and every version, and renamed over the old one;
-    /// a file without an `id` line gets one, holding the id it had (see the module docs).
+    /// Adds a new random version to a key file and returns it. Under the writers' lock, the
+    /// file is read, written anew beside it (mode 0600) with its key id and every version,
+    /// and renamed over the old one; a file without an `id` line gets one, holding the id it
+    /// had (see the module docs).
     pub fn rotate_file(path: impl AsRef<Path>) -> Result<u32> {
         let path = path.as_ref();
+        // Refused before the lock file is made: a missing or unsafe file is not written.
+        check_key_file(path)?;
+        let _lock = lock_key_file(path)?;
         let LocalKeyProvider {
             key_id,
             mut versions,
@@ -442,8 +460,8 @@ fn key_file_body(key_id: &str, versions: &Versions) -> Zeroizing<String> {
     body
 }
 
-/// Writes a key file with one fresh version; the caller has seen that the file does not
-/// exist.
+/// Writes a key file with one fresh version; the caller holds the lock and has seen that
+/// the file does not exist.
 fn write_new_key_file(path: &Path) -> Result<()> {
     let mut versions = BTreeMap::new();
     let key = cipher::random_key()?;
@@ -466,14 +484,14 @@ fn parent_of(path: &Path) -> &Path {
     }
 }
 
-/// Writes `body` beside the key file and renames it over the file, then makes the rename
-/// durable.
+/// Writes `body` beside the key file and renames it over the file (the caller holds the
+/// lock), then makes the rename durable.
 fn replace_key_file(path: &Path, body: &str) -> Result<()> {
     let failed = |e: std::io::Error| {
         Error::Configuration(format!("cannot write key file {}: {e}", path.display()))
     };
     let tmp = sibling(path, ".rotating");
-    // A leftover of a write that was cut short.
+    // A leftover of a write that was cut short; the lock says no writer is using it.
     let _ = std::fs::remove_file(&tmp);
     let mut file = open_private(&tmp)?;
     file.write_all(body.as_bytes())
@@ -487,24 +505,65 @@ fn replace_key_file(path: &Path, body: &str) -> Result<()> {
         .map_err(failed)
 }
 
-/// Creates the key file's missing folders.
+/// Creates the key file's missing folders, with mode 0700.
 fn create_parent(path: &Path) -> Result<()> {
     let parent = parent_of(path);
-    std::fs::create_dir_all(parent)
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(parent)
         .map_err(|e| Error::Configuration(format!("cannot create {}: {e}", parent.display())))
 }
 
-/// The key file may not be readable by group or others.
+/// The exclusive lock of the key file's writers: an advisory lock (`flock`) on
+/// `<file>.lock`, held until the returned file is dropped. The lock file holds nothing and
+/// is left in place.
+fn lock_key_file(path: &Path) -> Result<File> {
+    check_folder(path)?;
+    let lock_path = sibling(path, ".lock");
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(&lock_path).map_err(|e| {
+        Error::Configuration(format!(
+            "cannot open lock file {}: {e}",
+            lock_path.display()
+        ))
+    })?;
+    file.lock()
+        .map_err(|e| Error::Configuration(format!("cannot lock {}: {e}", lock_path.display())))?;
+    Ok(file)
+}
+
+/// The checks of the module docs: the file's owner and mode, its folder's owner and mode.
 #[cfg(unix)]
 fn check_key_file(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).map_err(|e| {
         Error::Configuration(format!(
             "cannot read key file {}: {e} (create it with `jarvis init`)",
             path.display()
         ))
     })?;
-    let mode = meta.permissions().mode();
+    check_folder(path)?;
+    let user = effective_uid();
+    if meta.uid() != user {
+        return Err(Error::Configuration(format!(
+            "key file {} belongs to user {}, not to this user ({user}): only its owner may use a master key (chown it)",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode();
     if mode & 0o077 != 0 {
         return Err(Error::Configuration(format!(
             "key file {} has mode {:o}: group and others must have no access (chmod 600)",
@@ -518,6 +577,50 @@ fn check_key_file(path: &Path) -> Result<()> {
 #[cfg(not(unix))]
 fn check_key_file(_path: &Path) -> Result<()> {
     Ok(())
+}
+
+/// The key file's folder: owned by the effective user or root, writable by neither group
+/// nor others (whoever may write the folder may rename another file over the key file).
+#[cfg(unix)]
+fn check_folder(path: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let folder = parent_of(path);
+    let meta = std::fs::metadata(folder).map_err(|e| {
+        Error::Configuration(format!(
+            "cannot read the folder {} of key file {}: {e}",
+            folder.display(),
+            path.display()
+        ))
+    })?;
+    let user = effective_uid();
+    if meta.uid() != user && meta.uid() != 0 {
+        return Err(Error::Configuration(format!(
+            "the folder {} of key file {} belongs to user {}, neither this user ({user}) nor root: its owner could replace the key file",
+            folder.display(),
+            path.display(),
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode();
+    if mode & 0o022 != 0 {
+        return Err(Error::Configuration(format!(
+            "the folder {} of key file {} has mode {:o}: group or others may write it and so replace the key file (chmod go-w)",
+            folder.display(),
+            path.display(),
+            mode & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_folder(_path: &Path) -> Result<()> {
+    Ok(())
+}
+
+#[cfg(unix)]
+fn effective_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
 }
 
 /// Creates `path` (which must not exist) for writing, with mode 0600.

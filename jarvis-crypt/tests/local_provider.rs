@@ -283,3 +283,88 @@ async fn the_variable_takes_an_explicit_id() {
         Err(Error::Configuration(_))
     ));
 }
+
+#[test]
+fn key_files_in_folders_others_may_write_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let folder = dir.path().join("keys");
+    let path = folder.join("master.key");
+    LocalKeyProvider::create_file(&path).expect("create");
+    let mode = std::fs::metadata(&folder)
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "a created folder is private");
+    for mode in [0o770, 0o730, 0o707, 0o777, 0o1777] {
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let err = LocalKeyProvider::from_file(&path).expect_err("refused");
+        assert!(matches!(err, Error::Configuration(_)), "{mode:o}: {err}");
+        assert!(err.to_string().contains("chmod go-w"), "{err}");
+        assert!(
+            LocalKeyProvider::rotate_file(&path).is_err(),
+            "{mode:o}: no rotation either"
+        );
+    }
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    LocalKeyProvider::from_file(&path).expect("a folder others may only read is fine");
+}
+
+#[test]
+fn key_files_of_another_user_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("master.key");
+    let me = rustix::process::geteuid();
+    if me.is_root() {
+        // Root gives the file to `nobody`.
+        LocalKeyProvider::create_file(&path).expect("create");
+        std::os::unix::fs::chown(&path, Some(65534), None).expect("chown");
+    } else {
+        // Another user cannot be given a file: point at one that root owns (the check reads
+        // the file the path leads to).
+        let rooted = ["/etc/hostname", "/etc/passwd", "/etc/hosts"]
+            .into_iter()
+            .find(|p| {
+                std::fs::metadata(p)
+                    .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+                    .unwrap_or(false)
+            })
+            .expect("a file owned by root");
+        std::os::unix::fs::symlink(rooted, &path).expect("symlink");
+    }
+    let err = LocalKeyProvider::from_file(&path).expect_err("refused");
+    assert!(matches!(err, Error::Configuration(_)), "{err}");
+    assert!(err.to_string().contains("not to this user"), "{err}");
+    assert!(LocalKeyProvider::rotate_file(&path).is_err());
+}
+
+#[test]
+fn concurrent_rotations_lose_no_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("master.key");
+    let first = LocalKeyProvider::create_file(&path).expect("create");
+    let writers = 8;
+    let start = std::sync::Barrier::new(writers);
+    let versions: Vec<u32> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    LocalKeyProvider::rotate_file(&path)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread").expect("rotate"))
+            .collect()
+    });
+    let mut sorted = versions.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (2..=9).collect::<Vec<u32>>(), "{versions:?}");
+    let loaded = LocalKeyProvider::from_file(&path).expect("load");
+    assert_eq!(
+        loaded.versions().collect::<Vec<_>>(),
+        (1..=9).collect::<Vec<u32>>()
+    );
+    assert_eq!(loaded.key_id(), first.key_id());
+}

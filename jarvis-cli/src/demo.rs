@@ -15,7 +15,14 @@ pub(crate) async fn run() -> Result<()> {
     let started = Instant::now();
     let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
     let dir = std::env::temp_dir().join(format!("jarvis-demo-{stamp}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Private (0700): the master key file may live only in a folder others cannot write.
+    let mut folder = std::fs::DirBuilder::new();
+    folder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut folder, 0o700);
+    folder
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     let key_file = dir.join("master.key");
     let database = dir.join("jarvis.sqlite3");
     let url = database.display().to_string();

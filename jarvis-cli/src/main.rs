@@ -53,9 +53,15 @@ enum Command {
         #[arg(long)]
         principal: Option<String>,
         /// Local provider: add a new version to the key file and make it current (new data
-        /// keys are wrapped under it; `jarvis rotate --to-key N` moves the old ones).
+        /// keys are wrapped under it; `jarvis rotate --to-key N` moves the old ones). The key
+        /// file keeps its key id, so old versions may be removed once nothing uses them.
         #[arg(long)]
         new_version: bool,
+        /// aws-kms: replace the whole key policy with jarvis's statements, dropping every
+        /// other statement. Without it, jarvis's statements are merged by `Sid` and the
+        /// others are kept.
+        #[arg(long)]
+        force_policy: bool,
     },
     /// Apply pending schema migrations.
     Migrate {
@@ -222,7 +228,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             env,
             principal,
             new_version,
-        } => init(global, &env, principal.as_deref(), new_version).await?,
+            force_policy,
+        } => {
+            init(
+                global,
+                &env,
+                principal.as_deref(),
+                new_version,
+                force_policy,
+            )
+            .await?
+        }
         Command::Migrate { status } => migrate(global, status).await?,
         Command::EncryptExisting {
             table,
@@ -283,8 +299,12 @@ async fn init(
     env: &str,
     principal: Option<&str>,
     new_version: bool,
+    force_policy: bool,
 ) -> Result<()> {
     match global.provider_choice() {
+        ProviderChoice::Local if force_policy => anyhow::bail!(
+            "--force-policy is for the key policy of a KMS key (the aws-kms provider)"
+        ),
         ProviderChoice::Local if new_version => {
             let path = &global.local_key_file;
             let version = jarvis_crypt::LocalKeyProvider::rotate_file(path)?;
@@ -319,7 +339,13 @@ async fn init(
         ProviderChoice::AwsKms => {
             let connection =
                 jarvis_crypt::KmsConnection::from_env(jarvis_crypt::KmsOptions::default()).await?;
-            let setup = connection.ensure_key(env, principal).await?;
+            let setup = if force_policy {
+                connection
+                    .ensure_key_replacing_policy(env, principal)
+                    .await?
+            } else {
+                connection.ensure_key(env, principal).await?
+            };
             for change in &setup.changes {
                 eprintln!("changed: {change}");
             }

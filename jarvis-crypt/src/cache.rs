@@ -15,6 +15,18 @@
 //! on the encrypt side enter the decrypt side too, so values just written read back without a
 //! provider call.
 //!
+//! **Expiry without traffic.** A key past its limit is wiped even when nothing asks the cache
+//! for anything: the active key at [`CacheLimits::max_age`], a decrypt-side key at
+//! [`CacheLimits::unwrap_ttl`]. A sweeper thread of the cache (`jarvis-key-expiry`, one per
+//! cache, started with its first key and ended when the cache is dropped or holds no key)
+//! sleeps until the next key is due and drops it; keys due within a short interval of each
+//! other are swept together, so a key is wiped within `min(max_age, unwrap_ttl) / 100`
+//! (between 10 ms and 1 s) after its limit, once no value being encrypted or decrypted still
+//! holds it. Every encrypt and decrypt also sweeps when a key is due, on the cache's clock,
+//! so a [`ManualClock`] moved past a limit takes effect at the next access, and expiry
+//! still happens should the thread fail to start. A thread rather than a tokio task: the
+//! cache is used from runtimes of every flavour, some built without timers, and from none.
+//!
 //! Why a hand-written encrypt side: moka expires entries by the system clock and knows
 //! nothing of per-key usage limits; those are checked here against the injected clock,
 //! which tests control.
@@ -22,7 +34,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -220,6 +232,10 @@ impl Unwrapped {
     fn wipe(&self) {
         lock(&self.key).take();
     }
+
+    fn is_held(&self) -> bool {
+        lock(&self.key).is_some()
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -230,19 +246,167 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The data-key cache of one [`Encryptor`](crate::Encryptor). See the module docs.
 pub struct DataKeyCache {
+    shared: Arc<Shared>,
+    sweeper: Arc<SweepControl>,
+}
+
+/// What the sweeper thread reaches through a [`Weak`]: it never keeps the cache alive.
+struct Shared {
     limits: CacheLimits,
     clock: Arc<dyn Clock>,
     active: Mutex<HashMap<(MasterKeyRef, KeyPurpose), Slot>>,
     unwrapped: moka::future::Cache<UnwrapKey, Unwrapped>,
     counters: Arc<Counters>,
+    /// When (nanoseconds on `clock`) a cached key is next due to be wiped; `u64::MAX` when
+    /// none is known. Accesses sweep once it has passed.
+    due: AtomicU64,
+    /// The shortest pause between two sweeps.
+    interval: Duration,
 }
+
+/// Wakes and stops the sweeper thread. Held by the cache and by the thread.
+#[derive(Default)]
+struct SweepControl {
+    state: Mutex<SweepState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct SweepState {
+    /// A sweeper thread is running.
+    running: bool,
+    /// The cache is dropped: the thread ends.
+    closed: bool,
+    /// When the thread wakes next (on the cache's clock); `None` while it sweeps.
+    wake_at: Option<Duration>,
+    /// `wake_at` was moved earlier, or a deadline arrived during a sweep.
+    kicked: bool,
+}
+
+/// The longest single wait of the sweeper; it then looks at the clock again.
+const MAX_SWEEPER_WAIT: Duration = Duration::from_secs(3600);
 
 impl fmt::Debug for DataKeyCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DataKeyCache")
-            .field("limits", &self.limits)
+            .field("limits", &self.shared.limits)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for DataKeyCache {
+    fn drop(&mut self) {
+        lock(&self.sweeper.state).closed = true;
+        self.sweeper.wake.notify_all();
+    }
+}
+
+fn nanos(at: Duration) -> u64 {
+    u64::try_from(at.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl Shared {
+    /// Wipes every key past its limit at `now`; returns when the next one is due.
+    async fn sweep(&self, now: Duration) -> Option<Duration> {
+        // Deadlines noted while this runs lower it again (`fetch_min`).
+        self.due.store(u64::MAX, Ordering::SeqCst);
+        // Entries past moka's own (system-clock) expiry are invisible to `iter`: its
+        // maintenance evicts them, and the eviction listener wipes them.
+        self.unwrapped.run_pending_tasks().await;
+        let mut next = None;
+        let slots: Vec<Slot> = lock(&self.active).values().map(Arc::clone).collect();
+        for slot in slots {
+            let deadline = match slot.active.try_lock() {
+                Ok(mut active) => match active.as_ref() {
+                    Some(key) => {
+                        let deadline = key.created.saturating_add(self.limits.max_age);
+                        if now >= deadline {
+                            active.take();
+                            continue;
+                        }
+                        deadline
+                    }
+                    None => continue,
+                },
+                // An encrypt holds the slot (perhaps waiting for the provider): look again.
+                Err(_) => now.saturating_add(self.interval),
+            };
+            next = earliest(next, Some(deadline));
+        }
+        for (_, entry) in self.unwrapped.iter() {
+            if !entry.is_held() {
+                continue;
+            }
+            let deadline = entry.loaded.saturating_add(self.limits.unwrap_ttl);
+            if now >= deadline {
+                // Wiped in place; moka drops the emptied entry at its own expiry, and a
+                // lookup that finds it empty unwraps again.
+                entry.wipe();
+            } else {
+                next = earliest(next, Some(deadline));
+            }
+        }
+        if let Some(next) = next {
+            let at = next.max(now.saturating_add(self.interval));
+            self.due.fetch_min(nanos(at), Ordering::SeqCst);
+        }
+        next
+    }
+
+    /// Sweeps when a key is due at `now` (every encrypt and decrypt calls it).
+    async fn sweep_if_due(&self, now: Duration) {
+        if nanos(now) >= self.due.load(Ordering::Relaxed) {
+            self.sweep(now).await;
+        }
+    }
+}
+
+/// The sweeper thread: sleeps until the next key is due, sweeps, and ends when the cache is
+/// dropped or holds no key.
+fn sweeper(shared: &Weak<Shared>, control: &SweepControl) {
+    let mut state = lock(&control.state);
+    loop {
+        // Wait for the next deadline.
+        let now = loop {
+            let (Some(cache), Some(wake_at), false) =
+                (shared.upgrade(), state.wake_at, state.closed)
+            else {
+                state.running = false;
+                return;
+            };
+            let now = cache.clock.now();
+            drop(cache);
+            state.kicked = false;
+            if now >= wake_at {
+                break now;
+            }
+            let wait = (wake_at - now).min(MAX_SWEEPER_WAIT);
+            state = control
+                .wake
+                .wait_timeout(state, wait)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+        };
+        state.wake_at = None;
+        drop(state);
+        let next = match shared.upgrade() {
+            // Not in a runtime: the cache's futures wait on nothing but the cache itself.
+            Some(cache) => futures::executor::block_on(cache.sweep(now))
+                .map(|next| next.max(now.saturating_add(cache.interval))),
+            None => None,
+        };
+        state = lock(&control.state);
+        // A key that arrived during the sweep left its deadline in `wake_at`.
+        let arrived = if state.kicked { state.wake_at } else { None };
+        state.wake_at = earliest(next, arrived);
     }
 }
 
@@ -262,23 +426,30 @@ impl DataKeyCache {
                 bump(&evicted.evictions);
             })
             .build();
+        let interval = (limits.max_age.min(limits.unwrap_ttl) / 100)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
         DataKeyCache {
-            limits,
-            clock,
-            active: Mutex::new(HashMap::new()),
-            unwrapped,
-            counters,
+            shared: Arc::new(Shared {
+                limits,
+                clock,
+                active: Mutex::new(HashMap::new()),
+                unwrapped,
+                counters,
+                due: AtomicU64::new(u64::MAX),
+                interval,
+            }),
+            sweeper: Arc::default(),
         }
     }
 
     /// The limits in force.
     pub fn limits(&self) -> &CacheLimits {
-        &self.limits
+        &self.shared.limits
     }
 
     /// The counters so far.
     pub fn stats(&self) -> CacheStats {
-        let c = &self.counters;
+        let c = &self.shared.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         CacheStats {
             generate_calls: load(&c.generate_calls),
@@ -296,22 +467,60 @@ impl DataKeyCache {
     /// Forgets every data key, on both sides: the next encrypt and decrypt call the provider.
     /// Use it when a master key is disabled or compromised.
     pub async fn clear(&self) {
-        let slots: Vec<Slot> = lock(&self.active).drain().map(|(_, slot)| slot).collect();
+        let slots: Vec<Slot> = lock(&self.shared.active)
+            .drain()
+            .map(|(_, slot)| slot)
+            .collect();
         for slot in slots {
             slot.active.lock().await.take();
         }
-        self.unwrapped.invalidate_all();
-        self.unwrapped.run_pending_tasks().await;
+        self.shared.unwrapped.invalidate_all();
+        self.shared.unwrapped.run_pending_tasks().await;
     }
 
-    /// Runs the decrypt side's pending maintenance (expiry, eviction notifications) now.
+    /// Runs the pending maintenance now: keys past their limits on the cache's clock are
+    /// wiped, and the decrypt side's expiry and eviction notifications run.
     pub async fn run_pending_tasks(&self) {
-        self.unwrapped.run_pending_tasks().await;
+        self.shared.sweep(self.shared.clock.now()).await;
     }
 
     fn slot(&self, master_key: MasterKeyRef, purpose: KeyPurpose) -> Slot {
-        let mut map = lock(&self.active);
+        let mut map = lock(&self.shared.active);
         Arc::clone(map.entry((master_key, purpose)).or_default())
+    }
+
+    /// Makes sure something wipes a key due at `deadline`: the sweeper thread, started if
+    /// it is not running, and the sweeps of accesses.
+    fn schedule(&self, deadline: Duration) {
+        self.shared.due.fetch_min(nanos(deadline), Ordering::SeqCst);
+        let mut state = lock(&self.sweeper.state);
+        if state.closed {
+            return;
+        }
+        if state.running {
+            if state.wake_at.is_none_or(|at| deadline < at) {
+                state.wake_at = Some(deadline);
+                state.kicked = true;
+                self.sweeper.wake.notify_one();
+            }
+            return;
+        }
+        state.running = true;
+        state.wake_at = Some(deadline);
+        drop(state);
+        let shared = Arc::downgrade(&self.shared);
+        let control = Arc::clone(&self.sweeper);
+        let started = std::thread::Builder::new()
+            .name("jarvis-key-expiry".into())
+            .stack_size(256 * 1024)
+            .spawn(move || sweeper(&shared, &control));
+        if let Err(e) = started {
+            lock(&self.sweeper.state).running = false;
+            tracing::warn!(
+                error = %e,
+                "cannot start the data-key expiry thread; expired keys are wiped at the next cache access"
+            );
+        }
     }
 
     /// A data key to encrypt one value of `len` bytes, with its usage already counted.
@@ -322,24 +531,26 @@ impl DataKeyCache {
         len: usize,
     ) -> Result<Lease> {
         let len = u64::try_from(len).unwrap_or(u64::MAX);
+        let shared = &*self.shared;
+        shared.sweep_if_due(shared.clock.now()).await;
         let slot = self.slot(provider.master_key(), purpose);
         let failures_seen = slot.failures.load(Ordering::SeqCst);
         let mut active = slot.active.lock().await;
         if let Some(current) = active.as_mut()
-            && current.admits(&self.limits, self.clock.now(), len)
+            && current.admits(&shared.limits, shared.clock.now(), len)
         {
             current.messages += 1;
             current.bytes += len;
-            bump(&self.counters.encrypt_hits);
+            bump(&self.shared.counters.encrypt_hits);
             return Ok(Lease {
                 key: current.key.share(),
                 wrapped: current.wrapped.clone(),
             });
         }
-        bump(&self.counters.encrypt_misses);
+        bump(&self.shared.counters.encrypt_misses);
         // The slot stays locked during the provider call: concurrent misses wait for this
         // key instead of asking for keys of their own.
-        bump(&self.counters.generate_calls);
+        bump(&self.shared.counters.generate_calls);
         // The call this caller waited for failed: share its error rather than queue another
         // call behind each waiter (during an outage, N waiters would wait N timeouts).
         if slot.failures.load(Ordering::SeqCst) != failures_seen
@@ -355,9 +566,10 @@ impl DataKeyCache {
                 return Err(error);
             }
         };
-        bump(&self.counters.keys_created);
-        let now = self.clock.now();
-        self.unwrapped
+        bump(&self.shared.counters.keys_created);
+        let now = shared.clock.now();
+        shared
+            .unwrapped
             .insert(
                 (generated.wrapped.as_bytes().to_vec(), purpose),
                 Unwrapped::new(&generated.key, now),
@@ -367,18 +579,21 @@ impl DataKeyCache {
             key: generated.key.share(),
             wrapped: generated.wrapped.clone(),
         };
-        *active = if len > self.limits.max_bytes {
+        let unwrap_deadline = now.saturating_add(shared.limits.unwrap_ttl);
+        if len > shared.limits.max_bytes {
             // Too large for the byte limit: this key serves this value alone.
-            None
+            *active = None;
+            self.schedule(unwrap_deadline);
         } else {
-            Some(ActiveKey {
+            *active = Some(ActiveKey {
                 key: generated.key,
                 wrapped: generated.wrapped,
                 created: now,
                 messages: 1,
                 bytes: len,
-            })
-        };
+            });
+            self.schedule(unwrap_deadline.min(now.saturating_add(shared.limits.max_age)));
+        }
         Ok(lease)
     }
 
@@ -389,20 +604,23 @@ impl DataKeyCache {
         wrapped: &WrappedKey,
         purpose: KeyPurpose,
     ) -> Result<DataKey> {
+        let shared = &*self.shared;
+        let now = shared.clock.now();
+        shared.sweep_if_due(now).await;
         let cache_key = (wrapped.as_bytes().to_vec(), purpose);
-        if let Some(entry) = self.unwrapped.get(&cache_key).await {
-            if self.clock.now().saturating_sub(entry.loaded) < self.limits.unwrap_ttl
+        if let Some(entry) = shared.unwrapped.get(&cache_key).await {
+            if now.saturating_sub(entry.loaded) < shared.limits.unwrap_ttl
                 && let Some(key) = entry.share()
             {
-                bump(&self.counters.decrypt_hits);
+                bump(&shared.counters.decrypt_hits);
                 return Ok(key);
             }
-            self.unwrapped.invalidate(&cache_key).await;
+            shared.unwrapped.invalidate(&cache_key).await;
         }
-        bump(&self.counters.decrypt_misses);
-        let counters = &self.counters;
-        let clock = &self.clock;
-        let entry = self
+        bump(&shared.counters.decrypt_misses);
+        let counters = &shared.counters;
+        let clock = &shared.clock;
+        let entry = shared
             .unwrapped
             .try_get_with(cache_key, async move {
                 bump(&counters.unwrap_calls);
@@ -411,11 +629,13 @@ impl DataKeyCache {
             })
             .await
             .map_err(|e: Arc<Error>| (*e).clone())?;
-        // Evicted between loading and here only under extreme pressure: ask once more.
+        self.schedule(entry.loaded.saturating_add(shared.limits.unwrap_ttl));
+        // Evicted (or swept) between loading and here only under extreme pressure: ask once
+        // more.
         match entry.share() {
             Some(key) => Ok(key),
             None => {
-                bump(&self.counters.unwrap_calls);
+                bump(&shared.counters.unwrap_calls);
                 provider.unwrap_data_key(wrapped, purpose).await
             }
         }
@@ -450,7 +670,7 @@ impl DataKeyCache {
             previous = Some((this, index));
             order.push(index);
         }
-        let permits = tokio::sync::Semaphore::new(self.limits.unwrap_concurrency.max(1));
+        let permits = tokio::sync::Semaphore::new(self.shared.limits.unwrap_concurrency.max(1));
         let unwraps = jobs
             .iter()
             .map(|&(key, purpose)| self.unwrap_bounded(&permits, provider_for(key), key, purpose));
@@ -472,6 +692,6 @@ impl DataKeyCache {
 
     /// Counts a re-wrap call made outside the cache.
     pub(crate) fn count_rewrap(&self) {
-        bump(&self.counters.rewrap_calls);
+        bump(&self.shared.counters.rewrap_calls);
     }
 }

@@ -1,11 +1,27 @@
-//! AES-256-GCM, the one cipher of jarvis-crypt.
+//! AES-256-GCM, the one cipher of jarvis-crypt, and the randomness its keys and nonces take.
 //!
-//! [`seal_with_nonce`] and [`open`] are the known-answer API: they take the key and the nonce
-//! from the caller and exist for known-answer tests (Wycheproof) and for interoperability with
-//! data written elsewhere. **A caller-chosen nonce is dangerous**: reusing a (key, nonce) pair
-//! reveals the XOR of two plaintexts and lets an attacker forge tags. Applications encrypt
-//! through [`Encryptor`](crate::Encryptor), which draws a fresh random 96-bit nonce for every
-//! value and limits how many values one data key encrypts.
+//! # Randomness
+//!
+//! Every data key, nonce, root search key, local master key and backup-stream nonce prefix
+//! comes straight from the operating system's generator ([`rand::rngs::OsRng`], i.e.
+//! `getrandom(2)` on Linux), never from a userspace generator: the state of a userspace
+//! generator (such as rand's thread generator, a ChaCha generator reseeded from the OS now
+//! and then) is copied by `fork`, so a parent and its child would draw the same "random"
+//! nonces and keys until the next reseed. The operating system's generator keeps no state in
+//! the process to copy. The price is a system call per draw, one per value encrypted (its
+//! nonce), small beside the cost of encrypting and storing the value. A failing generator is
+//! an [`Error::Io`], never a silent fallback.
+//!
+//! # Caller-chosen nonces (`hazmat`)
+//!
+//! `seal_with_nonce` (with the `hazmat` cargo feature, off by default) and [`open`] are the
+//! known-answer API: they take the key and the nonce from the caller and exist for
+//! known-answer tests (Wycheproof) and for interoperability with data written elsewhere.
+//! **A caller-chosen nonce is dangerous**: reusing a (key, nonce) pair reveals the XOR of two
+//! plaintexts and lets an attacker forge tags, so sealing with one needs the feature named
+//! for it. Opening is not dangerous and is always there. Applications encrypt through
+//! [`Encryptor`](crate::Encryptor), which draws a fresh random 96-bit nonce for every value
+//! and limits how many values one data key encrypts.
 //!
 //! Both functions accept 12-byte nonces (what jarvis writes) and 16-byte nonces (what the
 //! earlier Node implementation wrote); any other nonce length, or a tag that is not 16
@@ -19,6 +35,9 @@ use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::aes::Aes256;
 use aes_gcm::aes::cipher::consts::U16;
 use aes_gcm::{Aes256Gcm, AesGcm, Nonce as GcmNonce, Tag};
+
+use rand::TryRngCore;
+use rand::rngs::OsRng;
 
 use crate::error::{Error, Result};
 
@@ -36,7 +55,8 @@ type Aes256Gcm16 = AesGcm<Aes256, U16>;
 /// Encrypts `plaintext` under `key` with a caller-chosen `nonce` (12 or 16 bytes).
 ///
 /// Returns the ciphertext (as long as the plaintext) and the 16-byte tag. For known-answer
-/// tests and interoperability only: see the module documentation.
+/// tests and interoperability only, hence behind the `hazmat` feature: see the module
+/// documentation.
 ///
 /// ```
 /// use jarvis_crypt::cipher;
@@ -47,6 +67,7 @@ type Aes256Gcm16 = AesGcm<Aes256, U16>;
 /// assert_eq!(pt, b"a@b.com");
 /// # Ok::<(), jarvis_crypt::Error>(())
 /// ```
+#[cfg(feature = "hazmat")]
 pub fn seal_with_nonce(
     key: &[u8; KEY_LEN],
     nonce: &[u8],
@@ -67,6 +88,45 @@ pub fn seal_with_nonce(
         other => return Err(nonce_length(other)),
     };
     Ok((buffer, tag))
+}
+
+/// Encrypts `plaintext` under `key` with a fresh random 12-byte nonce from the operating
+/// system's generator; returns the nonce, the ciphertext and the tag.
+pub(crate) fn seal_random(
+    key: &[u8; KEY_LEN],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<([u8; NONCE_LEN], Vec<u8>, [u8; TAG_LEN])> {
+    let nonce: [u8; NONCE_LEN] = random_array()?;
+    let mut buffer = plaintext.to_vec();
+    let tag = seal_in_place(&Aes256Gcm::new(key.into()), &nonce, aad, &mut buffer)?;
+    Ok((nonce, buffer, tag))
+}
+
+/// Fills `buf` from the operating system's generator (see the module documentation).
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {
+    OsRng.try_fill_bytes(buf).map_err(|e| {
+        Error::from(std::io::Error::other(format!(
+            "the operating system's random generator failed: {e}"
+        )))
+    })
+}
+
+/// `N` bytes from the operating system's generator. Not for keys, which go straight into
+/// their wiped-on-drop box: see [`random_key`].
+pub(crate) fn random_array<const N: usize>() -> Result<[u8; N]> {
+    let mut out = [0u8; N];
+    fill_random(&mut out)?;
+    Ok(out)
+}
+
+/// A fresh random 256-bit key, drawn straight into its wiped-on-drop box.
+pub(crate) fn random_key() -> Result<secrecy::SecretBox<[u8; KEY_LEN]>> {
+    let mut drawn = Ok(());
+    let key = secrecy::SecretBox::init_with_mut(|bytes: &mut [u8; KEY_LEN]| {
+        drawn = fill_random(bytes);
+    });
+    drawn.map(|()| key)
 }
 
 /// Decrypts and authenticates `ciphertext` with its separate 16-byte `tag`.

@@ -9,8 +9,6 @@
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
-use rand::RngCore;
-
 use crate::aad::Binding;
 use crate::cache::{CacheLimits, CacheStats, Clock, DataKeyCache, SystemClock};
 use crate::cipher::{self, LEGACY_NONCE_LEN, NONCE_LEN};
@@ -373,8 +371,7 @@ fn seal(
     binding: &Binding<'_>,
     plaintext: &[u8],
 ) -> Result<StoredField> {
-    let mut nonce = [0u8; NONCE_LEN];
-    rand::rng().fill_bytes(&mut nonce);
+    let nonce: [u8; NONCE_LEN] = cipher::random_array()?;
     let mut buffer = plaintext.to_vec();
     let tag = cipher::seal_in_place(
         key.cipher(),

@@ -31,7 +31,6 @@ use std::fmt;
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
-use rand::RngCore;
 use secrecy::{ExposeSecret, SecretBox};
 
 use crate::cipher::{self, KEY_LEN};
@@ -73,10 +72,24 @@ impl DataKey {
         Some(DataKey::from_bytes(boxed))
     }
 
-    /// A fresh random data key.
+    /// A fresh random data key, from the operating system's generator (safe across `fork`;
+    /// see [`cipher`](crate::cipher#randomness)).
+    ///
+    /// # Panics
+    ///
+    /// When the operating system's generator fails, which it does not on a running Linux,
+    /// macOS or BSD system; [`try_generate`](Self::try_generate) returns the error instead.
     pub fn generate() -> Self {
-        let boxed = SecretBox::init_with_mut(|key: &mut [u8; KEY_LEN]| rand::rng().fill_bytes(key));
-        DataKey::from_bytes(boxed)
+        match Self::try_generate() {
+            Ok(key) => key,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A fresh random data key, from the operating system's generator; its failure is an
+    /// [`Error::Io`].
+    pub fn try_generate() -> Result<Self> {
+        cipher::random_key().map(DataKey::from_bytes)
     }
 
     /// A watch that tells when every holder of this key has dropped it, i.e. when its bytes

@@ -93,11 +93,18 @@ impl SearchKey {
         }
     }
 
-    /// A fresh random 32-byte root key.
+    /// A fresh random 32-byte root key, from the operating system's generator (safe across
+    /// `fork`; see [`cipher`](crate::cipher#randomness)).
+    ///
+    /// # Panics
+    ///
+    /// When the operating system's generator fails, which it does not on a running Linux,
+    /// macOS or BSD system.
     pub fn generate() -> Self {
-        use rand::RngCore;
         let mut bytes = vec![0u8; MIN_SEARCH_KEY_LEN];
-        rand::rng().fill_bytes(&mut bytes);
+        if let Err(e) = crate::cipher::fill_random(&mut bytes) {
+            panic!("{e}");
+        }
         SearchKey(SecretBox::new(Box::new(bytes)))
     }
 
@@ -261,7 +268,11 @@ impl SearchSpec {
 }
 
 /// Computes one column's search hashes.
-#[derive(Clone)]
+///
+/// It holds the column's HMAC key schedule (the key's inner and outer pads), a secret: like
+/// the other secrets of the crate it is not `Clone`, prints nothing of itself in `Debug`, and
+/// its state is wiped when it is dropped (the `zeroize` feature of `hmac` and `sha2`). Derive
+/// it again with [`SearchKey::column`] where another one is needed.
 pub struct ColumnHasher {
     mac: HmacSha256,
     spec: SearchSpec,

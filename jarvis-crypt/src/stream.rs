@@ -34,7 +34,7 @@
 //! 14+n        w     wrapped data key: the envelope of `keys.rs`, wrapped for the `backup`
 //!                   purpose; it must name the same master key as the fields above
 //! 14+n+w      4     chunk size c: plaintext bytes per chunk (64..=16 MiB, default 64 KiB)
-//! 18+n+w      7     nonce prefix P (random, per stream)
+//! 18+n+w      7     nonce prefix P (random, per stream, from the OS generator)
 //! 25+n+w      4     length m of the manifest (2..=65536)
 //! 29+n+w      m     manifest: a JSON object (see [`Manifest`])
 //! 29+n+w+m    16    header tag: AES-GCM tag of the empty message, nonce P || 00000000 || 02,
@@ -128,7 +128,6 @@ use std::task::{Context, Poll, ready};
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::aead::inout::InOutBuf;
 use async_trait::async_trait;
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use zeroize::Zeroizing;
@@ -804,8 +803,7 @@ impl<W: AsyncWrite> EncryptWriter<W> {
                 ));
             }
         };
-        let mut nonce_prefix = [0u8; NONCE_PREFIX_LEN];
-        rand::rng().fill_bytes(&mut nonce_prefix);
+        let nonce_prefix: [u8; NONCE_PREFIX_LEN] = cipher::random_array()?;
         let header = encode_header(
             &master_key,
             &generated.wrapped,

@@ -421,3 +421,74 @@ async fn a_failed_call_is_shared_with_the_callers_waiting_for_it() {
     enc.encrypt(&place(1), b"value").await.expect("recovered");
     assert_eq!(provider.generated.load(Ordering::SeqCst), calls + 1);
 }
+
+#[tokio::test]
+async fn an_expired_active_key_is_wiped_at_the_next_access_of_any_kind() {
+    let limits = CacheLimits {
+        max_age: Duration::from_secs(60),
+        unwrap_ttl: Duration::from_secs(60),
+        ..CacheLimits::default()
+    };
+    let (provider, clock, enc) = setup(limits);
+    let stored = enc.encrypt(&place(1), b"v").await.expect("encrypt");
+    clock.advance(Duration::from_secs(30));
+    enc.decrypt(&place(1), &stored).await.expect("decrypt");
+    assert_eq!(provider.wiped(), (0, 1), "held within its age");
+
+    clock.advance(Duration::from_secs(31));
+    // A decrypt: nothing asks for a new data key, yet the active one is past its age.
+    enc.decrypt(&place(1), &stored).await.expect("decrypt");
+    let watches = provider.handed_out.lock().expect("lock");
+    assert!(
+        watches[0].is_wiped(),
+        "the key past its age is wiped on both sides"
+    );
+    assert_eq!(watches.len(), 2, "the decrypt unwrapped it again");
+}
+
+#[tokio::test]
+async fn run_pending_tasks_wipes_keys_past_their_limits() {
+    let limits = CacheLimits {
+        max_age: Duration::from_secs(60),
+        unwrap_ttl: Duration::from_secs(60),
+        ..CacheLimits::default()
+    };
+    let (provider, clock, enc) = setup(limits);
+    enc.encrypt(&place(1), b"v").await.expect("encrypt");
+    enc.cache().run_pending_tasks().await;
+    assert_eq!(provider.wiped(), (0, 1));
+    clock.advance(Duration::from_secs(60));
+    enc.cache().run_pending_tasks().await;
+    assert_eq!(provider.wiped(), (1, 1));
+}
+
+/// On the real clock, with no access at all after the encrypt: the cache's own sweeper wipes
+/// the key once it is past its age.
+#[tokio::test]
+async fn an_idle_cache_wipes_its_key_at_its_age_limit() {
+    let provider = Recording::new(Duration::ZERO);
+    let limits = CacheLimits {
+        max_age: Duration::from_millis(300),
+        unwrap_ttl: Duration::from_millis(300),
+        ..CacheLimits::default()
+    };
+    let enc = Encryptor::builder(provider.clone())
+        .cache_limits(limits)
+        .build();
+    let started = std::time::Instant::now();
+    enc.encrypt(&place(1), b"v").await.expect("encrypt");
+    assert_eq!(provider.wiped(), (0, 1), "held while fresh");
+    while provider.wiped() != (1, 1) && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(provider.wiped(), (1, 1), "wiped without any cache access");
+    assert!(
+        elapsed >= Duration::from_millis(300),
+        "never before its age: {elapsed:?}"
+    );
+    // The cache still works afterwards: a fresh key.
+    enc.encrypt(&place(2), b"v").await.expect("encrypt");
+    assert_eq!(provider.generated.load(Ordering::SeqCst), 2);
+    drop(enc);
+}

@@ -14,6 +14,18 @@
 //!
 //! Each step first reads the current state and changes only what differs, so a second run
 //! changes nothing and returns the same key id.
+//!
+//! # The key policy of an existing key
+//!
+//! A key policy is often shared: an account adds statements of its own (auditors, a backup
+//! role, an organization-wide deny). [`KmsConnection::ensure_key`] therefore merges by
+//! `Sid`: each jarvis statement replaces the statement of the same `Sid` where it stands, or
+//! is appended, and every other statement is kept as it is, in its order. Without an
+//! application principal, an existing `JarvisApplicationUse` statement is kept (so a run
+//! that forgets the principal does not lock the application out), and the result says so.
+//! [`KmsConnection::ensure_key_replacing_policy`] writes the policy of jarvis's statements
+//! alone, dropping every other statement. A key created by the run gets jarvis's
+//! statements alone (KMS's default policy of a new key is replaced).
 
 use serde_json::{Value, json};
 
@@ -77,8 +89,76 @@ pub struct KmsKeyState {
     pub policy: Value,
 }
 
+/// How the key policy is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PolicyWrite {
+    /// jarvis's statements merged by `Sid` into the current policy.
+    Merge,
+    /// The policy of jarvis's statements alone.
+    Replace,
+}
+
 /// The key policy for a key in `account` (with its ARN `partition`).
 fn policy(partition: &str, account: &str, principal: Option<&str>) -> Value {
+    json!({
+        "Version": "2012-10-17",
+        "Id": "jarvis-crypt",
+        "Statement": statements(partition, account, principal),
+    })
+}
+
+/// `current` with `ours` merged in by `Sid` (see the module docs). A current policy without
+/// a list of statements (unreadable, or none) becomes `ours` alone.
+fn merged_policy(current: &Value, ours: Vec<Value>) -> Value {
+    let existing = match current.get("Statement") {
+        Some(Value::Array(list)) => list.clone(),
+        // IAM accepts a single statement object in place of the list.
+        Some(one @ Value::Object(_)) => vec![one.clone()],
+        _ => {
+            return json!({"Version": "2012-10-17", "Id": "jarvis-crypt", "Statement": ours});
+        }
+    };
+    let mut merged = existing;
+    for statement in ours {
+        let sid = statement["Sid"].clone();
+        match merged.iter().position(|s| s.get("Sid") == Some(&sid)) {
+            Some(at) => {
+                merged[at] = statement;
+                // A Sid is unique in a valid policy; drop any later statement that repeats it.
+                let mut seen = 0;
+                merged.retain(|s| {
+                    let ours = s.get("Sid") == Some(&sid);
+                    seen += usize::from(ours);
+                    !ours || seen == 1
+                });
+            }
+            None => merged.push(statement),
+        }
+    }
+    let mut out = current.clone();
+    if let Some(fields) = out.as_object_mut() {
+        fields
+            .entry("Version")
+            .or_insert_with(|| json!("2012-10-17"));
+        fields.insert("Statement".to_owned(), Value::Array(merged));
+    }
+    out
+}
+
+/// The `Sid`s of a policy's statements.
+fn statement_sids(policy: &Value) -> Vec<String> {
+    let list = match policy.get("Statement") {
+        Some(Value::Array(list)) => list.iter().collect(),
+        Some(one @ Value::Object(_)) => vec![one],
+        _ => Vec::new(),
+    };
+    list.into_iter()
+        .map(|s| s["Sid"].as_str().unwrap_or("(no Sid)").to_owned())
+        .collect()
+}
+
+/// jarvis's statements for a key in `account`.
+fn statements(partition: &str, account: &str, principal: Option<&str>) -> Vec<Value> {
     let mut statements = vec![json!({
         "Sid": ADMIN_SID,
         "Effect": "Allow",
@@ -95,7 +175,7 @@ fn policy(partition: &str, account: &str, principal: Option<&str>) -> Value {
             "Resource": "*",
         }));
     }
-    json!({"Version": "2012-10-17", "Id": "jarvis-crypt", "Statement": statements})
+    statements
 }
 
 /// (partition, account) of a key ARN `arn:PARTITION:kms:REGION:ACCOUNT:key/ID`.
@@ -111,14 +191,36 @@ fn arn_parts(arn: &str) -> Result<(&str, &str)> {
 
 impl KmsConnection {
     /// Makes sure the environment's master key exists as the module docs describe; returns
-    /// its id and what changed. Idempotent.
+    /// its id and what changed. Idempotent. The key policy of an existing key is merged by
+    /// `Sid`: statements that are not jarvis's are kept.
     pub async fn ensure_key(&self, env: &str, principal: Option<&str>) -> Result<KmsSetup> {
+        self.ensure_key_with(env, principal, PolicyWrite::Merge)
+            .await
+    }
+
+    /// [`ensure_key`](Self::ensure_key), except that the key policy becomes jarvis's
+    /// statements alone: every other statement of an existing key's policy is dropped.
+    pub async fn ensure_key_replacing_policy(
+        &self,
+        env: &str,
+        principal: Option<&str>,
+    ) -> Result<KmsSetup> {
+        self.ensure_key_with(env, principal, PolicyWrite::Replace)
+            .await
+    }
+
+    async fn ensure_key_with(
+        &self,
+        env: &str,
+        principal: Option<&str>,
+        write: PolicyWrite,
+    ) -> Result<KmsSetup> {
         let alias = alias_for(env)?;
         let mut changes = Vec::new();
         let mut notes = Vec::new();
 
-        let (key_id, key_arn) = match self.resolve(&alias).await {
-            Ok(found) => found,
+        let (key_id, key_arn, created) = match self.resolve(&alias).await {
+            Ok((key_id, key_arn)) => (key_id, key_arn, false),
             Err(Error::UnknownMasterKey { .. }) => {
                 let created = call(
                     self.client()
@@ -143,14 +245,29 @@ impl KmsConnection {
                 )
                 .await?;
                 changes.push(format!("created key {key_id} with alias {alias}"));
-                (key_id, arn)
+                (key_id, arn, true)
             }
             Err(other) => return Err(other),
         };
 
         let (partition, account) = arn_parts(&key_arn)?;
-        let wanted = policy(partition, account, principal);
         let current = self.key_policy(&key_id).await?;
+        let (wanted, change) = if created || write == PolicyWrite::Replace {
+            (
+                policy(partition, account, principal),
+                "key policy written (jarvis's statements only)".to_owned(),
+            )
+        } else {
+            let wanted = merged_policy(&current, statements(partition, account, principal));
+            let kept = statement_sids(&wanted)
+                .into_iter()
+                .filter(|sid| sid != ADMIN_SID && sid != APP_SID)
+                .count();
+            (
+                wanted,
+                format!("key policy: jarvis's statements written, {kept} other statements kept"),
+            )
+        };
         if current != wanted {
             call(
                 self.client()
@@ -161,13 +278,19 @@ impl KmsConnection {
                     .send(),
             )
             .await?;
-            changes.push("key policy written".to_owned());
+            changes.push(change);
         }
         if principal.is_none() {
-            notes.push(
-                "no application principal given: only the account's administrators can use the key"
-                    .to_owned(),
-            );
+            if statement_sids(&wanted).iter().any(|sid| sid == APP_SID) {
+                notes.push(format!(
+                    "no application principal given: the key policy's existing {APP_SID} statement is kept"
+                ));
+            } else {
+                notes.push(
+                    "no application principal given: only the account's administrators can use the key"
+                        .to_owned(),
+                );
+            }
         }
 
         let rotation = call(
@@ -207,14 +330,7 @@ impl KmsConnection {
         .await?;
         let aliases = call(self.client().list_aliases().key_id(&key_id).send()).await?;
         let policy = self.key_policy(&key_id).await?;
-        let policy_statements = policy["Statement"]
-            .as_array()
-            .map(|list| {
-                list.iter()
-                    .map(|s| s["Sid"].as_str().unwrap_or("(no Sid)").to_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let policy_statements = statement_sids(&policy);
         Ok(KmsKeyState {
             key_arn: meta.arn().unwrap_or(&key_id).to_owned(),
             enabled: meta.enabled(),
@@ -310,6 +426,46 @@ mod tests {
                 .unwrap()
                 .len(),
             1
+        );
+    }
+
+    #[test]
+    fn merging_replaces_jarvis_statements_by_sid_and_keeps_the_others() {
+        let foreign = json!({"Sid": "Auditors", "Effect": "Allow", "Action": "kms:DescribeKey"});
+        let no_sid = json!({"Effect": "Deny", "Action": "kms:ScheduleKeyDeletion"});
+        let stale_app = json!({"Sid": APP_SID, "Effect": "Allow", "Action": "kms:*"});
+        let current = json!({
+            "Version": "2012-10-17",
+            "Id": "their-policy",
+            "Statement": [foreign, stale_app, no_sid],
+        });
+        let ours = statements("aws", "1", Some("arn:aws:iam::1:role/app"));
+        let merged = merged_policy(&current, ours.clone());
+        assert_eq!(merged["Id"], "their-policy");
+        assert_eq!(
+            merged["Statement"],
+            json!([foreign, ours[1], no_sid, ours[0]]),
+            "the app statement replaced in place, the admin statement appended"
+        );
+        assert_eq!(merged_policy(&merged, ours.clone()), merged, "idempotent");
+        // Without a principal the existing application statement stays.
+        let admin_only = merged_policy(&merged, statements("aws", "1", None));
+        assert_eq!(admin_only, merged);
+        // Unreadable or missing: jarvis's statements alone.
+        assert_eq!(
+            merged_policy(&Value::Null, ours.clone())["Statement"],
+            json!(ours)
+        );
+        // A single statement object, and a repeated Sid.
+        let single = json!({"Statement": {"Sid": ADMIN_SID, "Effect": "Deny"}});
+        assert_eq!(
+            merged_policy(&single, ours.clone())["Statement"],
+            json!([ours[0], ours[1]])
+        );
+        let twice = json!({"Statement": [stale_app, foreign, stale_app]});
+        assert_eq!(
+            merged_policy(&twice, ours.clone())["Statement"],
+            json!([ours[1], foreign, ours[0]])
         );
     }
 

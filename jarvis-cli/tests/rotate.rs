@@ -811,12 +811,15 @@ async fn rehash_moves_the_search_hashes_to_the_configured_key() {
         .expect("record the old key");
     seed(&store(&db, Arc::clone(&provider), old), 50).await;
     let with_new = store(&db, provider, new);
-    assert!(
-        with_new
-            .find_user_by_email("user7@example.com")
-            .await
-            .expect("lookup")
-            .is_none()
+    // Before the re-hash, the repositories refuse the new key: it is not the recorded one.
+    let refused = with_new
+        .find_user_by_email("user7@example.com")
+        .await
+        .expect_err("the new key before the re-hash");
+    assert_eq!(
+        refused.crypto_kind(),
+        Some(jarvis_crypt::ErrorKind::Configuration),
+        "{refused}"
     );
 
     // The new key must be configured: it is the key the hashes move to.

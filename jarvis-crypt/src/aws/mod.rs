@@ -284,13 +284,19 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: fmt::Debug,
 {
+    let (result, attempts) = counted(request).await;
+    result.map_err(|err| map_error(err, attempts))
+}
+
+/// Runs one SDK request, counting the attempts it made (at least 1).
+async fn counted<T>(request: impl Future<Output = T>) -> (T, u32) {
     let (result, attempts) = ATTEMPTS
         .scope(Cell::new(0), async {
             let result = request.await;
             (result, ATTEMPTS.with(Cell::get))
         })
         .await;
-    result.map_err(|err| map_error(err, attempts.max(1)))
+    (result, attempts.max(1))
 }
 
 fn unavailable(attempts: u32, message: impl Into<String>) -> Error {
@@ -566,12 +572,7 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: fmt::Debug,
 {
-    let (result, attempts) = ATTEMPTS
-        .scope(Cell::new(0), async {
-            let result = request.await;
-            (result, ATTEMPTS.with(Cell::get))
-        })
-        .await;
+    let (result, attempts) = counted(request).await;
     result.map_err(|err| {
         let code = match &err {
             SdkError::ServiceError(service) => service.err().code().map(|c| {
@@ -583,7 +584,7 @@ where
         if code == Some(true) {
             KmsFailure::OtherKey
         } else {
-            KmsFailure::Error(map_error(err, attempts.max(1)))
+            KmsFailure::Error(map_error(err, attempts))
         }
     })
 }

@@ -14,6 +14,7 @@ pub(crate) const ENCRYPTED: &str = "encrypted";
 const TABLE: &str = "table";
 const BIND: &str = "bind";
 const AAD_TABLE: &str = "aad_table";
+const ROTATED_AT: &str = "rotated_at";
 const CIPHERTEXT: &str = "ciphertext";
 const IV: &str = "iv";
 const TAG: &str = "tag";
@@ -64,6 +65,9 @@ pub(crate) struct Container {
     /// `aad_table = "..."`: the table name bound into the associated data and the search
     /// keys, instead of the last segment of `table`.
     pub(crate) aad_table: Option<LitStr>,
+    /// `rotated_at = column`: the timestamp column of the time the row's values were last
+    /// encrypted, which `rotate --older-than` reads and the lifecycle jobs write.
+    pub(crate) rotated_at: Option<Ident>,
     pub(crate) bind: Bind,
     pub(crate) fields: Vec<Field>,
 }
@@ -159,12 +163,13 @@ impl Container {
 
         let mut table = None;
         let mut aad_table = None;
+        let mut rotated_at = None;
         let mut bind = None;
         let mut seen = Vec::new();
         for attr in input.attrs.iter().filter(|a| is_attr(a)) {
             let parsed = attr.parse_nested_meta(|meta| {
                 let Some(key) = meta.path.get_ident().cloned() else {
-                    return Err(meta.error("expected one of `table`, `bind`, `aad_table`"));
+                    return Err(meta.error("expected one of `table`, `bind`, `aad_table`, `rotated_at`"));
                 };
                 if key == TABLE {
                     let path: Path = meta.value()?.parse()?;
@@ -178,6 +183,11 @@ impl Container {
                     } else if once(cx, &mut seen, &key) {
                         aad_table = Some(name);
                     }
+                } else if key == ROTATED_AT {
+                    let ident: Ident = meta.value()?.parse()?;
+                    if once(cx, &mut seen, &key) {
+                        rotated_at = Some(ident);
+                    }
                 } else if key == BIND {
                     let ident: Ident = meta.value()?.parse()?;
                     if once(cx, &mut seen, &key) {
@@ -189,7 +199,7 @@ impl Container {
                     }
                 } else {
                     return Err(meta.error(format!(
-                        "unknown container key `{key}`, expected one of `table`, `bind`, `aad_table`"
+                        "unknown container key `{key}`, expected one of `table`, `bind`, `aad_table`, `rotated_at`"
                     )));
                 }
                 Ok(())
@@ -268,6 +278,7 @@ impl Container {
             vis: input.vis.clone(),
             table,
             aad_table,
+            rotated_at,
             bind,
             fields,
         })

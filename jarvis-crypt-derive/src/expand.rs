@@ -274,6 +274,13 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
         });
     }
 
+    // `rotated_at = column`: imported into the alias module (once) so a column the table
+    // lacks is reported at the user's spelling.
+    if let Some(at) = &c.rotated_at
+        && !columns.contains(at)
+    {
+        columns.push(at.clone());
+    }
     let column_imports = columns
         .iter()
         .map(|col| quote_spanned!(col.span()=> pub(super) use #table_in_alias::{#col};));
@@ -283,9 +290,25 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
     };
     let row_key = match &c.bind {
         Bind::Field(id) => {
-            quote!(::core::option::Option::Some(<#alias::#id as __jc::diesel::Column>::NAME))
+            let kind = match c.fields.iter().find(|f| f.ident == *id) {
+                Some(f) => {
+                    let ty = &f.ty;
+                    quote!(<#ty as __jc::BindKey>::KIND)
+                }
+                None => quote!(::jarvis_crypt::RowKeyKind::Int),
+            };
+            quote!(::core::option::Option::Some((
+                <#alias::#id as __jc::diesel::Column>::NAME,
+                #kind,
+            )))
         }
         Bind::None => quote!(::core::option::Option::None),
+    };
+    let rotated_at = match &c.rotated_at {
+        Some(at) => {
+            quote!(::core::option::Option::Some(<#alias::#at as __jc::diesel::Column>::NAME))
+        }
+        None => quote!(::core::option::Option::None),
     };
     let model_name = model.to_string();
     let default_table = c
@@ -395,6 +418,7 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
                             #default_table,
                             __TABLE,
                             #row_key,
+                            #rotated_at,
                             ::std::vec![#(#described,)*],
                         )
                     })

@@ -39,8 +39,8 @@ pub use stored::{
 };
 pub use stream::StreamFault;
 pub use table::{
-    BindingProblem, EncryptedTable, FieldDescription, SearchDescription, TableDescription,
-    ValueKind,
+    BindingProblem, EncryptedTable, FieldDescription, RowKeyKind, SearchDescription,
+    TableDescription, ValueKind,
 };
 
 /// Re-exports for the code that `#[derive(Encrypted)]` generates. Not a public API.

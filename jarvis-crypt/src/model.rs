@@ -84,7 +84,9 @@ pub(crate) mod support {
     use crate::error::{Error, Result};
     use crate::search::SearchSpec;
     use crate::stored::{AuthTag, Ciphertext, Nonce, SearchHash, StoredField, WrappedKey};
-    use crate::table::{FieldDescription, SearchDescription, TableDescription, ValueKind};
+    use crate::table::{
+        FieldDescription, RowKeyKind, SearchDescription, TableDescription, ValueKind,
+    };
 
     /// A field of a table description.
     #[allow(clippy::too_many_arguments)]
@@ -117,7 +119,8 @@ pub(crate) mod support {
         model: &'static str,
         default_name: &'static str,
         bound_name: &'static str,
-        row_key: Option<&'static str>,
+        row_key: Option<(&'static str, RowKeyKind)>,
+        rotated_at: Option<&'static str>,
         fields: Vec<FieldDescription>,
     ) -> TableDescription
     where
@@ -143,7 +146,9 @@ pub(crate) mod support {
             name,
             bound_name,
             primary_key,
-            row_key,
+            row_key: row_key.map(|(column, _)| column),
+            row_key_kind: row_key.map(|(_, kind)| kind),
+            rotated_at,
             fields,
         }
     }
@@ -226,12 +231,15 @@ pub(crate) mod support {
 
     /// Field types that can be a row key (`bind = field`).
     pub trait BindKey {
+        /// The form of the key in the associated data.
+        const KIND: RowKeyKind;
         /// The key.
         fn row_key(&self) -> OwnedRowKey;
     }
     macro_rules! int_keys {
         ($($t:ty),*) => {$(
             impl BindKey for $t {
+                const KIND: RowKeyKind = RowKeyKind::Int;
                 fn row_key(&self) -> OwnedRowKey {
                     OwnedRowKey::Int(i64::from(*self))
                 }
@@ -240,11 +248,13 @@ pub(crate) mod support {
     }
     int_keys!(i16, i32, i64, u8, u16, u32);
     impl BindKey for String {
+        const KIND: RowKeyKind = RowKeyKind::Text;
         fn row_key(&self) -> OwnedRowKey {
             OwnedRowKey::Text(self.clone())
         }
     }
     impl BindKey for Vec<u8> {
+        const KIND: RowKeyKind = RowKeyKind::Bytes;
         fn row_key(&self) -> OwnedRowKey {
             OwnedRowKey::Bytes(self.clone())
         }

@@ -30,6 +30,18 @@ pub enum ValueKind {
     Json,
 }
 
+/// How a row key is bound into the associated data (see [`RowKey`](crate::RowKey)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RowKeyKind {
+    /// An integer column, bound as a 64-bit integer.
+    Int,
+    /// A text column.
+    Text,
+    /// A binary column.
+    Bytes,
+}
+
 /// A field's search hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SearchDescription {
@@ -81,6 +93,12 @@ pub struct TableDescription {
     pub primary_key: Vec<String>,
     /// The column bound as the row key (`bind = field`), or `None` for `bind = none`.
     pub row_key: Option<&'static str>,
+    /// How the row key is bound (`None` for `bind = none`).
+    pub row_key_kind: Option<RowKeyKind>,
+    /// The timestamp column of the time the row's values were last encrypted
+    /// (`rotated_at = column`): `rotate --older-than` reads it and the jobs that give values
+    /// new data keys set it. `None`: `--older-than` is refused for the table.
+    pub rotated_at: Option<&'static str>,
     /// The encrypted fields, in declaration order.
     pub fields: Vec<FieldDescription>,
 }

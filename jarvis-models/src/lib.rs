@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod db;
+mod described;
 pub mod error;
 pub mod jobs;
 pub mod keys;

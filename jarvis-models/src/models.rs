@@ -182,3 +182,15 @@ impl fmt::Debug for EncryptedBackup {
             .finish_non_exhaustive()
     }
 }
+
+/// The descriptions of the seed's models, in the order the jobs do them: users, API keys,
+/// OAuth tokens, then the bookkeeping table of encrypted backups.
+pub fn seed_tables() -> Vec<&'static jarvis_crypt::TableDescription> {
+    use jarvis_crypt::EncryptedTable;
+    vec![
+        User::table(),
+        ApiKey::table(),
+        OAuthToken::table(),
+        EncryptedBackup::table(),
+    ]
+}

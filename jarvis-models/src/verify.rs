@@ -18,24 +18,22 @@
 //!   after its migration): the plaintext should have been cleared.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
+use diesel::QueryDsl;
 use diesel_async::RunQueryDsl;
 use jarvis_crypt::{
-    Binding, ColumnHasher, Encrypted, Encryptor, ErrorKind, KeyEnvelope, MasterKeyRef,
-    SearchColumn, SearchHash, SearchKey, StoredField,
+    Binding, ColumnHasher, Encryptor, ErrorKind, FieldDescription, KeyEnvelope, MasterKeyRef,
+    SearchHash, SearchKey, StoredField, TableDescription,
 };
 
 use crate::db::Database;
+use crate::described::{self, Form, StoredRow};
 use crate::error::ModelError;
-use crate::models::{
-    ApiKey, ApiKeyRow, EncryptedBackup, EncryptedBackupRow, OAuthToken, OAuthTokenRow, User,
-    UserRow,
-};
-use crate::schema::{api_keys, encrypted_backups, oauth_tokens, users};
 use crate::with_conn;
 
-/// The tables `verify` knows, with their encrypted (ciphertext) columns.
+/// The tables `verify` knows, with their encrypted (ciphertext) columns: the seed's
+/// ([`seed_tables`](crate::models::seed_tables) describes them).
 pub const TABLES: [(&str, &[&str]); 4] = [
     ("users", &["encrypted_email"]),
     ("api_keys", &["encrypted_key"]),
@@ -53,20 +51,6 @@ pub const SEARCH_HASH_MISMATCH: &str = "search_hash_mismatch";
 
 /// The failure kind of a row holding both a ciphertext and the plaintext it replaced.
 pub const PLAINTEXT_NOT_CLEARED: &str = "plaintext_not_cleared";
-
-/// The searchable field stored in `table`.`ciphertext`, as its model describes it.
-fn search_column(table: &str, ciphertext: &str) -> Option<SearchColumn> {
-    [
-        User::SEARCH_COLUMNS,
-        ApiKey::SEARCH_COLUMNS,
-        OAuthToken::SEARCH_COLUMNS,
-        EncryptedBackup::SEARCH_COLUMNS,
-    ]
-    .into_iter()
-    .flatten()
-    .find(|c| c.table == table && c.ciphertext == ciphertext)
-    .copied()
-}
 
 /// Counts of one encrypted column.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -125,46 +109,27 @@ impl VerifyReport {
 
 /// One value to check.
 struct Entry {
-    table: &'static str,
-    column: &'static str,
-    id: i64,
-    stored: Form,
+    table: &'static TableDescription,
+    field: &'static FieldDescription,
+    row: Arc<StoredRow>,
+    index: usize,
+}
+
+impl Entry {
+    fn value(&self) -> &described::StoredValue {
+        &self.row.values[self.index]
+    }
+
     /// The plaintext column, when the row holds a value in it.
-    plaintext: Option<&'static str>,
-    /// The stored search hash, for a searchable field.
-    hash: Option<Option<SearchHash>>,
+    fn plaintext(&self) -> Option<&'static str> {
+        self.field
+            .migrating_from
+            .filter(|_| self.value().plaintext.is_some())
+    }
 }
 
-/// The four columns of a value: a stored form, or none; partly NULL columns are neither.
-struct Form {
-    value: Option<StoredField>,
-    partial: bool,
-}
-
-fn stored(
-    ct: Option<jarvis_crypt::Ciphertext>,
-    iv: Option<jarvis_crypt::Nonce>,
-    tag: Option<jarvis_crypt::AuthTag>,
-    dk: Option<jarvis_crypt::WrappedKey>,
-) -> Form {
-    let (value, partial) = match (ct, iv, tag, dk) {
-        (Some(ciphertext), Some(nonce), Some(tag), Some(data_key)) => (
-            Some(StoredField {
-                ciphertext,
-                nonce,
-                tag,
-                data_key,
-            }),
-            false,
-        ),
-        (None, None, None, None) => (None, false),
-        _ => (None, true),
-    };
-    Form { value, partial }
-}
-
-/// Verifies every table, or only `only`, checking search hashes under the encryptor's search
-/// key (not at all without one).
+/// Verifies every table of the seed, or only `only`, checking search hashes under the
+/// encryptor's search key (not at all without one).
 pub async fn verify(
     db: &Database,
     encryptor: &Encryptor,
@@ -182,16 +147,27 @@ pub async fn verify_with_search_key(
     only: Option<&str>,
     search_key: Option<&SearchKey>,
 ) -> Result<VerifyReport, ModelError> {
-    if let Some(table) = only
-        && !TABLES.iter().any(|(t, _)| *t == table)
-    {
-        let known: Vec<&str> = TABLES.iter().map(|(t, _)| *t).collect();
-        return Err(jarvis_crypt::Error::Configuration(format!(
-            "unknown table `{table}`; known: {}",
-            known.join(", ")
-        ))
-        .into());
-    }
+    verify_tables(
+        db,
+        encryptor,
+        &crate::models::seed_tables(),
+        only,
+        search_key,
+    )
+    .await
+}
+
+/// [`verify_with_search_key`] over the tables of any models (their descriptions,
+/// [`EncryptedTable::table`](jarvis_crypt::EncryptedTable::table)), or only the one named
+/// `only`.
+pub async fn verify_tables(
+    db: &Database,
+    encryptor: &Encryptor,
+    tables: &[&'static TableDescription],
+    only: Option<&str>,
+    search_key: Option<&SearchKey>,
+) -> Result<VerifyReport, ModelError> {
+    let tables = select(tables, only)?;
     let mut hashes = match search_key {
         Some(key) => Hashes::Key(key, BTreeMap::new()),
         None if encryptor.search_key_fingerprint().is_some() => Hashes::Encryptor(encryptor),
@@ -201,14 +177,14 @@ pub async fn verify_with_search_key(
         search_hashes_checked: !matches!(hashes, Hashes::Off),
         ..VerifyReport::default()
     };
-    for (table, columns) in TABLES {
-        if only.is_some_and(|t| t != table) {
-            continue;
+    for table in tables {
+        for field in &table.fields {
+            report
+                .columns
+                .entry((table.name.as_str(), field.ciphertext))
+                .or_default();
         }
-        for column in columns {
-            report.columns.entry((table, column)).or_default();
-        }
-        let mut after = 0i64;
+        let mut after = i64::MIN;
         loop {
             let (entries, last) = page(db, table, after).await?;
             let Some(last) = last else { break };
@@ -217,6 +193,27 @@ pub async fn verify_with_search_key(
         }
     }
     Ok(report)
+}
+
+/// `tables`, or the one named `only` (refused when unknown).
+fn select(
+    tables: &[&'static TableDescription],
+    only: Option<&str>,
+) -> Result<Vec<&'static TableDescription>, ModelError> {
+    let Some(only) = only else {
+        return Ok(tables.to_vec());
+    };
+    match tables.iter().find(|t| t.name == only) {
+        Some(table) => Ok(vec![*table]),
+        None => {
+            let known: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+            Err(jarvis_crypt::Error::Configuration(format!(
+                "unknown table `{only}`; known: {}",
+                known.join(", ")
+            ))
+            .into())
+        }
+    }
 }
 
 /// How search hashes are computed, if at all.
@@ -231,144 +228,50 @@ enum Hashes<'a> {
 }
 
 impl Hashes<'_> {
-    /// The hash of `value` in `column`; `None` when hashes are not checked.
-    fn hash(&mut self, column: &SearchColumn, value: &str) -> Option<SearchHash> {
+    /// The hash of `value` for `field` of `table`; `None` when hashes are not checked.
+    fn hash(
+        &mut self,
+        table: &TableDescription,
+        field: &FieldDescription,
+        value: &str,
+    ) -> Option<SearchHash> {
+        let search = field.search?;
         match self {
             Hashes::Off => None,
             Hashes::Encryptor(encryptor) => encryptor
-                .search_hash(column.table, column.hash, column.spec, value)
+                .search_hash(table.bound_name, search.bound_column, search.spec, value)
                 .ok(),
             Hashes::Key(key, hashers) => Some(
                 hashers
-                    .entry((column.table, column.hash))
-                    .or_insert_with(|| key.column(column.table, column.hash, column.spec))
+                    .entry((table.bound_name, search.bound_column))
+                    .or_insert_with(|| {
+                        key.column(table.bound_name, search.bound_column, search.spec)
+                    })
                     .hash(value),
             ),
         }
     }
 }
 
+/// A page of `table`'s values after id `after`: the entries and the last id (`None`: the end).
 async fn page(
     db: &Database,
-    table: &'static str,
+    table: &'static TableDescription,
     after: i64,
 ) -> Result<(Vec<Entry>, Option<i64>), ModelError> {
     let mut conn = db.get().await?;
+    let rows = described::page(&mut conn, table, after, PAGE).await?;
+    let last = rows.last().map(|r| r.id);
     let mut entries = Vec::new();
-    let last;
-    match table {
-        "users" => {
-            let rows: Vec<UserRow> = with_conn!(&mut conn, |c| users::table
-                .filter(users::id.gt(after))
-                .order(users::id)
-                .limit(PAGE)
-                .select(UserRow::as_select())
-                .load(c)
-                .await?);
-            last = rows.last().map(|r| r.id);
-            for r in rows {
-                entries.push(Entry {
-                    table,
-                    column: "encrypted_email",
-                    id: r.id,
-                    plaintext: r.email.is_some().then_some("email"),
-                    hash: Some(r.email_hash),
-                    stored: stored(
-                        r.encrypted_email,
-                        r.email_iv,
-                        r.email_auth_tag,
-                        r.email_data_key,
-                    ),
-                });
-            }
-        }
-        "api_keys" => {
-            let rows: Vec<ApiKeyRow> = with_conn!(&mut conn, |c| api_keys::table
-                .filter(api_keys::id.gt(after))
-                .order(api_keys::id)
-                .limit(PAGE)
-                .select(ApiKeyRow::as_select())
-                .load(c)
-                .await?);
-            last = rows.last().map(|r| r.id);
-            for r in rows {
-                entries.push(Entry {
-                    table,
-                    column: "encrypted_key",
-                    id: r.id,
-                    plaintext: None,
-                    hash: Some(r.key_hash),
-                    stored: stored(
-                        Some(r.encrypted_key),
-                        Some(r.key_iv),
-                        Some(r.key_auth_tag),
-                        Some(r.key_data_key),
-                    ),
-                });
-            }
-        }
-        "oauth_tokens" => {
-            let rows: Vec<OAuthTokenRow> = with_conn!(&mut conn, |c| oauth_tokens::table
-                .filter(oauth_tokens::id.gt(after))
-                .order(oauth_tokens::id)
-                .limit(PAGE)
-                .select(OAuthTokenRow::as_select())
-                .load(c)
-                .await?);
-            last = rows.last().map(|r| r.id);
-            for r in rows {
-                entries.push(Entry {
-                    table,
-                    column: "encrypted_access_token",
-                    id: r.id,
-                    plaintext: None,
-                    hash: None,
-                    stored: stored(
-                        Some(r.encrypted_access_token),
-                        Some(r.access_token_iv),
-                        Some(r.access_token_auth_tag),
-                        Some(r.access_token_data_key),
-                    ),
-                });
-                entries.push(Entry {
-                    table,
-                    column: "encrypted_refresh_token",
-                    id: r.id,
-                    plaintext: None,
-                    hash: None,
-                    stored: stored(
-                        r.encrypted_refresh_token,
-                        r.refresh_token_iv,
-                        r.refresh_token_auth_tag,
-                        r.refresh_token_data_key,
-                    ),
-                });
-            }
-        }
-        _ => {
-            let rows: Vec<EncryptedBackupRow> = with_conn!(&mut conn, |c| encrypted_backups::table
-                .filter(encrypted_backups::id.gt(after))
-                .order(encrypted_backups::id)
-                .limit(PAGE)
-                .select(EncryptedBackupRow::as_select())
-                .load(c)
-                .await?);
-            last = rows.last().map(|r| r.id);
-            for r in rows {
-                entries.push(Entry {
-                    table,
-                    column: "encrypted_data",
-                    id: r.id,
-                    plaintext: None,
-                    hash: None,
-                    stored: stored(
-                        r.encrypted_data,
-                        r.data_iv,
-                        r.data_auth_tag,
-                        r.data_data_key,
-                    ),
-                });
-            }
+    for row in rows {
+        let row = Arc::new(row);
+        for (index, field) in table.fields.iter().enumerate() {
+            entries.push(Entry {
+                table,
+                field,
+                row: Arc::clone(&row),
+                index,
+            });
         }
     }
     Ok((entries, last))
@@ -382,80 +285,68 @@ async fn check(
 ) {
     let mut current = Vec::new();
     for entry in entries {
-        let counts = report
-            .columns
-            .entry((entry.table, entry.column))
-            .or_default();
-        if let (Some(plaintext), Some(_)) = (entry.plaintext, &entry.stored.value) {
+        let (table, column) = (entry.table.name.as_str(), entry.field.ciphertext);
+        let counts = report.columns.entry((table, column)).or_default();
+        let form = entry.value().form();
+        if let (Some(plaintext), Form::Stored(_)) = (entry.plaintext(), &form) {
             counts.plaintext_not_cleared += 1;
             report.failures.push(Failure {
-                table: entry.table,
-                id: entry.id,
+                table,
+                id: entry.row.id,
                 column: plaintext,
                 error_kind: PLAINTEXT_NOT_CLEARED,
             });
         }
-        if entry.stored.partial {
-            counts.failed += 1;
-            report.failures.push(Failure {
-                table: entry.table,
-                id: entry.id,
-                column: entry.column,
-                error_kind: "invalid_stored_form",
-            });
-            continue;
-        }
-        match &entry.stored.value {
-            None if entry.plaintext.is_some() => counts.plaintext += 1,
-            None => counts.null += 1,
-            Some(s) if s.is_legacy() => counts.legacy += 1,
-            Some(_) => {
+        match form {
+            Form::Invalid(e) => {
+                counts.failed += 1;
+                report.failures.push(Failure {
+                    table,
+                    id: entry.row.id,
+                    column,
+                    error_kind: e.kind().as_str(),
+                });
+            }
+            Form::Empty if entry.plaintext().is_some() => counts.plaintext += 1,
+            Form::Empty => counts.null += 1,
+            Form::Stored(s) if s.is_legacy() => counts.legacy += 1,
+            Form::Stored(s) => {
                 counts.current += 1;
-                current.push(entry);
+                current.push((entry, s));
             }
         }
     }
     let items: Vec<(Binding<'_>, &StoredField)> = current
         .iter()
-        .filter_map(|e| {
-            let stored = e.stored.value.as_ref()?;
-            Some((Binding::new(e.table, e.column, e.id), stored))
-        })
+        .map(|(e, stored)| (described::binding(e.table, e.field, &e.row), stored))
         .collect();
     let results = encryptor.decrypt_many(&items).await;
-    for (entry, result) in current.iter().zip(results) {
-        let counts = report
-            .columns
-            .entry((entry.table, entry.column))
-            .or_default();
+    for ((entry, stored), result) in current.iter().zip(results) {
+        let (table, column) = (entry.table.name.as_str(), entry.field.ciphertext);
+        let counts = report.columns.entry((table, column)).or_default();
         match result {
             Ok(plaintext) => {
                 if let Some((column, kind)) = check_hash(hashes, entry, &plaintext) {
                     counts.search_hash_mismatches += u64::from(kind == SEARCH_HASH_MISMATCH);
                     report.failures.push(Failure {
-                        table: entry.table,
-                        id: entry.id,
+                        table,
+                        id: entry.row.id,
                         column,
                         error_kind: kind,
                     });
                 }
-                let key = entry
-                    .stored
-                    .value
-                    .as_ref()
-                    .and_then(|s| match s.data_key.envelope() {
-                        Ok(KeyEnvelope::Jarvis { master_key, .. }) => Some(master_key.to_string()),
-                        _ => None,
-                    })
-                    .unwrap_or_else(|| "unknown".to_owned());
+                let key = match stored.data_key.envelope() {
+                    Ok(KeyEnvelope::Jarvis { master_key, .. }) => master_key.to_string(),
+                    _ => "unknown".to_owned(),
+                };
                 *counts.by_master_key.entry(key).or_default() += 1;
             }
             Err(e) => {
                 counts.failed += 1;
                 report.failures.push(Failure {
-                    table: entry.table,
-                    id: entry.id,
-                    column: entry.column,
+                    table,
+                    id: entry.row.id,
+                    column,
                     error_kind: e.kind().as_str(),
                 });
             }
@@ -469,14 +360,14 @@ fn check_hash(
     entry: &Entry,
     plaintext: &[u8],
 ) -> Option<(&'static str, &'static str)> {
-    let stored = entry.hash.as_ref()?;
-    let column = search_column(entry.table, entry.column)?;
+    let search = entry.field.search?;
     let Ok(text) = std::str::from_utf8(plaintext) else {
         // A searchable field is text; a value that is not cannot have the right hash.
-        return Some((entry.column, ErrorKind::InvalidPlaintext.as_str()));
+        return Some((entry.field.ciphertext, ErrorKind::InvalidPlaintext.as_str()));
     };
-    let expected = hashes.hash(&column, text)?;
-    (stored.as_ref() != Some(&expected)).then_some((column.hash, SEARCH_HASH_MISMATCH))
+    let expected = hashes.hash(entry.table, entry.field, text)?;
+    (entry.value().hash.as_deref() != Some(expected.as_bytes()))
+        .then_some((search.column, SEARCH_HASH_MISMATCH))
 }
 
 /// Where a master key is still needed: wrapped-key columns and recorded backups.
@@ -504,51 +395,44 @@ impl KeyUsage {
     }
 }
 
-/// Counts what still needs the master key `key_id` (an id or ARN as stored in wrapped keys),
-/// reading the envelopes only: nothing is decrypted and no provider is called.
+/// Counts what still needs the master key `key_id` (an id or ARN as stored in wrapped keys)
+/// in the seed's tables, reading the envelopes only: nothing is decrypted and no provider is
+/// called.
 pub async fn key_usage(db: &Database, key_id: &str) -> Result<KeyUsage, ModelError> {
+    key_usage_in(db, &crate::models::seed_tables(), key_id).await
+}
+
+/// [`key_usage`] over the tables of any models (and the stored search key and recorded
+/// backups, which every database has).
+pub async fn key_usage_in(
+    db: &Database,
+    tables: &[&'static TableDescription],
+    key_id: &str,
+) -> Result<KeyUsage, ModelError> {
     let mut usage = KeyUsage::default();
-    for (table, _) in TABLES {
-        let mut after = 0i64;
-        loop {
-            let (entries, last) = page(db, table, after).await?;
-            let Some(last) = last else { break };
-            after = last;
-            for entry in entries {
-                if entry
-                    .stored
-                    .value
-                    .as_ref()
-                    .is_some_and(StoredField::is_legacy)
-                {
-                    usage.legacy += 1;
-                }
-                let needs = entry.stored.value.as_ref().is_some_and(|s| {
-                    matches!(s.data_key.envelope(),
-                        Ok(KeyEnvelope::Jarvis { master_key, .. }) if master_key.key_id == key_id)
-                });
-                if needs {
-                    *usage
-                        .columns
-                        .entry((entry.table, entry.column))
-                        .or_default() += 1;
-                }
-            }
+    each_value(db, tables, |entry, form| {
+        let Form::Stored(stored) = form else { return };
+        if stored.is_legacy() {
+            usage.legacy += 1;
         }
-    }
-    let mut conn = db.get().await?;
-    let stored_keys: Vec<Vec<u8>> = with_conn!(&mut conn, |c| crate::schema::jarvis_keys::table
-        .select(crate::schema::jarvis_keys::wrapped_key)
-        .load(c)
-        .await?);
-    usage.search_keys = stored_keys
+        if matches!(stored.data_key.envelope(),
+            Ok(KeyEnvelope::Jarvis { master_key, .. }) if master_key.key_id == key_id)
+        {
+            *usage
+                .columns
+                .entry((entry.table.name.as_str(), entry.field.ciphertext))
+                .or_default() += 1;
+        }
+    })
+    .await?;
+    usage.search_keys = stored_search_keys(db)
+        .await?
         .iter()
         .filter(|bytes| {
             matches!(KeyEnvelope::parse(bytes),
                 Ok(KeyEnvelope::Jarvis { master_key, .. }) if master_key.key_id == key_id)
         })
         .count() as u64;
-    drop(conn);
     usage.backups = crate::store::backup_keys(db)
         .await?
         .iter()
@@ -557,35 +441,61 @@ pub async fn key_usage(db: &Database, key_id: &str) -> Result<KeyUsage, ModelErr
     Ok(usage)
 }
 
-/// The master keys that the rows of `db` need: every master key named by a wrapped data key
-/// of an encrypted column ([`TABLES`]) or by the stored search key (`jarvis_keys`).
-///
-/// Like [`key_usage`], it reads the envelopes only: nothing is decrypted and no provider is
-/// called. Legacy values (bare KMS blobs) name no key and are not counted. A backup's
-/// manifest lists these keys, so that whoever restores it knows which keys it needs.
-pub async fn master_keys_in_use(db: &Database) -> Result<BTreeSet<MasterKeyRef>, ModelError> {
-    let mut keys = BTreeSet::new();
-    for (table, _) in TABLES {
-        let mut after = 0i64;
+/// Calls `f` with every value of every row of `tables`.
+async fn each_value(
+    db: &Database,
+    tables: &[&'static TableDescription],
+    mut f: impl FnMut(&Entry, Form),
+) -> Result<(), ModelError> {
+    for table in tables {
+        let mut after = i64::MIN;
         loop {
             let (entries, last) = page(db, table, after).await?;
             let Some(last) = last else { break };
             after = last;
             for entry in entries {
-                if let Some(Ok(KeyEnvelope::Jarvis { master_key, .. })) =
-                    entry.stored.value.as_ref().map(|s| s.data_key.envelope())
-                {
-                    keys.insert(master_key);
-                }
+                let form = entry.value().form();
+                f(&entry, form);
             }
         }
     }
+    Ok(())
+}
+
+async fn stored_search_keys(db: &Database) -> Result<Vec<Vec<u8>>, ModelError> {
     let mut conn = db.get().await?;
-    let stored_keys: Vec<Vec<u8>> = with_conn!(&mut conn, |c| crate::schema::jarvis_keys::table
+    Ok(with_conn!(&mut conn, |c| crate::schema::jarvis_keys::table
         .select(crate::schema::jarvis_keys::wrapped_key)
         .load(c)
-        .await?);
-    for bytes in &stored_keys {
+        .await?))
+}
+
+/// The master keys that the rows of the seed's tables need: every master key named by a
+/// wrapped data key of an encrypted column ([`TABLES`]) or by the stored search key
+/// (`jarvis_keys`).
+///
+/// Like [`key_usage`], it reads the envelopes only: nothing is decrypted and no provider is
+/// called. Legacy values (bare KMS blobs) name no key and are not counted. A backup's
+/// manifest lists these keys, so that whoever restores it knows which keys it needs.
+pub async fn master_keys_in_use(db: &Database) -> Result<BTreeSet<MasterKeyRef>, ModelError> {
+    master_keys_in_use_in(db, &crate::models::seed_tables()).await
+}
+
+/// [`master_keys_in_use`] over the tables of any models.
+pub async fn master_keys_in_use_in(
+    db: &Database,
+    tables: &[&'static TableDescription],
+) -> Result<BTreeSet<MasterKeyRef>, ModelError> {
+    let mut keys = BTreeSet::new();
+    each_value(db, tables, |_, form| {
+        if let Form::Stored(stored) = form
+            && let Ok(KeyEnvelope::Jarvis { master_key, .. }) = stored.data_key.envelope()
+        {
+            keys.insert(master_key);
+        }
+    })
+    .await?;
+    for bytes in &stored_search_keys(db).await? {
         if let Ok(KeyEnvelope::Jarvis { master_key, .. }) = KeyEnvelope::parse(bytes) {
             keys.insert(master_key);
         }

@@ -12,7 +12,7 @@
 //! computed; once complete and synced it is hard-linked to its name, which fails rather than
 //! replace anything there, and the temporary name is removed. The manifest records the
 //! backend, the schema version (latest applied migration) and the master keys the rows need
-//! ([`master_keys_in_use`], read before and after the dump: a key that appears meanwhile
+//! ([`master_keys_in_use_in`], read before and after the dump: a key that appears meanwhile
 //! fails the backup). A row in `encrypted_backups` records the backup: name, type (`pg_dump`
 //! or `sqlite`), absolute path, size, checksum, in `master_key_id` the master key that wraps
 //! the stream's data key, and in `rows_master_key_ids` the manifest's list: `jarvis
@@ -71,6 +71,7 @@ use comfy_table::Table;
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Integer, Text};
 use diesel_async::RunQueryDsl;
+use jarvis_crypt::TableDescription;
 use jarvis_crypt::stream::{self, DecryptReader, EncryptWriter, Manifest, StreamOptions};
 use jarvis_crypt::{
     AuditEvent, AuditSink, Error as CryptError, KeyProvider, KmsConnection, KmsOptions,
@@ -78,7 +79,7 @@ use jarvis_crypt::{
 };
 use jarvis_models::db::Conn;
 use jarvis_models::migrations::Backend;
-use jarvis_models::verify::master_keys_in_use;
+use jarvis_models::verify::master_keys_in_use_in;
 use jarvis_models::{Database, DbAudit, NewBackup, Store};
 use sha2::{Digest, Sha256};
 use tokio::io::{
@@ -151,13 +152,17 @@ pub(crate) enum BackupCommand {
 }
 
 /// Runs a `jarvis backup` command. A backup that does not authenticate exits 1.
-pub(crate) async fn run(global: &Global, command: BackupCommand) -> Result<ExitCode> {
+pub(crate) async fn run(
+    global: &Global,
+    tables: &[&'static TableDescription],
+    command: BackupCommand,
+) -> Result<ExitCode> {
     let result = match command {
         BackupCommand::Create {
             out,
             store_in_db,
             name,
-        } => create(global, out, store_in_db, name).await,
+        } => create(global, tables, out, store_in_db, name).await,
         BackupCommand::Restore {
             input,
             name,
@@ -238,6 +243,7 @@ fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 
 async fn create(
     global: &Global,
+    tables: &[&'static TableDescription],
     out: Option<PathBuf>,
     store_in_db: bool,
     name: Option<String>,
@@ -247,6 +253,7 @@ async fn create(
     let opened = global.open(false).await?;
     let result = create_in(
         global,
+        tables,
         &opened.db,
         &opened.store,
         &url,
@@ -274,8 +281,10 @@ fn backend_tag(backend: Backend) -> &'static str {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn create_in(
     global: &Global,
+    tables: &[&'static TableDescription],
     db: &Database,
     store: &Store,
     url: &str,
@@ -299,7 +308,7 @@ async fn create_in(
         .last()
         .map(|m| m.name.clone())
         .context("the database has no jarvis schema: run `jarvis migrate` first")?;
-    let keys_before = master_keys_in_use(db).await?;
+    let keys_before = master_keys_in_use_in(db, tables).await?;
     let backup_type = match backend {
         Backend::Postgres => "pg_dump",
         Backend::Sqlite => "sqlite",
@@ -365,7 +374,7 @@ async fn create_in(
     };
     let (summary, checksum, size) = written;
 
-    let keys_after = master_keys_in_use(db).await?;
+    let keys_after = master_keys_in_use_in(db, tables).await?;
     let new_keys: Vec<String> = keys_after
         .difference(&keys_before)
         .map(ToString::to_string)

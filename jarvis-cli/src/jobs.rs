@@ -289,6 +289,7 @@ pub(crate) async fn rotate(
 /// too, unless `ignore_unreadable_backups`.
 pub(crate) async fn retire_key(
     global: &Global,
+    tables: &[&'static jarvis_crypt::TableDescription],
     key: &str,
     pending_days: i32,
     ignore_unreadable_backups: bool,
@@ -316,7 +317,7 @@ pub(crate) async fn retire_key(
             anyhow::bail!("{arn} is the configured KMS_KEY_ID: new data is still written under it");
         }
     }
-    let usage = jarvis_models::verify::key_usage(&db, &arn).await?;
+    let usage = jarvis_models::verify::key_usage_in(&db, tables, &arn).await?;
     // Backups recorded under another key may still hold rows under this one.
     let backups = crate::backup::backups_needing(&db, &arn).await?;
     for (name, why) in &backups.unreadable {

@@ -5,11 +5,17 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use comfy_table::Table;
+use jarvis_crypt::TableDescription;
 use jarvis_models::verify::VerifyReport;
 
 use crate::config::Global;
 
-pub(crate) async fn run(global: &Global, table: Option<&str>, json: bool) -> Result<ExitCode> {
+pub(crate) async fn run(
+    global: &Global,
+    tables: &[&'static TableDescription],
+    table: Option<&str>,
+    json: bool,
+) -> Result<ExitCode> {
     let opened = global.open(false).await?;
     // Search hashes are checked under the configured search key, or the one stored in
     // jarvis_keys (loaded, never created).
@@ -17,9 +23,10 @@ pub(crate) async fn run(global: &Global, table: Option<&str>, json: bool) -> Res
         Some(_) => None,
         None => jarvis_models::keys::load_search_key_with(&opened.db, &opened.encryptor).await?,
     };
-    let report = jarvis_models::verify::verify_with_search_key(
+    let report = jarvis_models::verify::verify_tables(
         &opened.db,
         &opened.encryptor,
+        tables,
         table,
         stored.as_ref(),
     )

@@ -8,14 +8,13 @@
 //! table is read, so columns of types this crate does not know (`uuid`, `jsonb`,
 //! `timestamptz`) are no obstacle.
 
-use chrono::NaiveDateTime;
 use diesel::QueryableByName;
 use diesel::backend::Backend as DieselBackend;
 use diesel::deserialize::FromSql;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::row::NamedRow;
 use diesel::serialize::ToSql;
-use diesel::sql_types::{BigInt, Binary, HasSqlType, Nullable, Text, Timestamp};
+use diesel::sql_types::{BigInt, Binary, HasSqlType, Nullable, Text};
 use diesel_async::RunQueryDsl as _;
 use jarvis_crypt::{
     AuthTag, Binding, Ciphertext, FieldDescription, Nonce, RowKey, RowKeyKind, StoredField,
@@ -32,10 +31,6 @@ type Result<T, E = ModelError> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub(crate) enum Arg {
     Int(i64),
-    Bytes(Vec<u8>),
-    NullBytes,
-    Text(String),
-    Timestamp(NaiveDateTime),
 }
 
 /// A statement and its bound values, with the backend's placeholders.
@@ -70,56 +65,28 @@ impl Sql {
     /// Appends a placeholder bound to `arg`.
     pub(crate) fn arg(&mut self, arg: Arg) -> &mut Self {
         self.args.push(arg);
-        match (self.backend, &self.args[self.args.len() - 1]) {
-            (Backend::Postgres, Arg::Timestamp(_)) => {
-                let n = self.args.len();
-                self.text.push_str(&format!("CAST(${n} AS TIMESTAMP)"));
-            }
-            (Backend::Postgres, _) => {
+        match self.backend {
+            Backend::Postgres => {
                 let n = self.args.len();
                 self.text.push_str(&format!("${n}"));
             }
-            (Backend::Sqlite, _) => self.text.push('?'),
+            Backend::Sqlite => self.text.push('?'),
         }
         self
     }
 
     fn boxed<'a, DB>(&'a self) -> BoxedSqlQuery<'a, DB, SqlQuery>
     where
-        DB: DieselBackend
-            + HasSqlType<BigInt>
-            + HasSqlType<Binary>
-            + HasSqlType<Text>
-            + HasSqlType<Timestamp>,
+        DB: DieselBackend + HasSqlType<BigInt>,
         i64: ToSql<BigInt, DB>,
-        Vec<u8>: ToSql<Binary, DB>,
-        Option<Vec<u8>>: ToSql<Nullable<Binary>, DB>,
-        String: ToSql<Text, DB>,
-        NaiveDateTime: ToSql<Timestamp, DB>,
     {
         let mut query = diesel::sql_query(self.text.clone()).into_boxed::<DB>();
         for arg in &self.args {
             query = match arg {
                 Arg::Int(v) => query.bind::<BigInt, _>(*v),
-                Arg::Bytes(v) => query.bind::<Binary, _>(v.clone()),
-                Arg::NullBytes => query.bind::<Nullable<Binary>, _>(None::<Vec<u8>>),
-                Arg::Text(v) => query.bind::<Text, _>(v.clone()),
-                Arg::Timestamp(v) => query.bind::<Timestamp, _>(*v),
             };
         }
         query
-    }
-
-    /// Runs the statement; the number of rows it changed.
-    pub(crate) async fn run(&self, conn: &mut Conn) -> Result<usize> {
-        Ok(match conn {
-            Conn::Postgres(c) => self.boxed::<diesel::pg::Pg>().execute(&mut **c).await?,
-            Conn::Sqlite(c) => {
-                self.boxed::<diesel::sqlite::Sqlite>()
-                    .execute(&mut **c)
-                    .await?
-            }
-        })
     }
 
     /// Runs the query, loading rows of `U`.
@@ -147,20 +114,6 @@ pub(crate) fn quote(name: &str) -> String {
         .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
         .collect::<Vec<_>>()
         .join(".")
-}
-
-/// A count (`SELECT COUNT(*) AS n`).
-#[derive(Debug, QueryableByName)]
-pub(crate) struct Count {
-    #[diesel(sql_type = BigInt)]
-    pub(crate) n: i64,
-}
-
-/// One id (`SELECT ... AS id`).
-#[derive(Debug, QueryableByName)]
-pub(crate) struct Id {
-    #[diesel(sql_type = BigInt)]
-    pub(crate) id: i64,
 }
 
 /// The table's primary-key column, refused when the jobs cannot page by it.
@@ -366,21 +319,6 @@ pub(crate) async fn page(
         false,
     )
     .await
-}
-
-/// The number of rows matching `condition`.
-pub(crate) async fn count(
-    conn: &mut Conn,
-    table: &TableDescription,
-    condition: impl FnOnce(&mut Sql) -> Result<()>,
-) -> Result<u64> {
-    let mut sql = Sql::new(backend_of(conn));
-    sql.push("SELECT COUNT(*) AS n FROM ")
-        .ident(&table.name)
-        .push(" WHERE ");
-    condition(&mut sql)?;
-    let rows: Vec<Count> = sql.fetch(conn).await?;
-    Ok(rows.iter().map(|c| u64::try_from(c.n).unwrap_or(0)).sum())
 }
 
 pub(crate) fn backend_of(conn: &Conn) -> Backend {

@@ -1,0 +1,552 @@
+//! The operations command of jarvis-crypt, as a library: [`Jarvis`] builds it over the
+//! models an application registers, and `main()` runs it.
+//!
+//! ```no_run
+//! # use jarvis_models::{ApiKey, OAuthToken, User};
+//! // src/bin/ops.rs of an application whose models use #[derive(Encrypted)]
+//! fn main() -> std::process::ExitCode {
+//!     jarvis_cli::Jarvis::new().model::<User>().model::<ApiKey>().main()
+//! }
+//! ```
+//!
+//! The stock `jarvis` binary is this builder with the seed's models (users, API keys, OAuth
+//! tokens). `verify`, `retire-key` and `backup` read every registered model's table through
+//! its description ([`EncryptedTable`](jarvis_crypt::EncryptedTable)), beside the bookkeeping
+//! table of encrypted backups.
+//!
+//! Results go to standard output; logs and notes to standard error (`RUST_LOG` sets the level
+//! of the jarvis crates; dependencies stay at `warn`, since database drivers log bound
+//! parameters at debug level).
+
+// `println!` panics when standard output is closed (`jarvis audit | head`): results are
+// written through `out!`, which ends the process quietly instead.
+macro_rules! out {
+    () => {
+        $crate::output::line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::line(format_args!($($arg)*))
+    };
+}
+
+mod audit;
+mod backup;
+mod config;
+mod demo;
+mod jobs;
+mod output;
+mod verify;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use jarvis_crypt::{EncryptedTable, TableDescription};
+
+use crate::config::{Global, ProviderChoice};
+
+/// Column-level encryption for diesel: set-up, migrations, verification and audit.
+#[derive(Debug, Parser)]
+#[command(name = "jarvis", version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The whole flow on SQLite with a local key, in a fresh directory: no configuration.
+    Demo,
+    /// Create the master key: the local key file, or the KMS key of an environment.
+    Init {
+        /// Environment name (aws-kms): the key's alias is `alias/jarvis-<env>`.
+        #[arg(long, default_value = "dev")]
+        env: String,
+        /// The application's principal (aws-kms), granted only data-key use.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Local provider: add a new version to the key file and make it current (new data
+        /// keys are wrapped under it; `jarvis rotate --to-key N` moves the old ones). The key
+        /// file keeps its key id, so old versions may be removed once nothing uses them.
+        #[arg(long)]
+        new_version: bool,
+        /// aws-kms: replace the whole key policy with jarvis's statements, dropping every
+        /// other statement. Without it, jarvis's statements are merged by `Sid` and the
+        /// others are kept.
+        #[arg(long)]
+        force_policy: bool,
+    },
+    /// Apply pending schema migrations.
+    Migrate {
+        /// List applied and pending migrations instead.
+        #[arg(long)]
+        status: bool,
+    },
+    /// Encrypt a plaintext column into its encrypted columns and search hash, in verified,
+    /// resumable batches (safe to kill; several workers or processes may run at once).
+    EncryptExisting {
+        /// The table (today: `users`).
+        #[arg(long)]
+        table: String,
+        /// The plaintext column (today: `email`).
+        #[arg(long)]
+        column: String,
+        /// Rows per batch (one transaction each).
+        #[arg(long, default_value_t = jarvis_models::jobs::EncryptExistingOptions::DEFAULT_BATCH_SIZE)]
+        batch_size: usize,
+        /// Count what would be done; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Concurrent batch loops in this process.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+    /// Re-encrypt values under fresh data keys, re-wrap data keys under another master key,
+    /// upgrade legacy rows, or recompute search hashes under a new search key, in verified,
+    /// resumable batches (safe to kill; several workers or processes may run at once).
+    /// Re-encryption updates `rotation_count` and `last_rotated_at`; re-wrapping and
+    /// re-hashing leave them. Exit status 1 when rows are left pending.
+    #[command(group(
+        clap::ArgGroup::new("mode")
+            .required(true)
+            .multiple(true)
+            .args(["older_than", "to_key", "reencrypt", "legacy", "rehash"])
+    ))]
+    Rotate {
+        /// Only this table (`users`, `api_keys`, `oauth_tokens`, `encrypted_backups`).
+        #[arg(long)]
+        table: Option<String>,
+        /// Re-encrypt rows last rotated (or created) longer ago than this: `90d`, `12h`.
+        #[arg(long, conflicts_with_all = ["to_key", "reencrypt", "legacy", "rehash"])]
+        older_than: Option<String>,
+        /// Re-wrap every data key under this master key (KMS ReEncrypt; no data is
+        /// re-encrypted); with `--reencrypt`, write the fresh data keys under it. A KMS key
+        /// id, ARN or alias, or a version of the local key (`2`).
+        #[arg(long, conflicts_with_all = ["legacy", "rehash"])]
+        to_key: Option<String>,
+        /// Re-encrypt every value under fresh data keys: the answer to a compromised key.
+        /// Resumes an unfinished run with the same tables, master key and search key.
+        #[arg(long, conflicts_with = "rehash")]
+        reencrypt: bool,
+        /// Rewrite legacy rows (16-byte IV, bare KMS blob) in the current form, search hash
+        /// included.
+        #[arg(long, conflicts_with = "rehash")]
+        legacy: bool,
+        /// Recompute every search hash under the configured search key
+        /// (ENCRYPTION_SEARCH_SALT), the new one, then record its fingerprint in place of the
+        /// old one's: a deliberate change of search key or of a column's normalizers. Every
+        /// table; stop the applications' lookups and writes meanwhile.
+        #[arg(long, conflicts_with = "table")]
+        rehash: bool,
+        /// Rows per batch (one transaction each).
+        #[arg(long, default_value_t = jarvis_models::jobs::RotateOptions::DEFAULT_BATCH_SIZE)]
+        batch_size: usize,
+        /// Concurrent batch loops in this process.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Count what would be done; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Decrypt every encrypted field; report rows by master key and form, and every failure.
+    Verify {
+        /// Only this table.
+        #[arg(long)]
+        table: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a KMS master key and schedule its deletion, refused while any row or recorded
+    /// backup still needs it (or may: a backup that cannot be read).
+    RetireKey {
+        /// The key: id, ARN or alias.
+        key: String,
+        /// Days before KMS deletes the key (7 to 30); the deletion can be cancelled meanwhile.
+        #[arg(long, default_value_t = 30)]
+        pending_days: i32,
+        /// Retire the key even though some recorded backups cannot be read (a file gone, or
+        /// a record that does not list its rows' keys): what they need beyond what their
+        /// records say is then not known. Keys their records name still refuse.
+        #[arg(long)]
+        ignore_unreadable_backups: bool,
+    },
+    /// Encrypted backups: create (pg_dump or an SQLite copy, streamed through the backup
+    /// cipher), restore (authenticated first, then one transaction), verify, list.
+    Backup {
+        #[command(subcommand)]
+        command: backup::BackupCommand,
+    },
+    /// The audit summary per table and operation.
+    Audit {
+        /// How far back: `24h`, `7d`, `30m`.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The crates a bare `RUST_LOG` level applies to.
+const JARVIS_TARGETS: [&str; 3] = ["jarvis", "jarvis_crypt", "jarvis_models"];
+
+/// `RUST_LOG` with bare levels applied to the jarvis crates only: `RUST_LOG=debug` means
+/// debug for jarvis and `warn` for dependencies, since database drivers log bound parameters
+/// at debug level. Dependencies named explicitly (`RUST_LOG=info,tokio_postgres=debug`) keep
+/// what they are given.
+fn log_filter(rust_log: &str) -> String {
+    let mut directives = vec!["warn".to_owned()];
+    for part in rust_log.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if part.contains('=') || part.contains('[') || part.contains("::") {
+            directives.push(part.to_owned());
+        } else if part.parse::<tracing::Level>().is_ok() || part == "off" {
+            directives.extend(JARVIS_TARGETS.iter().map(|t| format!("{t}={part}")));
+        } else {
+            // A bare target name: that target at trace, as EnvFilter reads it.
+            directives.push(part.to_owned());
+        }
+    }
+    directives.join(",")
+}
+
+fn init_logging() {
+    let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(&rust_log))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The operations command over an application's models: register each
+/// `#[derive(Encrypted)]` model with [`model`](Self::model), then run [`main`](Self::main).
+#[derive(Debug, Default, Clone)]
+pub struct Jarvis {
+    tables: Vec<&'static TableDescription>,
+    problems: Vec<String>,
+}
+
+impl Jarvis {
+    /// A command with no models registered yet.
+    pub fn new() -> Self {
+        Jarvis::default()
+    }
+
+    /// Registers model `M`: its table is verified, counted by `retire-key` and listed in
+    /// backup manifests. A model without a single-column primary key, or a second model over
+    /// a table already registered, is refused when the command starts, with a message that
+    /// names it.
+    #[must_use]
+    pub fn model<M: EncryptedTable>(mut self) -> Self {
+        let table = M::table();
+        if let Some(problem) = table
+            .binding_problems()
+            .into_iter()
+            .find(|p| matches!(p, jarvis_crypt::BindingProblem::CompositePrimaryKey { .. }))
+        {
+            self.problems.push(format!(
+                "model `{}` (table `{}`): {problem}",
+                table.model, table.name
+            ));
+        }
+        if let Some(other) = self.tables.iter().find(|t| t.name == table.name) {
+            self.problems.push(format!(
+                "models `{}` and `{}` are both over table `{}`; register one model per table",
+                other.model, table.model, table.name
+            ));
+        } else {
+            self.tables.push(table);
+        }
+        self
+    }
+
+    /// The tables the commands work on: the registered models', then the bookkeeping table
+    /// of encrypted backups.
+    pub(crate) fn tables(&self) -> Vec<&'static TableDescription> {
+        let backups = jarvis_models::EncryptedBackup::table();
+        let mut tables = self.tables.clone();
+        if !tables.iter().any(|t| t.name == backups.name) {
+            tables.push(backups);
+        }
+        tables
+    }
+
+    /// Runs the command with `std::env::args()`: the exit code (2 for an error).
+    pub fn main(self) -> ExitCode {
+        self.main_from(std::env::args_os())
+    }
+
+    /// Runs the command with these arguments (the first names the binary in help and
+    /// messages).
+    pub fn main_from<I, T>(self, args: I) -> ExitCode
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let name = args
+            .first()
+            .and_then(|a| std::path::Path::new(a).file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "jarvis".to_owned());
+        init_logging();
+        if !self.problems.is_empty() {
+            for problem in &self.problems {
+                eprintln!("error: {problem}");
+            }
+            return ExitCode::from(2);
+        }
+        let matches = Cli::command().bin_name(name).get_matches_from(args);
+        let cli = match Cli::from_arg_matches(&matches) {
+            Ok(cli) => cli,
+            Err(e) => e.exit(),
+        };
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                eprintln!("error: cannot start the async runtime: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match runtime.block_on(run(&self, cli)) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+async fn run(jarvis: &Jarvis, cli: Cli) -> Result<ExitCode> {
+    let global = &cli.global;
+    match cli.command {
+        Command::Demo => demo::run().await?,
+        Command::Init {
+            env,
+            principal,
+            new_version,
+            force_policy,
+        } => {
+            init(
+                global,
+                &env,
+                principal.as_deref(),
+                new_version,
+                force_policy,
+            )
+            .await?
+        }
+        Command::Migrate { status } => migrate(global, status).await?,
+        Command::EncryptExisting {
+            table,
+            column,
+            batch_size,
+            dry_run,
+            workers,
+        } => jobs::encrypt_existing(global, table, column, batch_size, dry_run, workers).await?,
+        Command::Rotate {
+            table,
+            older_than,
+            to_key,
+            reencrypt,
+            legacy,
+            rehash,
+            batch_size,
+            workers,
+            dry_run,
+        } => {
+            // `--rehash`: the configured search key is the new one, given to the job
+            // explicitly and not checked against the recorded fingerprint it replaces.
+            let new_search_key = if rehash {
+                cli.global.configured_search_key()?
+            } else {
+                None
+            };
+            let args = jobs::RotateArgs {
+                table,
+                older_than,
+                to_key,
+                reencrypt,
+                legacy,
+                rehash,
+                batch_size,
+                workers,
+                dry_run,
+            };
+            return jobs::rotate(&cli.global, args, new_search_key).await;
+        }
+        Command::Verify { table, json } => {
+            return verify::run(global, &jarvis.tables(), table.as_deref(), json).await;
+        }
+        Command::RetireKey {
+            key,
+            pending_days,
+            ignore_unreadable_backups,
+        } => {
+            return jobs::retire_key(
+                global,
+                &jarvis.tables(),
+                &key,
+                pending_days,
+                ignore_unreadable_backups,
+            )
+            .await;
+        }
+        Command::Backup { command } => return backup::run(global, &jarvis.tables(), command).await,
+        Command::Audit { since, json } => audit::run(global, &since, json).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn init(
+    global: &Global,
+    env: &str,
+    principal: Option<&str>,
+    new_version: bool,
+    force_policy: bool,
+) -> Result<()> {
+    match global.provider_choice() {
+        ProviderChoice::Local if force_policy => anyhow::bail!(
+            "--force-policy is for the key policy of a KMS key (the aws-kms provider)"
+        ),
+        ProviderChoice::Local if new_version => {
+            let path = &global.local_key_file;
+            let version = jarvis_crypt::LocalKeyProvider::rotate_file(path)?;
+            let provider = jarvis_crypt::LocalKeyProvider::from_file(path)?;
+            eprintln!(
+                "added version {version} to {}; new data keys are wrapped under it",
+                path.display()
+            );
+            out!("{}#v{version}", provider.key_id());
+        }
+        ProviderChoice::AwsKms if new_version => anyhow::bail!(
+            "--new-version is for the local key file; KMS rotates its key material itself \
+             (automatic rotation is enabled by `jarvis init`); for a new KMS key use another --env"
+        ),
+        ProviderChoice::Local => {
+            let path = &global.local_key_file;
+            let existed = path.exists();
+            let provider = jarvis_crypt::LocalKeyProvider::load_or_create(path)?;
+            if existed {
+                eprintln!(
+                    "local master key file {} exists; nothing changed",
+                    path.display()
+                );
+            } else {
+                eprintln!(
+                    "created local master key file {} (mode 0600)",
+                    path.display()
+                );
+            }
+            out!("{}", provider.key_id());
+        }
+        ProviderChoice::AwsKms => {
+            let connection =
+                jarvis_crypt::KmsConnection::from_env(jarvis_crypt::KmsOptions::default()).await?;
+            let setup = if force_policy {
+                connection
+                    .ensure_key_replacing_policy(env, principal)
+                    .await?
+            } else {
+                connection.ensure_key(env, principal).await?
+            };
+            for change in &setup.changes {
+                eprintln!("changed: {change}");
+            }
+            if setup.changes.is_empty() {
+                eprintln!("{} is set up; nothing changed", setup.alias);
+            }
+            for note in &setup.notes {
+                eprintln!("note: {note}");
+            }
+            out!("{}", setup.key_id);
+        }
+    }
+    if global.database_url.is_some() {
+        init_search_key(global).await?;
+    }
+    Ok(())
+}
+
+/// The explicit step that records the database's root search key: `ENCRYPTION_SEARCH_SALT`'s
+/// (or the search key file's) fingerprint, or a stored key created in `jarvis_keys` when none
+/// is configured. Refused when another key is recorded.
+async fn init_search_key(global: &Global) -> Result<()> {
+    let url = global.database_url()?;
+    let status = jarvis_models::migrations::migration_status(url).await?;
+    if !status.pending.is_empty() {
+        eprintln!(
+            "note: the database schema is not up to date, so the search key is not recorded: \
+             run `jarvis migrate`, then `jarvis init` again"
+        );
+        return Ok(());
+    }
+    let db = jarvis_models::Database::connect(url, 1).await?;
+    let before = jarvis_models::keys::recorded_search_key_fingerprint(&db).await?;
+    let (key, source) = match global.configured_search_key()? {
+        Some(key) => (key, "ENCRYPTION_SEARCH_SALT"),
+        None => {
+            let provider = global.provider().await?;
+            let key = jarvis_models::keys::stored_search_key(&db, provider.as_ref()).await?;
+            (key, "stored in jarvis_keys")
+        }
+    };
+    jarvis_models::keys::record_search_key(&db, &key).await?;
+    let fingerprint = key.fingerprint();
+    if before.is_none() {
+        eprintln!(
+            "recorded the search key ({source}), fingerprint {}",
+            fingerprint.short()
+        );
+    } else {
+        eprintln!(
+            "the search key ({source}) is the one recorded, fingerprint {}",
+            fingerprint.short()
+        );
+    }
+    Ok(())
+}
+
+async fn migrate(global: &Global, status: bool) -> Result<()> {
+    let url = global.database_url()?;
+    if !status {
+        jarvis_models::migrations::run_pending_migrations(url).await?;
+    }
+    let state = jarvis_models::migrations::migration_status(url).await?;
+    for m in &state.applied {
+        out!("applied  {}", m.name);
+    }
+    for m in &state.pending {
+        out!("pending  {}", m.name);
+    }
+    if !status {
+        eprintln!("schema is up to date ({} migrations)", state.applied.len());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn bare_levels_apply_to_jarvis_only() {
+        assert_eq!(
+            log_filter("debug"),
+            "warn,jarvis=debug,jarvis_crypt=debug,jarvis_models=debug"
+        );
+        assert_eq!(
+            log_filter("info,tokio_postgres=debug"),
+            "warn,jarvis=info,jarvis_crypt=info,jarvis_models=info,tokio_postgres=debug"
+        );
+    }
+}

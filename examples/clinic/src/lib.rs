@@ -72,6 +72,26 @@ CREATE TABLE visits (
 );
 ";
 
+/// The tables, for PostgreSQL.
+pub const POSTGRES_SCHEMA: &str = "
+CREATE TABLE patients (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL,
+    encrypted_ssn BYTEA NOT NULL, ssn_iv BYTEA NOT NULL, ssn_auth_tag BYTEA NOT NULL,
+    ssn_data_key BYTEA NOT NULL, ssn_hash BYTEA NOT NULL,
+    encrypted_notes BYTEA, notes_iv BYTEA, notes_auth_tag BYTEA, notes_data_key BYTEA,
+    admitted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    profile JSONB
+);
+CREATE INDEX patients_ssn_hash ON patients (ssn_hash);
+CREATE TABLE visits (
+    id BIGSERIAL PRIMARY KEY,
+    patient_id BIGINT NOT NULL REFERENCES patients (id),
+    encrypted_summary BYTEA NOT NULL, summary_iv BYTEA NOT NULL, summary_auth_tag BYTEA NOT NULL,
+    summary_data_key BYTEA NOT NULL
+);
+";
+
 /// A patient.
 #[derive(Clone, PartialEq, Eq, Encrypted)]
 #[encrypted(table = crate::schema::patients, bind = id)]

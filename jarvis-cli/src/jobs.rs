@@ -7,9 +7,10 @@ use std::io::IsTerminal;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use jarvis_crypt::SearchKey;
+use jarvis_crypt::{SearchKey, TableDescription};
 use jarvis_models::jobs::{
-    EncryptExistingOptions, Progress, RotateMode, RotateOptions, encrypt_existing as run_job,
+    EncryptExistingOptions, Progress, RotateMode, RotateOptions, encrypt_existing_in,
+    migrating_columns, rotate_in,
 };
 
 use crate::audit::parse_age;
@@ -86,61 +87,160 @@ impl ProgressView {
     }
 }
 
-pub(crate) async fn encrypt_existing(
-    global: &Global,
-    table: String,
-    column: String,
+/// `encrypt-existing`: which plaintext columns, and how.
+#[derive(Debug, clap::Args)]
+pub(crate) struct EncryptExistingArgs {
+    /// Only this table (a registered model's, for example `users`).
+    #[arg(long)]
+    table: Option<String>,
+    /// Only this plaintext column of the table (for example `email`).
+    #[arg(long, requires = "table")]
+    column: Option<String>,
+    /// Rows per batch (one transaction each).
+    #[arg(long, default_value_t = EncryptExistingOptions::DEFAULT_BATCH_SIZE)]
     batch_size: usize,
+    /// Count what would be done; write nothing.
+    #[arg(long)]
     dry_run: bool,
+    /// Concurrent batch loops in this process.
+    #[arg(long, default_value_t = 1)]
     workers: usize,
-) -> Result<()> {
-    let opened = global.open(true).await?;
-    let mut options = EncryptExistingOptions::new(table, column, Arc::new(opened.audit.clone()));
-    options.batch_size = batch_size;
-    options.dry_run = dry_run;
-    options.workers = workers;
-    options.stop = Some(stop_on_ctrl_c());
-    let view = ProgressView::new("encrypt-existing");
-    let result = run_job(&opened.store, &options, &|p| view.update(p)).await;
-    view.finish();
-    opened.audit.shutdown().await;
-    let report = result?;
-    out!(
-        "{} {}.{}: {} of {} rows {} in {} batches ({:.0} rows/s); {} remaining{}",
-        if report.dry_run {
-            "dry run"
-        } else {
-            "encrypted"
-        },
-        report.table,
-        report.column,
-        report.rows_encrypted,
-        report.rows_at_start,
-        if report.dry_run { "to do" } else { "done" },
-        report.batches,
-        report.rows_per_second(),
-        report.rows_remaining,
-        if report.stopped {
-            " (stopped: rerun to resume)"
-        } else {
-            ""
-        },
-    );
-    Ok(())
 }
 
-/// What `jarvis rotate` was asked to do.
-#[derive(Debug)]
+/// `encrypt-existing`: every selected migrating column in turn, one line each. Ctrl-C
+/// finishes the current batch and skips the columns not reached.
+pub(crate) async fn encrypt_existing(
+    global: &Global,
+    tables: &[&'static TableDescription],
+    args: EncryptExistingArgs,
+) -> Result<std::process::ExitCode> {
+    let all = migrating_columns(tables);
+    let named = |t: &str, wanted: &str| {
+        tables
+            .iter()
+            .any(|d| d.name == t && (d.name == wanted || d.bound_name == wanted))
+    };
+    let selected: Vec<(String, &str)> = match (&args.table, &args.column) {
+        (None, _) => all.clone(),
+        (Some(table), column) => all
+            .iter()
+            .filter(|(t, c)| named(t, table) && column.as_deref().is_none_or(|column| column == *c))
+            .cloned()
+            .collect(),
+    };
+    if selected.is_empty() {
+        let list: Vec<String> = all.iter().map(|(t, c)| format!("{t}.{c}")).collect();
+        anyhow::bail!(
+            "encrypt-existing: {}; supported: {}",
+            match (&args.table, &args.column) {
+                (Some(t), Some(c)) =>
+                    format!("`{t}`.`{c}` is not a plaintext column in the migrating state"),
+                (Some(t), None) =>
+                    format!("table `{t}` has no plaintext column in the migrating state"),
+                _ => "no registered model has a plaintext column in the migrating state".to_owned(),
+            },
+            if list.is_empty() {
+                "none (no registered field has `migrating_from`)".to_owned()
+            } else {
+                list.join(", ")
+            }
+        );
+    }
+    let opened = global.open(true).await?;
+    let stop = stop_on_ctrl_c();
+    let mut result = Ok(());
+    for (table, column) in selected {
+        let mut options =
+            EncryptExistingOptions::new(table, column, Arc::new(opened.audit.clone()));
+        options.batch_size = args.batch_size;
+        options.dry_run = args.dry_run;
+        options.workers = args.workers;
+        options.stop = Some(Arc::clone(&stop));
+        let view = ProgressView::new("encrypt-existing");
+        let run = encrypt_existing_in(&opened.store, tables, &options, &|p| view.update(p)).await;
+        view.finish();
+        let report = match run {
+            Ok(report) => report,
+            Err(error) => {
+                result = Err(error);
+                break;
+            }
+        };
+        out!(
+            "{} {}.{}: {} of {} rows {} in {} batches ({:.0} rows/s); {} remaining{}",
+            if report.dry_run {
+                "dry run"
+            } else {
+                "encrypted"
+            },
+            report.table,
+            report.column,
+            report.rows_encrypted,
+            report.rows_at_start,
+            if report.dry_run { "to do" } else { "done" },
+            report.batches,
+            report.rows_per_second(),
+            report.rows_remaining,
+            if report.stopped {
+                " (stopped: rerun to resume)"
+            } else {
+                ""
+            },
+        );
+        if report.stopped {
+            break;
+        }
+    }
+    opened.audit.shutdown().await;
+    result?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `rotate`: the mode and its scope.
+#[derive(Debug, clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("mode")
+        .required(true)
+        .multiple(true)
+        .args(["older_than", "to_key", "reencrypt", "legacy", "rehash"])
+))]
 pub(crate) struct RotateArgs {
-    pub(crate) table: Option<String>,
-    pub(crate) older_than: Option<String>,
-    pub(crate) to_key: Option<String>,
-    pub(crate) reencrypt: bool,
-    pub(crate) legacy: bool,
+    /// Only this table (a registered model's, for example `users`).
+    #[arg(long)]
+    table: Option<String>,
+    /// Re-encrypt rows last rotated longer ago than this (`90d`, `12h`), by the column a
+    /// model names with `rotated_at` (or, never rotated, `created_at`); a row of unknown age
+    /// counts as old. Tables whose model names none are left out (refused with `--table`).
+    #[arg(long, conflicts_with_all = ["to_key", "reencrypt", "legacy", "rehash"])]
+    older_than: Option<String>,
+    /// Re-wrap every data key under this master key (KMS ReEncrypt; no data is
+    /// re-encrypted); with `--reencrypt`, write the fresh data keys under it. A KMS key
+    /// id, ARN or alias, or a version of the local key (`2`).
+    #[arg(long, conflicts_with_all = ["legacy", "rehash"])]
+    to_key: Option<String>,
+    /// Re-encrypt every value under fresh data keys: the answer to a compromised key.
+    /// Resumes an unfinished run with the same tables, master key and search key.
+    #[arg(long, conflicts_with = "rehash")]
+    reencrypt: bool,
+    /// Rewrite legacy rows (16-byte IV, bare KMS blob) in the current form, search hash
+    /// included.
+    #[arg(long, conflicts_with = "rehash")]
+    legacy: bool,
+    /// Recompute every search hash under the configured search key
+    /// (ENCRYPTION_SEARCH_SALT), the new one, then record its fingerprint in place of the
+    /// old one's: a deliberate change of search key or of a column's normalizers. Every
+    /// table; stop the applications' lookups and writes meanwhile.
+    #[arg(long, conflicts_with = "table")]
     pub(crate) rehash: bool,
-    pub(crate) batch_size: usize,
-    pub(crate) workers: usize,
-    pub(crate) dry_run: bool,
+    /// Rows per batch (one transaction each).
+    #[arg(long, default_value_t = RotateOptions::DEFAULT_BATCH_SIZE)]
+    batch_size: usize,
+    /// Concurrent batch loops in this process.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Count what would be done; write nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// `jarvis rotate`. `new_search_key` is the configured search key of `--rehash`: the store
@@ -149,6 +249,7 @@ pub(crate) struct RotateArgs {
 /// the run is not finished (rows left pending).
 pub(crate) async fn rotate(
     global: &Global,
+    tables: &[&'static TableDescription],
     args: RotateArgs,
     new_search_key: Option<SearchKey>,
 ) -> Result<std::process::ExitCode> {
@@ -203,7 +304,7 @@ pub(crate) async fn rotate(
     options.stop = Some(stop_on_ctrl_c());
     options.search_key = rehash_key;
     let view = ProgressView::new("rotate");
-    let result = jarvis_models::jobs::rotate(&opened.store, &options, &|p| view.update(p)).await;
+    let result = rotate_in(&opened.store, tables, &options, &|p| view.update(p)).await;
     view.finish();
     opened.audit.shutdown().await;
     let report = result?;
@@ -289,7 +390,7 @@ pub(crate) async fn rotate(
 /// too, unless `ignore_unreadable_backups`.
 pub(crate) async fn retire_key(
     global: &Global,
-    tables: &[&'static jarvis_crypt::TableDescription],
+    tables: &[&'static TableDescription],
     key: &str,
     pending_days: i32,
     ignore_unreadable_backups: bool,

@@ -43,6 +43,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use jarvis_crypt::{EncryptedTable, TableDescription};
+use jarvis_models::migrations::MigrationSet;
 
 use crate::config::{Global, ProviderChoice};
 
@@ -85,72 +86,17 @@ enum Command {
         #[arg(long)]
         status: bool,
     },
-    /// Encrypt a plaintext column into its encrypted columns and search hash, in verified,
-    /// resumable batches (safe to kill; several workers or processes may run at once).
-    EncryptExisting {
-        /// The table (today: `users`).
-        #[arg(long)]
-        table: String,
-        /// The plaintext column (today: `email`).
-        #[arg(long)]
-        column: String,
-        /// Rows per batch (one transaction each).
-        #[arg(long, default_value_t = jarvis_models::jobs::EncryptExistingOptions::DEFAULT_BATCH_SIZE)]
-        batch_size: usize,
-        /// Count what would be done; write nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Concurrent batch loops in this process.
-        #[arg(long, default_value_t = 1)]
-        workers: usize,
-    },
+    /// Encrypt the plaintext columns of fields in the migrating state
+    /// (`#[encrypted(migrating_from = ...)]`) into their encrypted columns and search hashes,
+    /// in verified, resumable batches (safe to kill; several workers or processes may run at
+    /// once). Without `--table`, every such column of every registered model.
+    EncryptExisting(jobs::EncryptExistingArgs),
     /// Re-encrypt values under fresh data keys, re-wrap data keys under another master key,
     /// upgrade legacy rows, or recompute search hashes under a new search key, in verified,
     /// resumable batches (safe to kill; several workers or processes may run at once).
-    /// Re-encryption updates `rotation_count` and `last_rotated_at`; re-wrapping and
-    /// re-hashing leave them. Exit status 1 when rows are left pending.
-    #[command(group(
-        clap::ArgGroup::new("mode")
-            .required(true)
-            .multiple(true)
-            .args(["older_than", "to_key", "reencrypt", "legacy", "rehash"])
-    ))]
-    Rotate {
-        /// Only this table (`users`, `api_keys`, `oauth_tokens`, `encrypted_backups`).
-        #[arg(long)]
-        table: Option<String>,
-        /// Re-encrypt rows last rotated (or created) longer ago than this: `90d`, `12h`.
-        #[arg(long, conflicts_with_all = ["to_key", "reencrypt", "legacy", "rehash"])]
-        older_than: Option<String>,
-        /// Re-wrap every data key under this master key (KMS ReEncrypt; no data is
-        /// re-encrypted); with `--reencrypt`, write the fresh data keys under it. A KMS key
-        /// id, ARN or alias, or a version of the local key (`2`).
-        #[arg(long, conflicts_with_all = ["legacy", "rehash"])]
-        to_key: Option<String>,
-        /// Re-encrypt every value under fresh data keys: the answer to a compromised key.
-        /// Resumes an unfinished run with the same tables, master key and search key.
-        #[arg(long, conflicts_with = "rehash")]
-        reencrypt: bool,
-        /// Rewrite legacy rows (16-byte IV, bare KMS blob) in the current form, search hash
-        /// included.
-        #[arg(long, conflicts_with = "rehash")]
-        legacy: bool,
-        /// Recompute every search hash under the configured search key
-        /// (ENCRYPTION_SEARCH_SALT), the new one, then record its fingerprint in place of the
-        /// old one's: a deliberate change of search key or of a column's normalizers. Every
-        /// table; stop the applications' lookups and writes meanwhile.
-        #[arg(long, conflicts_with = "table")]
-        rehash: bool,
-        /// Rows per batch (one transaction each).
-        #[arg(long, default_value_t = jarvis_models::jobs::RotateOptions::DEFAULT_BATCH_SIZE)]
-        batch_size: usize,
-        /// Concurrent batch loops in this process.
-        #[arg(long, default_value_t = 1)]
-        workers: usize,
-        /// Count what would be done; write nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    /// Re-encryption sets the columns a model names with `rotated_at` and `rotation_count`;
+    /// re-wrapping and re-hashing leave them. Exit status 1 when rows are left pending.
+    Rotate(jobs::RotateArgs),
     /// Decrypt every encrypted field; report rows by master key and form, and every failure.
     Verify {
         /// Only this table.
@@ -225,20 +171,45 @@ fn init_logging() {
 
 /// The operations command over an application's models: register each
 /// `#[derive(Encrypted)]` model with [`model`](Self::model), then run [`main`](Self::main).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Jarvis {
     tables: Vec<&'static TableDescription>,
+    migrations: Vec<MigrationSet>,
     problems: Vec<String>,
 }
 
+impl Default for Jarvis {
+    fn default() -> Self {
+        Jarvis {
+            tables: Vec::new(),
+            migrations: vec![jarvis_models::migrations::BOOKKEEPING],
+            problems: Vec::new(),
+        }
+    }
+}
+
 impl Jarvis {
-    /// A command with no models registered yet.
+    /// A command with no models registered yet, whose `migrate` applies the bookkeeping
+    /// migrations ([`BOOKKEEPING`](jarvis_models::migrations::BOOKKEEPING)).
     pub fn new() -> Self {
         Jarvis::default()
     }
 
-    /// Registers model `M`: its table is verified, counted by `retire-key` and listed in
-    /// backup manifests. A model without a single-column primary key, or a second model over
+    /// Adds a set of migrations that `migrate` applies (and `migrate --status` lists) beside
+    /// the bookkeeping ones, oldest first by version across the sets: the application's own
+    /// (`MigrationSet::new("clinic", &embed_migrations!(..), &embed_migrations!(..))`), or the
+    /// seed's tables ([`SEED`](jarvis_models::migrations::SEED), as the `jarvis` binary does).
+    #[must_use]
+    pub fn migrations(mut self, set: MigrationSet) -> Self {
+        if !self.migrations.iter().any(|s| s.name() == set.name()) {
+            self.migrations.push(set);
+        }
+        self
+    }
+
+    /// Registers model `M`: its fields in the migrating state are encrypted by
+    /// `encrypt-existing`, its table is rotated, verified, counted by `retire-key` and listed
+    /// in backup manifests. A model without a single-column primary key, or a second model over
     /// a table already registered, is refused when the command starts, with a message that
     /// names it.
     #[must_use]
@@ -338,6 +309,7 @@ async fn run(jarvis: &Jarvis, cli: Cli) -> Result<ExitCode> {
         } => {
             init(
                 global,
+                &jarvis.migrations,
                 &env,
                 principal.as_deref(),
                 new_version,
@@ -345,44 +317,19 @@ async fn run(jarvis: &Jarvis, cli: Cli) -> Result<ExitCode> {
             )
             .await?
         }
-        Command::Migrate { status } => migrate(global, status).await?,
-        Command::EncryptExisting {
-            table,
-            column,
-            batch_size,
-            dry_run,
-            workers,
-        } => jobs::encrypt_existing(global, table, column, batch_size, dry_run, workers).await?,
-        Command::Rotate {
-            table,
-            older_than,
-            to_key,
-            reencrypt,
-            legacy,
-            rehash,
-            batch_size,
-            workers,
-            dry_run,
-        } => {
+        Command::Migrate { status } => migrate(global, &jarvis.migrations, status).await?,
+        Command::EncryptExisting(args) => {
+            return jobs::encrypt_existing(global, &jarvis.tables(), args).await;
+        }
+        Command::Rotate(args) => {
             // `--rehash`: the configured search key is the new one, given to the job
             // explicitly and not checked against the recorded fingerprint it replaces.
-            let new_search_key = if rehash {
+            let new_search_key = if args.rehash {
                 cli.global.configured_search_key()?
             } else {
                 None
             };
-            let args = jobs::RotateArgs {
-                table,
-                older_than,
-                to_key,
-                reencrypt,
-                legacy,
-                rehash,
-                batch_size,
-                workers,
-                dry_run,
-            };
-            return jobs::rotate(&cli.global, args, new_search_key).await;
+            return jobs::rotate(global, &jarvis.tables(), args, new_search_key).await;
         }
         Command::Verify { table, json } => {
             return verify::run(global, &jarvis.tables(), table.as_deref(), json).await;
@@ -409,6 +356,7 @@ async fn run(jarvis: &Jarvis, cli: Cli) -> Result<ExitCode> {
 
 async fn init(
     global: &Global,
+    migrations: &[MigrationSet],
     env: &str,
     principal: Option<&str>,
     new_version: bool,
@@ -472,7 +420,7 @@ async fn init(
         }
     }
     if global.database_url.is_some() {
-        init_search_key(global).await?;
+        init_search_key(global, migrations).await?;
     }
     Ok(())
 }
@@ -480,9 +428,9 @@ async fn init(
 /// The explicit step that records the database's root search key: `ENCRYPTION_SEARCH_SALT`'s
 /// (or the search key file's) fingerprint, or a stored key created in `jarvis_keys` when none
 /// is configured. Refused when another key is recorded.
-async fn init_search_key(global: &Global) -> Result<()> {
+async fn init_search_key(global: &Global, migrations: &[MigrationSet]) -> Result<()> {
     let url = global.database_url()?;
-    let status = jarvis_models::migrations::migration_status(url).await?;
+    let status = jarvis_models::migrations::migration_status_of(url, migrations).await?;
     if !status.pending.is_empty() {
         eprintln!(
             "note: the database schema is not up to date, so the search key is not recorded: \
@@ -516,12 +464,12 @@ async fn init_search_key(global: &Global) -> Result<()> {
     Ok(())
 }
 
-async fn migrate(global: &Global, status: bool) -> Result<()> {
+async fn migrate(global: &Global, migrations: &[MigrationSet], status: bool) -> Result<()> {
     let url = global.database_url()?;
     if !status {
-        jarvis_models::migrations::run_pending_migrations(url).await?;
+        jarvis_models::migrations::run_pending_migrations_of(url, migrations).await?;
     }
-    let state = jarvis_models::migrations::migration_status(url).await?;
+    let state = jarvis_models::migrations::migration_status_of(url, migrations).await?;
     for m in &state.applied {
         out!("applied  {}", m.name);
     }

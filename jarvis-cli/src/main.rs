@@ -1,5 +1,6 @@
-//! `jarvis`: the operations command over the seed's models (users, API keys, OAuth tokens);
-//! an application builds its own the same way (see the crate docs of `jarvis_cli`).
+//! `jarvis`: the operations command over the seed's models (users, API keys, OAuth tokens)
+//! and their tables' migrations; an application builds its own the same way (see the crate
+//! docs of `jarvis_cli`).
 
 use jarvis_models::{ApiKey, OAuthToken, User};
 
@@ -8,5 +9,6 @@ fn main() -> std::process::ExitCode {
         .model::<User>()
         .model::<ApiKey>()
         .model::<OAuthToken>()
+        .migrations(jarvis_models::migrations::SEED)
         .main()
 }

@@ -15,6 +15,11 @@ const TABLE: &str = "table";
 const BIND: &str = "bind";
 const AAD_TABLE: &str = "aad_table";
 const ROTATED_AT: &str = "rotated_at";
+const CREATED_AT: &str = "created_at";
+const ROTATION_COUNT: &str = "rotation_count";
+/// The container keys, as listed in errors.
+const CONTAINER_KEYS: &str =
+    "`table`, `bind`, `aad_table`, `rotated_at`, `created_at`, `rotation_count`";
 const CIPHERTEXT: &str = "ciphertext";
 const IV: &str = "iv";
 const TAG: &str = "tag";
@@ -68,6 +73,12 @@ pub(crate) struct Container {
     /// `rotated_at = column`: the timestamp column of the time the row's values were last
     /// encrypted, which `rotate --older-than` reads and the lifecycle jobs write.
     pub(crate) rotated_at: Option<Ident>,
+    /// `created_at = column`: the row's creation time, the age `--older-than` reads of a row
+    /// whose `rotated_at` is NULL.
+    pub(crate) created_at: Option<Ident>,
+    /// `rotation_count = column`: an integer column the jobs increment when they give the
+    /// row's values new data keys.
+    pub(crate) rotation_count: Option<Ident>,
     pub(crate) bind: Bind,
     pub(crate) fields: Vec<Field>,
 }
@@ -164,12 +175,14 @@ impl Container {
         let mut table = None;
         let mut aad_table = None;
         let mut rotated_at = None;
+        let mut created_at = None;
+        let mut rotation_count = None;
         let mut bind = None;
         let mut seen = Vec::new();
         for attr in input.attrs.iter().filter(|a| is_attr(a)) {
             let parsed = attr.parse_nested_meta(|meta| {
                 let Some(key) = meta.path.get_ident().cloned() else {
-                    return Err(meta.error("expected one of `table`, `bind`, `aad_table`, `rotated_at`"));
+                    return Err(meta.error(format!("expected one of {CONTAINER_KEYS}")));
                 };
                 if key == TABLE {
                     let path: Path = meta.value()?.parse()?;
@@ -183,10 +196,17 @@ impl Container {
                     } else if once(cx, &mut seen, &key) {
                         aad_table = Some(name);
                     }
-                } else if key == ROTATED_AT {
+                } else if key == ROTATED_AT || key == CREATED_AT || key == ROTATION_COUNT {
                     let ident: Ident = meta.value()?.parse()?;
                     if once(cx, &mut seen, &key) {
-                        rotated_at = Some(ident);
+                        let slot = if key == ROTATED_AT {
+                            &mut rotated_at
+                        } else if key == CREATED_AT {
+                            &mut created_at
+                        } else {
+                            &mut rotation_count
+                        };
+                        *slot = Some(ident);
                     }
                 } else if key == BIND {
                     let ident: Ident = meta.value()?.parse()?;
@@ -199,7 +219,7 @@ impl Container {
                     }
                 } else {
                     return Err(meta.error(format!(
-                        "unknown container key `{key}`, expected one of `table`, `bind`, `aad_table`, `rotated_at`"
+                        "unknown container key `{key}`, expected one of {CONTAINER_KEYS}"
                     )));
                 }
                 Ok(())
@@ -279,6 +299,8 @@ impl Container {
             table,
             aad_table,
             rotated_at,
+            created_at,
+            rotation_count,
             bind,
             fields,
         })

@@ -274,12 +274,13 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
         });
     }
 
-    // `rotated_at = column`: imported into the alias module (once) so a column the table
-    // lacks is reported at the user's spelling.
-    if let Some(at) = &c.rotated_at
-        && !columns.contains(at)
-    {
-        columns.push(at.clone());
+    // `rotated_at`, `created_at`, `rotation_count`: imported into the alias module (once) so
+    // a column the table lacks is reported at the user's spelling.
+    let clock = [&c.rotated_at, &c.created_at, &c.rotation_count];
+    for at in clock.into_iter().flatten() {
+        if !columns.contains(at) {
+            columns.push(at.clone());
+        }
     }
     let column_imports = columns
         .iter()
@@ -304,12 +305,12 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
         }
         Bind::None => quote!(::core::option::Option::None),
     };
-    let rotated_at = match &c.rotated_at {
+    let clock = clock.map(|column| match column {
         Some(at) => {
             quote!(::core::option::Option::Some(<#alias::#at as __jc::diesel::Column>::NAME))
         }
         None => quote!(::core::option::Option::None),
-    };
+    });
     let model_name = model.to_string();
     let default_table = c
         .table
@@ -418,7 +419,7 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
                             #default_table,
                             __TABLE,
                             #row_key,
-                            #rotated_at,
+                            [#(#clock),*],
                             ::std::vec![#(#described,)*],
                         )
                     })

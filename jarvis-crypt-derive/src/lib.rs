@@ -19,6 +19,12 @@
 //!   data and the search keys, instead of the last segment of `table`; for schema-qualified
 //!   tables (`aad_table = "billing.invoices"`) or a table renamed after rows were written.
 //!   Changing it makes existing values undecryptable: set it once, before the first write.
+//! - `#[encrypted(rotated_at = column)]` (optional): a timestamp column of the time the row's
+//!   values were last given new data keys. `rotate --older-than` reads it (a NULL counts as
+//!   old) and the jobs that re-encrypt set it; without it, `--older-than` leaves the table
+//!   out. `created_at = column` (optional): the row's creation time, read instead of a NULL
+//!   `rotated_at`. `rotation_count = column` (optional): an integer column the jobs increment
+//!   on each re-encryption. The columns need not be fields of the model.
 //!
 //! # Field attributes
 //!

@@ -120,7 +120,7 @@ pub(crate) mod support {
         default_name: &'static str,
         bound_name: &'static str,
         row_key: Option<(&'static str, RowKeyKind)>,
-        rotated_at: Option<&'static str>,
+        [rotated_at, created_at, rotation_count]: [Option<&'static str>; 3],
         fields: Vec<FieldDescription>,
     ) -> TableDescription
     where
@@ -149,6 +149,8 @@ pub(crate) mod support {
             row_key: row_key.map(|(column, _)| column),
             row_key_kind: row_key.map(|(_, kind)| kind),
             rotated_at,
+            created_at,
+            rotation_count,
             fields,
         }
     }

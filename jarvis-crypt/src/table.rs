@@ -99,6 +99,12 @@ pub struct TableDescription {
     /// (`rotated_at = column`): `rotate --older-than` reads it and the jobs that give values
     /// new data keys set it. `None`: `--older-than` is refused for the table.
     pub rotated_at: Option<&'static str>,
+    /// The row's creation time (`created_at = column`): the age `--older-than` reads of a
+    /// row whose `rotated_at` is NULL. `None`: such a row counts as old.
+    pub created_at: Option<&'static str>,
+    /// An integer column the jobs increment when they give the row's values new data keys
+    /// (`rotation_count = column`).
+    pub rotation_count: Option<&'static str>,
     /// The encrypted fields, in declaration order.
     pub fields: Vec<FieldDescription>,
 }

@@ -8,13 +8,14 @@
 //! table is read, so columns of types this crate does not know (`uuid`, `jsonb`,
 //! `timestamptz`) are no obstacle.
 
+use chrono::NaiveDateTime;
 use diesel::QueryableByName;
 use diesel::backend::Backend as DieselBackend;
 use diesel::deserialize::FromSql;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::row::NamedRow;
 use diesel::serialize::ToSql;
-use diesel::sql_types::{BigInt, Binary, HasSqlType, Nullable, Text};
+use diesel::sql_types::{BigInt, Binary, HasSqlType, Nullable, Text, Timestamp};
 use diesel_async::RunQueryDsl as _;
 use jarvis_crypt::{
     AuthTag, Binding, Ciphertext, FieldDescription, Nonce, RowKey, RowKeyKind, StoredField,
@@ -28,9 +29,27 @@ use crate::migrations::Backend;
 type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 /// A bound value.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) enum Arg {
     Int(i64),
+    /// A binary column's value, or NULL.
+    Bytes(Option<Vec<u8>>),
+    /// A timestamp (UTC).
+    Timestamp(NaiveDateTime),
+    /// SQL `NULL` as a literal, for a column of any type (nothing is bound).
+    Null,
+}
+
+// Values are stored forms and ids, never plaintext; still, a statement's Debug shows none.
+impl std::fmt::Debug for Arg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Arg::Int(v) => write!(f, "Int({v})"),
+            Arg::Bytes(v) => write!(f, "Bytes({:?} bytes)", v.as_ref().map(Vec::len)),
+            Arg::Timestamp(v) => write!(f, "Timestamp({v})"),
+            Arg::Null => f.write_str("Null"),
+        }
+    }
 }
 
 /// A statement and its bound values, with the backend's placeholders.
@@ -64,6 +83,10 @@ impl Sql {
 
     /// Appends a placeholder bound to `arg`.
     pub(crate) fn arg(&mut self, arg: Arg) -> &mut Self {
+        if let Arg::Null = arg {
+            self.text.push_str("NULL");
+            return self;
+        }
         self.args.push(arg);
         match self.backend {
             Backend::Postgres => {
@@ -77,16 +100,36 @@ impl Sql {
 
     fn boxed<'a, DB>(&'a self) -> BoxedSqlQuery<'a, DB, SqlQuery>
     where
-        DB: DieselBackend + HasSqlType<BigInt>,
+        DB: DieselBackend
+            + HasSqlType<BigInt>
+            + HasSqlType<Nullable<Binary>>
+            + HasSqlType<Timestamp>,
         i64: ToSql<BigInt, DB>,
+        Option<Vec<u8>>: ToSql<Nullable<Binary>, DB>,
+        NaiveDateTime: ToSql<Timestamp, DB>,
     {
         let mut query = diesel::sql_query(self.text.clone()).into_boxed::<DB>();
         for arg in &self.args {
             query = match arg {
                 Arg::Int(v) => query.bind::<BigInt, _>(*v),
+                Arg::Bytes(v) => query.bind::<Nullable<Binary>, _>(v.clone()),
+                Arg::Timestamp(v) => query.bind::<Timestamp, _>(*v),
+                Arg::Null => query,
             };
         }
         query
+    }
+
+    /// Runs the statement: the number of rows it changed.
+    pub(crate) async fn run(&self, conn: &mut Conn) -> Result<usize> {
+        Ok(match conn {
+            Conn::Postgres(c) => self.boxed::<diesel::pg::Pg>().execute(&mut **c).await?,
+            Conn::Sqlite(c) => {
+                self.boxed::<diesel::sqlite::Sqlite>()
+                    .execute(&mut **c)
+                    .await?
+            }
+        })
     }
 
     /// Runs the query, loading rows of `U`.
@@ -371,4 +414,155 @@ where
             values,
         }))
     }
+}
+
+/// `SELECT COUNT(*)` of `table`'s rows matching `predicate` (SQL built from the description).
+pub(crate) async fn count(
+    conn: &mut Conn,
+    table: &TableDescription,
+    predicate: &str,
+) -> Result<u64> {
+    let mut sql = Sql::new(backend_of(conn));
+    sql.push("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM ")
+        .ident(&table.name)
+        .push(" WHERE ")
+        .push(predicate);
+    let rows: Vec<Count> = sql.fetch(conn).await?;
+    Ok(rows
+        .into_iter()
+        .next()
+        .map_or(0, |c| u64::try_from(c.n).unwrap_or(0)))
+}
+
+/// The ids of `table`'s rows matching `predicate`.
+pub(crate) async fn ids(
+    conn: &mut Conn,
+    table: &TableDescription,
+    predicate: &str,
+) -> Result<Vec<i64>> {
+    let pk = quote(primary_key(table)?);
+    let mut sql = Sql::new(backend_of(conn));
+    sql.push(&format!("SELECT CAST({pk} AS BIGINT) AS id FROM "))
+        .ident(&table.name)
+        .push(" WHERE ")
+        .push(predicate);
+    let rows: Vec<Id> = sql.fetch(conn).await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
+/// The last of the next `size` ids after `after` (`None`: from the first), `None` at the end
+/// of the table.
+pub(crate) async fn window_end(
+    conn: &mut Conn,
+    table: &TableDescription,
+    after: Option<i64>,
+    size: i64,
+) -> Result<Option<i64>> {
+    let pk = quote(primary_key(table)?);
+    let mut sql = Sql::new(backend_of(conn));
+    sql.push(&format!(
+        "SELECT CAST(MAX(w.id) AS BIGINT) AS id FROM (SELECT {pk} AS id FROM "
+    ))
+    .ident(&table.name);
+    if let Some(after) = after {
+        sql.push(&format!(" WHERE {pk} > ")).arg(Arg::Int(after));
+    }
+    sql.push(&format!(" ORDER BY {pk} LIMIT "))
+        .arg(Arg::Int(size))
+        .push(") w");
+    let rows: Vec<MaybeId> = sql.fetch(conn).await?;
+    Ok(rows.into_iter().next().and_then(|r| r.id))
+}
+
+/// `UPDATE table SET <columns> WHERE <pk> = id [AND guard]`: the number of rows changed.
+pub(crate) async fn update_row(
+    conn: &mut Conn,
+    table: &TableDescription,
+    id: i64,
+    sets: Vec<(&str, Arg)>,
+    guard: Option<&str>,
+) -> Result<usize> {
+    let pk = primary_key(table)?;
+    let mut sql = Sql::new(backend_of(conn));
+    sql.push("UPDATE ").ident(&table.name).push(" SET ");
+    for (i, (column, arg)) in sets.into_iter().enumerate() {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.ident(column).push(" = ").arg(arg);
+    }
+    sql.push(" WHERE ").ident(pk).push(" = ").arg(Arg::Int(id));
+    if let Some(guard) = guard {
+        sql.push(" AND ").push(guard);
+    }
+    sql.run(conn).await
+}
+
+/// The assignments writing one value's stored form (all NULL for `None`) and, for a
+/// searchable field, its hash.
+pub(crate) fn value_sets(
+    field: &FieldDescription,
+    stored: Option<&StoredField>,
+    hash: Option<Option<&[u8]>>,
+) -> Vec<(&'static str, Arg)> {
+    let bytes = |f: fn(&StoredField) -> &[u8]| Arg::Bytes(stored.map(|s| f(s).to_vec()));
+    let mut sets = vec![
+        (field.ciphertext, bytes(|s| s.ciphertext.as_bytes())),
+        (field.iv, bytes(|s| s.nonce.as_bytes())),
+        (field.tag, bytes(|s| s.tag.as_bytes())),
+        (field.data_key, bytes(|s| s.data_key.as_bytes())),
+    ];
+    if let (Some(search), Some(hash)) = (field.search, hash) {
+        sets.push((search.column, Arg::Bytes(hash.map(<[u8]>::to_vec))));
+    }
+    sets
+}
+
+/// Records that the jobs gave rows `ids` new data keys: `rotated_at = at` and
+/// `rotation_count + 1`, for the columns the description names (nothing otherwise).
+pub(crate) async fn mark_rotated(
+    conn: &mut Conn,
+    table: &TableDescription,
+    ids: &[i64],
+    at: NaiveDateTime,
+) -> Result<usize> {
+    if ids.is_empty() || (table.rotated_at.is_none() && table.rotation_count.is_none()) {
+        return Ok(0);
+    }
+    let pk = primary_key(table)?;
+    let mut sql = Sql::new(backend_of(conn));
+    sql.push("UPDATE ").ident(&table.name).push(" SET ");
+    if let Some(at_column) = table.rotated_at {
+        sql.ident(at_column).push(" = ").arg(Arg::Timestamp(at));
+    }
+    if let Some(count) = table.rotation_count {
+        if table.rotated_at.is_some() {
+            sql.push(", ");
+        }
+        let count = quote(count);
+        sql.push(&format!("{count} = {count} + 1"));
+    }
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    sql.push(" WHERE ")
+        .ident(pk)
+        .push(&format!(" IN ({})", list.join(",")));
+    sql.run(conn).await
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct Id {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+#[derive(QueryableByName)]
+struct MaybeId {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    id: Option<i64>,
 }

@@ -4,9 +4,10 @@
 //!
 //! - [`schema`]: the diesel `table!` definitions of every table and view, one for both
 //!   backends (its docs explain the column types, row ids and views).
-//! - [`migrations`]: the diesel migrations of `migrations/postgres` and `migrations/sqlite`,
-//!   embedded, with functions that apply, revert and list them; [`migrations::Backend`]
-//!   chooses the backend from a database URL.
+//! - [`migrations`]: the diesel migrations, embedded in two sets (the bookkeeping tables any
+//!   application needs, `migrations/bookkeeping`; the seed's tables, `migrations/seed`), with
+//!   functions that apply, revert and list them; [`migrations::Backend`] chooses the backend
+//!   from a database URL.
 
 pub mod audit;
 pub mod db;

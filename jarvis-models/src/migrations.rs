@@ -1,5 +1,21 @@
-//! The diesel migrations of `migrations/postgres` and `migrations/sqlite`, embedded in the
-//! crate, and functions that apply, revert and list them on either backend.
+//! The diesel migrations of jarvis, embedded in the crate, and functions that apply, revert
+//! and list them on either backend.
+//!
+//! They come in two [`MigrationSet`]s:
+//!
+//! - [`BOOKKEEPING`] (`migrations/bookkeeping`): the tables the jobs and tools need in any
+//!   application's database: `jarvis_keys`, `jarvis_settings`, `jarvis_jobs`,
+//!   `jarvis_job_progress`, `encryption_audit_log` with its view `encryption_audit_summary`,
+//!   and `encrypted_backups`. An application runs them beside its own migrations
+//!   ([`run_bookkeeping_migrations`], or `migrate` of its operations binary).
+//! - [`SEED`] (`migrations/seed`): the original system's application tables (`users`,
+//!   `api_keys`, `oauth_tokens` and their summary views), for the seed's models.
+//!
+//! [`run_pending_migrations`] and the other functions without a set apply both, as the
+//! `jarvis` binary does; the `*_of` functions take the sets to work on. Both sets share
+//! diesel's `__diesel_schema_migrations` and their versions never collide, so a database
+//! migrated before the split (one set of eleven migrations) has every version of both
+//! already and upgrades without running anything.
 //!
 //! The backend is chosen by the database URL ([`Backend::from_url`]): `postgres://` or
 //! `postgresql://` is PostgreSQL, anything else a SQLite database (a path, `:memory:`, a
@@ -28,18 +44,103 @@ use std::fmt;
 use diesel::Connection;
 use diesel::backend::Backend as DieselBackend;
 use diesel::connection::SimpleConnection;
-use diesel::migration::{MigrationSource, MigrationVersion};
+use diesel::migration::{Migration, MigrationSource, MigrationVersion};
 use diesel::pg::Pg;
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-/// The PostgreSQL migrations (`migrations/postgres`), embedded at compile time.
-pub const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
+/// The PostgreSQL migrations of the bookkeeping tables (`migrations/bookkeeping/postgres`),
+/// embedded at compile time: [`BOOKKEEPING`]'s. (Before the split into two sets these were
+/// all of jarvis's migrations; the seed's application tables are [`SEED`]'s now.)
+pub const POSTGRES_MIGRATIONS: EmbeddedMigrations =
+    embed_migrations!("../migrations/bookkeeping/postgres");
 
-/// The SQLite migrations (`migrations/sqlite`), embedded at compile time.
-pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
+/// The SQLite migrations of the bookkeeping tables (`migrations/bookkeeping/sqlite`):
+/// [`BOOKKEEPING`]'s.
+pub const SQLITE_MIGRATIONS: EmbeddedMigrations =
+    embed_migrations!("../migrations/bookkeeping/sqlite");
+
+/// The bookkeeping tables every application's database needs (see the [module docs](self)).
+pub const BOOKKEEPING: MigrationSet =
+    MigrationSet::new("bookkeeping", &POSTGRES_MIGRATIONS, &SQLITE_MIGRATIONS);
+
+/// The seed's application tables: users, API keys, OAuth tokens and their summary views.
+pub const SEED: MigrationSet = MigrationSet::new(
+    "seed",
+    &embed_migrations!("../migrations/seed/postgres"),
+    &embed_migrations!("../migrations/seed/sqlite"),
+);
+
+/// What the functions without a set apply: the bookkeeping tables, then the seed's.
+const ALL: [MigrationSet; 2] = [BOOKKEEPING, SEED];
+
+/// A set of embedded migrations for both backends, with versions of its own (no two sets
+/// applied to one database may share a version: diesel records versions only).
+#[derive(Clone, Copy)]
+pub struct MigrationSet {
+    name: &'static str,
+    postgres: &'static EmbeddedMigrations,
+    sqlite: &'static EmbeddedMigrations,
+}
+
+impl MigrationSet {
+    /// A set named `name` of `embed_migrations!` for each backend.
+    pub const fn new(
+        name: &'static str,
+        postgres: &'static EmbeddedMigrations,
+        sqlite: &'static EmbeddedMigrations,
+    ) -> Self {
+        MigrationSet {
+            name,
+            postgres,
+            sqlite,
+        }
+    }
+
+    /// The set's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The set's migrations for `backend`.
+    pub fn for_backend(&self, backend: Backend) -> &'static EmbeddedMigrations {
+        match backend {
+            Backend::Postgres => self.postgres,
+            Backend::Sqlite => self.sqlite,
+        }
+    }
+}
+
+impl fmt::Debug for MigrationSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MigrationSet")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Several sets' migrations of one backend as one diesel source, oldest first.
+#[derive(Clone)]
+struct Combined(Vec<&'static EmbeddedMigrations>);
+
+impl Combined {
+    fn of(sets: &[MigrationSet], backend: Backend) -> Self {
+        Combined(sets.iter().map(|set| set.for_backend(backend)).collect())
+    }
+}
+
+impl<DB: DieselBackend> MigrationSource<DB> for Combined {
+    fn migrations(&self) -> diesel::migration::Result<Vec<Box<dyn Migration<DB>>>> {
+        let mut all = Vec::new();
+        for set in &self.0 {
+            all.extend(MigrationSource::<DB>::migrations(*set)?);
+        }
+        all.sort_by_key(|m| m.name().version().to_string());
+        Ok(all)
+    }
+}
 
 /// Key of the PostgreSQL session-level advisory lock held while migrations are applied or
 /// reverted (`pg_advisory_lock(key)`); the bytes spell `jarvismg`.
@@ -82,7 +183,7 @@ impl Backend {
         }
     }
 
-    /// The embedded migrations of this backend.
+    /// The embedded bookkeeping migrations of this backend ([`BOOKKEEPING`]'s).
     pub fn migrations(self) -> EmbeddedMigrations {
         match self {
             Self::Postgres => POSTGRES_MIGRATIONS,
@@ -90,11 +191,18 @@ impl Backend {
         }
     }
 
-    /// All embedded migrations of this backend, oldest first.
+    /// The embedded migrations of this backend that [`run_pending_migrations`] applies (both
+    /// sets), oldest first.
     pub fn embedded_migrations(self) -> Vec<MigrationInfo> {
+        self.embedded_migrations_of(&ALL)
+    }
+
+    /// The embedded migrations of `sets` for this backend, oldest first.
+    pub fn embedded_migrations_of(self, sets: &[MigrationSet]) -> Vec<MigrationInfo> {
+        let source = Combined::of(sets, self);
         let listed = match self {
-            Self::Postgres => embedded::<Pg>(POSTGRES_MIGRATIONS),
-            Self::Sqlite => embedded::<Sqlite>(SQLITE_MIGRATIONS),
+            Self::Postgres => embedded::<Pg>(&source),
+            Self::Sqlite => embedded::<Sqlite>(&source),
         };
         // Listing embedded migrations cannot fail: their names were checked at compile time.
         listed.unwrap_or_default()
@@ -178,44 +286,82 @@ const APPLY: &str = "applying migrations";
 const REVERT: &str = "reverting migrations";
 const LIST: &str = "listing migrations";
 
-/// Applies every pending migration of the database at `database_url`, oldest first, and
-/// returns the migrations applied (empty when the schema was up to date).
+/// Applies every pending migration of both sets ([`BOOKKEEPING`], [`SEED`]) to the database
+/// at `database_url`, oldest first, and returns the migrations applied (empty when the schema
+/// was up to date).
 pub async fn run_pending_migrations(
     database_url: &str,
 ) -> Result<Vec<MigrationInfo>, MigrationError> {
-    let url = database_url.to_owned();
-    in_blocking_task(move || run_pending_migrations_blocking(&url)).await
+    run_pending_migrations_of(database_url, &ALL).await
 }
 
-/// Reverts every applied migration of the database at `database_url`, newest first, and
-/// returns the migrations reverted. This drops every jarvis table and its rows.
+/// Applies the pending bookkeeping migrations ([`BOOKKEEPING`]) alone: what an application
+/// runs beside its own migrations.
+pub async fn run_bookkeeping_migrations(
+    database_url: &str,
+) -> Result<Vec<MigrationInfo>, MigrationError> {
+    run_pending_migrations_of(database_url, &[BOOKKEEPING]).await
+}
+
+/// Applies every pending migration of `sets`, oldest first (by version, across the sets).
+pub async fn run_pending_migrations_of(
+    database_url: &str,
+    sets: &[MigrationSet],
+) -> Result<Vec<MigrationInfo>, MigrationError> {
+    let url = database_url.to_owned();
+    let sets = sets.to_vec();
+    in_blocking_task(move || run_pending_migrations_of_blocking(&url, &sets)).await
+}
+
+/// Reverts every applied migration of both sets, newest first, and returns the migrations
+/// reverted. This drops every jarvis table and its rows.
 pub async fn revert_all_migrations(
     database_url: &str,
 ) -> Result<Vec<MigrationInfo>, MigrationError> {
     let url = database_url.to_owned();
-    in_blocking_task(move || revert_all_migrations_blocking(&url)).await
+    in_blocking_task(move || revert_all_migrations_of_blocking(&url, &ALL)).await
 }
 
-/// Lists the applied and pending migrations of the database at `database_url`.
+/// Lists the applied and pending migrations of both sets of the database at `database_url`.
 ///
 /// Creates diesel's bookkeeping table `__diesel_schema_migrations` if it does not exist.
 pub async fn migration_status(database_url: &str) -> Result<MigrationStatus, MigrationError> {
+    migration_status_of(database_url, &ALL).await
+}
+
+/// Lists the applied and pending migrations of `sets`; versions the database has applied
+/// that are in none of them are `unknown` (an application's own, or a newer build's).
+pub async fn migration_status_of(
+    database_url: &str,
+    sets: &[MigrationSet],
+) -> Result<MigrationStatus, MigrationError> {
     let url = database_url.to_owned();
-    in_blocking_task(move || migration_status_blocking(&url)).await
+    let sets = sets.to_vec();
+    in_blocking_task(move || migration_status_of_blocking(&url, &sets)).await
 }
 
 /// [`run_pending_migrations`] on the calling thread. Do not call it from an async task.
 pub fn run_pending_migrations_blocking(
     database_url: &str,
 ) -> Result<Vec<MigrationInfo>, MigrationError> {
-    match Backend::from_url(database_url) {
+    run_pending_migrations_of_blocking(database_url, &ALL)
+}
+
+/// [`run_pending_migrations_of`] on the calling thread. Do not call it from an async task.
+pub fn run_pending_migrations_of_blocking(
+    database_url: &str,
+    sets: &[MigrationSet],
+) -> Result<Vec<MigrationInfo>, MigrationError> {
+    let backend = Backend::from_url(database_url);
+    let source = Combined::of(sets, backend);
+    match backend {
         Backend::Postgres => with_postgres(database_url, APPLY, true, |conn| {
-            let versions = conn.run_pending_migrations(POSTGRES_MIGRATIONS)?;
-            describe::<Pg>(POSTGRES_MIGRATIONS, versions)
+            let versions = conn.run_pending_migrations(source.clone())?;
+            describe::<Pg>(&source, versions)
         }),
         Backend::Sqlite => with_sqlite(database_url, APPLY, true, |conn| {
-            let versions = conn.run_pending_migrations(SQLITE_MIGRATIONS)?;
-            describe::<Sqlite>(SQLITE_MIGRATIONS, versions)
+            let versions = conn.run_pending_migrations(source.clone())?;
+            describe::<Sqlite>(&source, versions)
         }),
     }
 }
@@ -224,26 +370,46 @@ pub fn run_pending_migrations_blocking(
 pub fn revert_all_migrations_blocking(
     database_url: &str,
 ) -> Result<Vec<MigrationInfo>, MigrationError> {
-    match Backend::from_url(database_url) {
+    revert_all_migrations_of_blocking(database_url, &ALL)
+}
+
+/// Reverts every applied migration of `sets` on the calling thread, newest first.
+pub fn revert_all_migrations_of_blocking(
+    database_url: &str,
+    sets: &[MigrationSet],
+) -> Result<Vec<MigrationInfo>, MigrationError> {
+    let backend = Backend::from_url(database_url);
+    let source = Combined::of(sets, backend);
+    match backend {
         Backend::Postgres => with_postgres(database_url, REVERT, true, |conn| {
-            let versions = conn.revert_all_migrations(POSTGRES_MIGRATIONS)?;
-            describe::<Pg>(POSTGRES_MIGRATIONS, versions)
+            let versions = conn.revert_all_migrations(source.clone())?;
+            describe::<Pg>(&source, versions)
         }),
         Backend::Sqlite => with_sqlite(database_url, REVERT, true, |conn| {
-            let versions = conn.revert_all_migrations(SQLITE_MIGRATIONS)?;
-            describe::<Sqlite>(SQLITE_MIGRATIONS, versions)
+            let versions = conn.revert_all_migrations(source.clone())?;
+            describe::<Sqlite>(&source, versions)
         }),
     }
 }
 
 /// [`migration_status`] on the calling thread. Do not call it from an async task.
 pub fn migration_status_blocking(database_url: &str) -> Result<MigrationStatus, MigrationError> {
-    match Backend::from_url(database_url) {
+    migration_status_of_blocking(database_url, &ALL)
+}
+
+/// [`migration_status_of`] on the calling thread. Do not call it from an async task.
+pub fn migration_status_of_blocking(
+    database_url: &str,
+    sets: &[MigrationSet],
+) -> Result<MigrationStatus, MigrationError> {
+    let backend = Backend::from_url(database_url);
+    let source = Combined::of(sets, backend);
+    match backend {
         Backend::Postgres => with_postgres(database_url, LIST, false, |conn| {
-            status::<Pg, _>(conn, POSTGRES_MIGRATIONS)
+            status::<Pg, _>(conn, &source)
         }),
         Backend::Sqlite => with_sqlite(database_url, LIST, false, |conn| {
-            status::<Sqlite, _>(conn, SQLITE_MIGRATIONS)
+            status::<Sqlite, _>(conn, &source)
         }),
     }
 }
@@ -343,8 +509,8 @@ impl From<diesel::result::Error> for TransactionError {
 }
 
 /// The embedded migrations of `source`, oldest first.
-fn embedded<DB: DieselBackend>(source: EmbeddedMigrations) -> Result<Vec<MigrationInfo>, BoxError> {
-    let mut infos: Vec<MigrationInfo> = MigrationSource::<DB>::migrations(&source)?
+fn embedded<DB: DieselBackend>(source: &Combined) -> Result<Vec<MigrationInfo>, BoxError> {
+    let mut infos: Vec<MigrationInfo> = MigrationSource::<DB>::migrations(source)?
         .iter()
         .map(|migration| MigrationInfo {
             version: migration.name().version().to_string(),
@@ -357,7 +523,7 @@ fn embedded<DB: DieselBackend>(source: EmbeddedMigrations) -> Result<Vec<Migrati
 
 /// Names the migrations `versions` of `source`, in the given order.
 fn describe<DB: DieselBackend>(
-    source: EmbeddedMigrations,
+    source: &Combined,
     versions: Vec<MigrationVersion<'_>>,
 ) -> Result<Vec<MigrationInfo>, BoxError> {
     let known = embedded::<DB>(source)?;
@@ -378,7 +544,7 @@ fn describe<DB: DieselBackend>(
 }
 
 /// The applied, pending and unknown migrations of the database behind `conn`.
-fn status<DB, C>(conn: &mut C, source: EmbeddedMigrations) -> Result<MigrationStatus, BoxError>
+fn status<DB, C>(conn: &mut C, source: &Combined) -> Result<MigrationStatus, BoxError>
 where
     DB: DieselBackend,
     C: MigrationHarness<DB>,
@@ -452,6 +618,22 @@ mod tests {
         assert_eq!(postgres, sqlite, "both backends have the same migrations");
         assert_eq!(postgres[0].name, "2026-11-28-000001_create_users");
         assert_eq!(postgres[0].version, "20261128000001");
+    }
+
+    #[test]
+    fn the_sets_share_no_version() {
+        for backend in [Backend::Postgres, Backend::Sqlite] {
+            let bookkeeping = backend.embedded_migrations_of(&[BOOKKEEPING]);
+            let seed = backend.embedded_migrations_of(&[SEED]);
+            assert!(!bookkeeping.is_empty() && !seed.is_empty());
+            for info in &bookkeeping {
+                assert!(!seed.iter().any(|s| s.version == info.version), "{info}");
+            }
+            assert_eq!(
+                bookkeeping.len() + seed.len(),
+                backend.embedded_migrations().len()
+            );
+        }
     }
 
     #[test]

@@ -28,7 +28,13 @@ const REDACTED: &str = "[redacted]";
 /// still in the migrating state, so rows holding only a plaintext `email` read as well and
 /// are written back encrypted.
 #[derive(Clone, PartialEq, Eq, Encrypted)]
-#[encrypted(table = crate::schema::users, bind = id)]
+#[encrypted(
+    table = crate::schema::users,
+    bind = id,
+    rotated_at = last_rotated_at,
+    created_at = created_at,
+    rotation_count = rotation_count
+)]
 pub struct User {
     /// Row id.
     pub id: i64,
@@ -54,7 +60,13 @@ impl fmt::Debug for User {
 /// An API key of a third-party service: the key encrypted and searchable, its metadata plain
 /// JSON as in the original system.
 #[derive(Clone, PartialEq, Encrypted)]
-#[encrypted(table = crate::schema::api_keys, bind = id)]
+#[encrypted(
+    table = crate::schema::api_keys,
+    bind = id,
+    rotated_at = last_rotated_at,
+    created_at = created_at,
+    rotation_count = rotation_count
+)]
 pub struct ApiKey {
     /// Row id.
     pub id: i64,
@@ -99,7 +111,13 @@ impl fmt::Debug for ApiKey {
 
 /// OAuth tokens of a user at a provider: access and refresh token encrypted.
 #[derive(Clone, PartialEq, Eq, Encrypted)]
-#[encrypted(table = crate::schema::oauth_tokens, bind = id)]
+#[encrypted(
+    table = crate::schema::oauth_tokens,
+    bind = id,
+    rotated_at = last_rotated_at,
+    created_at = created_at,
+    rotation_count = rotation_count
+)]
 pub struct OAuthToken {
     /// Row id.
     pub id: i64,
@@ -145,7 +163,13 @@ impl fmt::Debug for OAuthToken {
 
 /// A recorded backup: small ones stored in the row itself (encrypted), large ones in a file.
 #[derive(Clone, PartialEq, Eq, Encrypted)]
-#[encrypted(table = crate::schema::encrypted_backups, bind = id)]
+#[encrypted(
+    table = crate::schema::encrypted_backups,
+    bind = id,
+    rotated_at = last_rotated_at,
+    created_at = created_at,
+    rotation_count = rotation_count
+)]
 pub struct EncryptedBackup {
     /// Row id.
     pub id: i64,

@@ -1,6 +1,6 @@
 //! The diesel schema of the jarvis tables and views, one definition for both backends.
 //!
-//! Hand-written to match `migrations/postgres` and `migrations/sqlite`; the test
+//! Hand-written to match the migrations (`migrations/{bookkeeping,seed}/{postgres,sqlite}`); the test
 //! `tests/migrations.rs` compares it with the live catalogue of both migrated databases
 //! (column names, SQL types, nullability) and fails when they drift apart.
 //!

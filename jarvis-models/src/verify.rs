@@ -8,8 +8,8 @@
 //!
 //! Two more failures, each of its own kind, name the table, row and column:
 //!
-//! - [`SEARCH_HASH_MISMATCH`]: the stored search hash of a searchable field (the model's
-//!   [`Encrypted::SEARCH_COLUMNS`]) is not the hash of its decrypted value under the search
+//! - [`SEARCH_HASH_MISMATCH`]: the stored search hash of a searchable field (its field's
+//!   `SearchDescription`) is not the hash of its decrypted value under the search
 //!   key (missing where the value is present, or under another key or normalizer): lookups
 //!   would miss the row. Checked only with a search key; [`VerifyReport::search_hashes_checked`]
 //!   says whether they were.

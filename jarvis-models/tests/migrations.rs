@@ -1521,3 +1521,232 @@ async fn connection_errors_do_not_show_the_url() {
     assert!(!shown.contains("correct-horse"), "{shown}");
     assert!(!shown.contains(url), "{shown}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Upgrading a database migrated before the split into two sets
+// ---------------------------------------------------------------------------------------------
+
+/// The migrations as they were released before the split into the bookkeeping and seed sets
+/// (one set of eleven, `migrations/{postgres,sqlite}` then): a frozen copy, never edited.
+const RELEASED_POSTGRES: diesel_migrations::EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("tests/fixtures/released/migrations/postgres");
+const RELEASED_SQLITE: diesel_migrations::EmbeddedMigrations =
+    diesel_migrations::embed_migrations!("tests/fixtures/released/migrations/sqlite");
+
+#[derive(QueryableByName, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct CatalogueEntry {
+    #[diesel(sql_type = Text)]
+    entry: String,
+}
+
+/// Every table's and view's columns in order (type, nullability, default), every index and,
+/// on PostgreSQL, every constraint: what an upgrade must leave exactly as it was.
+fn catalogue(db: &mut Db) -> Vec<String> {
+    let queries: &[&str] = match db {
+        Db::Pg(_) => &[
+            "SELECT table_name || '.' || column_name || ' ' || data_type || ' ' || is_nullable \
+                 || ' ' || COALESCE(column_default, '-') || ' #' || ordinal_position AS entry \
+             FROM information_schema.columns WHERE table_schema = 'public'",
+            "SELECT 'index ' || indexname || ': ' || indexdef AS entry FROM pg_indexes \
+             WHERE schemaname = 'public'",
+            "SELECT 'constraint ' || conrelid::regclass::text || '.' || conname || ': ' \
+                 || pg_get_constraintdef(oid) AS entry \
+             FROM pg_constraint WHERE connamespace = 'public'::regnamespace",
+            "SELECT 'view ' || viewname || ': ' || definition AS entry FROM pg_views \
+             WHERE schemaname = 'public'",
+        ],
+        Db::Sqlite(_) => &[
+            "SELECT m.name || '.' || p.name || ' ' || p.type || ' ' || p.\"notnull\" || ' ' \
+                 || COALESCE(p.dflt_value, '-') || ' ' || p.pk || ' #' || p.cid AS entry \
+             FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+             WHERE m.type IN ('table', 'view') AND m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\'",
+            "SELECT 'index ' || name || ' on ' || tbl_name || ': ' || COALESCE(sql, '-') AS entry \
+             FROM sqlite_master WHERE type = 'index'",
+            "SELECT 'view ' || name || ': ' || sql AS entry FROM sqlite_master WHERE type = 'view'",
+        ],
+    };
+    let mut entries = Vec::new();
+    for query in queries {
+        let rows: Vec<CatalogueEntry> =
+            on!(db, conn => diesel::sql_query(*query).load(conn)).expect("read the catalogue");
+        entries.extend(rows.into_iter().map(|r| r.entry));
+    }
+    entries.sort();
+    entries
+}
+
+fn apply_released(db: &TestDatabase) {
+    use diesel_migrations::MigrationHarness;
+    let applied = match db.connect() {
+        Db::Pg(mut conn) => conn
+            .run_pending_migrations(RELEASED_POSTGRES)
+            .map(|v| v.len()),
+        Db::Sqlite(mut conn) => conn
+            .run_pending_migrations(RELEASED_SQLITE)
+            .map(|v| v.len()),
+    }
+    .expect("the released migrations");
+    assert_eq!(applied, MIGRATION_COUNT);
+}
+
+async fn upgrade_from_the_released_set(backend: Backend) {
+    use std::sync::Arc;
+
+    use jarvis_crypt::{Encryptor, LocalKeyProvider, NoAudit, SearchKey};
+
+    let released = database(backend, "models_upgrade");
+    let fresh = database(backend, "models_upgrade_fresh");
+    let url = released.url.clone();
+    tokio::task::spawn_blocking({
+        let released = TestDatabase {
+            backend,
+            url: url.clone(),
+            _dir: None,
+        };
+        move || apply_released(&released)
+    })
+    .await
+    .expect("released set applied");
+
+    // Rows written by the seed's repositories under the released schema.
+    let db = jarvis_models::Database::connect(&url, 2).await.expect("db");
+    let encryptor = Encryptor::builder(Arc::new(LocalKeyProvider::generate()))
+        .search_key(SearchKey::generate())
+        .build();
+    let store = jarvis_models::Store::new(db.clone(), encryptor, Arc::new(NoAudit));
+    let ada = store.create_user("ada@example.com").await.expect("user");
+    let before = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            catalogue(
+                &mut TestDatabase {
+                    backend,
+                    url,
+                    _dir: None,
+                }
+                .connect(),
+            )
+        }
+    })
+    .await
+    .expect("catalogue");
+
+    // The upgrade applies nothing: both sets' versions are there.
+    let applied = migrations::run_pending_migrations(&url)
+        .await
+        .expect("upgrade");
+    assert!(applied.is_empty(), "re-applied: {applied:?}");
+    let status = migrations::migration_status(&url).await.expect("status");
+    assert!(
+        status.is_up_to_date() && status.unknown.is_empty(),
+        "{status:?}"
+    );
+    let bookkeeping = migrations::migration_status_of(&url, &[migrations::BOOKKEEPING])
+        .await
+        .expect("status");
+    assert!(bookkeeping.is_up_to_date(), "{bookkeeping:?}");
+    assert_eq!(bookkeeping.unknown.len(), 3, "the seed's tables' three");
+
+    let (after, upgraded_problems, new) = tokio::task::spawn_blocking({
+        let url = url.clone();
+        let fresh_url = fresh.url.clone();
+        move || {
+            let mut upgraded = TestDatabase {
+                backend,
+                url,
+                _dir: None,
+            }
+            .connect();
+            let after = catalogue(&mut upgraded);
+            let problems = schema_problems(&mut upgraded);
+            run_pending_migrations_blocking(&fresh_url).expect("the new sets on a fresh database");
+            let new = catalogue(
+                &mut TestDatabase {
+                    backend,
+                    url: fresh_url,
+                    _dir: None,
+                }
+                .connect(),
+            );
+            (after, problems, new)
+        }
+    })
+    .await
+    .expect("catalogues");
+    assert_eq!(before, after, "the upgrade changed the schema");
+    assert!(upgraded_problems.is_empty(), "{upgraded_problems:?}");
+    // The two sets build what the released set built.
+    assert_eq!(
+        after, new,
+        "the new sets build another schema than the released one"
+    );
+
+    // The rows are intact and verify clean.
+    let report = jarvis_models::verify::verify(&db, store.encryptor(), None)
+        .await
+        .expect("verify");
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(
+        store.find_user(ada.id).await.expect("ada").email,
+        "ada@example.com"
+    );
+    // Dropped before the SQLite file goes.
+    drop(store);
+    drop(db);
+    drop(released);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_the_released_set_upgrades_on_postgres() {
+    upgrade_from_the_released_set(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_the_released_set_upgrades_on_sqlite() {
+    upgrade_from_the_released_set(Backend::Sqlite).await;
+}
+
+/// An application's database gets the bookkeeping tables alone.
+#[tokio::test]
+async fn the_bookkeeping_set_alone_has_no_seed_tables() {
+    let db = sqlite();
+    let applied = migrations::run_bookkeeping_migrations(&db.url)
+        .await
+        .expect("bookkeeping");
+    assert_eq!(
+        applied,
+        Backend::Sqlite.embedded_migrations_of(&[migrations::BOOKKEEPING])
+    );
+    let url = db.url.clone();
+    let relations = tokio::task::spawn_blocking(move || {
+        relations(
+            &mut TestDatabase {
+                backend: Backend::Sqlite,
+                url,
+                _dir: None,
+            }
+            .connect(),
+        )
+    })
+    .await
+    .expect("relations");
+    for table in [
+        "jarvis_keys",
+        "jarvis_settings",
+        "jarvis_jobs",
+        "jarvis_job_progress",
+        "encryption_audit_log",
+        "encryption_audit_summary",
+        "encrypted_backups",
+    ] {
+        assert!(relations.contains_key(table), "{table}: {relations:?}");
+    }
+    for seed in [
+        "users",
+        "api_keys",
+        "oauth_tokens",
+        "active_api_keys_summary",
+    ] {
+        assert!(!relations.contains_key(seed), "{seed}: {relations:?}");
+    }
+}

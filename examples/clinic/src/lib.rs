@@ -1,29 +1,35 @@
 //! A clinic: an application with its own `#[derive(Encrypted)]` models, none of the seed's
-//! tables, and an operations binary of three lines (`src/bin/clinic-ops.rs`).
+//! tables, its own migrations, and an operations binary of a few lines
+//! (`src/bin/clinic-ops.rs`).
 
 use std::fmt;
 
+use diesel_migrations::embed_migrations;
 use jarvis_crypt::Encrypted;
+use jarvis_models::migrations::MigrationSet;
 
 /// The application's diesel schema.
 pub mod schema {
     diesel::table! {
-        /// Patients; `ssn` is searchable, `notes` optional.
+        /// Patients. The SSN, searchable, was a plaintext column (`ssn`) and is in the
+        /// migrating state; notes, allergies (JSON) and a photo (bytes) are optional.
         patients (id) {
             /// Row id.
             id -> BigInt,
             /// Display name (plaintext).
             name -> Text,
+            /// The SSN in plaintext, from before encryption; NULL once encrypted.
+            ssn -> Nullable<Text>,
             /// Ciphertext of the SSN.
-            encrypted_ssn -> Binary,
+            encrypted_ssn -> Nullable<Binary>,
             /// Nonce of `encrypted_ssn`.
-            ssn_iv -> Binary,
+            ssn_iv -> Nullable<Binary>,
             /// Tag of `encrypted_ssn`.
-            ssn_auth_tag -> Binary,
+            ssn_auth_tag -> Nullable<Binary>,
             /// Wrapped data key of `encrypted_ssn`.
-            ssn_data_key -> Binary,
+            ssn_data_key -> Nullable<Binary>,
             /// Search hash of the SSN.
-            ssn_hash -> Binary,
+            ssn_hash -> Nullable<Binary>,
             /// Ciphertext of the notes.
             encrypted_notes -> Nullable<Binary>,
             /// Nonce of `encrypted_notes`.
@@ -32,6 +38,25 @@ pub mod schema {
             notes_auth_tag -> Nullable<Binary>,
             /// Wrapped data key of `encrypted_notes`.
             notes_data_key -> Nullable<Binary>,
+            /// Ciphertext of the allergies (JSON).
+            encrypted_allergies -> Nullable<Binary>,
+            /// Nonce of `encrypted_allergies`.
+            allergies_iv -> Nullable<Binary>,
+            /// Tag of `encrypted_allergies`.
+            allergies_auth_tag -> Nullable<Binary>,
+            /// Wrapped data key of `encrypted_allergies`.
+            allergies_data_key -> Nullable<Binary>,
+            /// Ciphertext of the photo.
+            encrypted_photo -> Nullable<Binary>,
+            /// Nonce of `encrypted_photo`.
+            photo_iv -> Nullable<Binary>,
+            /// Tag of `encrypted_photo`.
+            photo_auth_tag -> Nullable<Binary>,
+            /// Wrapped data key of `encrypted_photo`.
+            photo_data_key -> Nullable<Binary>,
+            /// When the row's values were last encrypted by `rotate` (`rotate --older-than`
+            /// reads it); `timestamptz` on PostgreSQL.
+            keys_rotated_at -> Nullable<Timestamp>,
         }
     }
 
@@ -54,58 +79,36 @@ pub mod schema {
     }
 }
 
-/// The tables, for SQLite.
-pub const SQLITE_SCHEMA: &str = "
-CREATE TABLE patients (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    encrypted_ssn BLOB NOT NULL, ssn_iv BLOB NOT NULL, ssn_auth_tag BLOB NOT NULL,
-    ssn_data_key BLOB NOT NULL, ssn_hash BLOB NOT NULL,
-    encrypted_notes BLOB, notes_iv BLOB, notes_auth_tag BLOB, notes_data_key BLOB
+/// The clinic's migrations (`migrations/{postgres,sqlite}`), which its operations binary's
+/// `migrate` applies after the bookkeeping tables. Their versions (`2026-12-03-1000NN`) are
+/// the clinic's own: diesel records versions only, so no two sets may share one.
+pub const MIGRATIONS: MigrationSet = MigrationSet::new(
+    "clinic",
+    &embed_migrations!("migrations/postgres"),
+    &embed_migrations!("migrations/sqlite"),
 );
-CREATE INDEX patients_ssn_hash ON patients (ssn_hash);
-CREATE TABLE visits (
-    id INTEGER PRIMARY KEY,
-    patient_id BIGINT NOT NULL REFERENCES patients (id),
-    encrypted_summary BLOB NOT NULL, summary_iv BLOB NOT NULL, summary_auth_tag BLOB NOT NULL,
-    summary_data_key BLOB NOT NULL
-);
-";
-
-/// The tables, for PostgreSQL.
-pub const POSTGRES_SCHEMA: &str = "
-CREATE TABLE patients (
-    id BIGSERIAL PRIMARY KEY,
-    name TEXT NOT NULL,
-    encrypted_ssn BYTEA NOT NULL, ssn_iv BYTEA NOT NULL, ssn_auth_tag BYTEA NOT NULL,
-    ssn_data_key BYTEA NOT NULL, ssn_hash BYTEA NOT NULL,
-    encrypted_notes BYTEA, notes_iv BYTEA, notes_auth_tag BYTEA, notes_data_key BYTEA,
-    admitted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    profile JSONB
-);
-CREATE INDEX patients_ssn_hash ON patients (ssn_hash);
-CREATE TABLE visits (
-    id BIGSERIAL PRIMARY KEY,
-    patient_id BIGINT NOT NULL REFERENCES patients (id),
-    encrypted_summary BYTEA NOT NULL, summary_iv BYTEA NOT NULL, summary_auth_tag BYTEA NOT NULL,
-    summary_data_key BYTEA NOT NULL
-);
-";
 
 /// A patient.
 #[derive(Clone, PartialEq, Eq, Encrypted)]
-#[encrypted(table = crate::schema::patients, bind = id)]
+#[encrypted(table = crate::schema::patients, bind = id, rotated_at = keys_rotated_at)]
 pub struct Patient {
     /// Row id.
     pub id: i64,
     /// Display name.
     pub name: String,
-    /// Social security number, found again by its search hash.
-    #[encrypted(search)]
+    /// Social security number, found again by its search hash; rows written before
+    /// encryption hold it in the plaintext column `ssn` until `encrypt-existing` runs.
+    #[encrypted(search, migrating_from = ssn)]
     pub ssn: String,
     /// Free-text notes.
     #[encrypted]
     pub notes: Option<String>,
+    /// Known allergies, stored as encrypted JSON.
+    #[encrypted(json)]
+    pub allergies: Option<Vec<String>>,
+    /// A photo.
+    #[encrypted]
+    pub photo: Option<Vec<u8>>,
 }
 
 /// A visit.

@@ -102,8 +102,9 @@ impl fmt::Display for Reason {
 
 /// The longest `\restrict` key accepted (pg_dump writes 64 characters).
 const MAX_RESTRICT_KEY: usize = 256;
-/// Tokens kept per statement for classifying it; a `COPY` or `SET` needs a handful.
-const MAX_TOKENS: usize = 48;
+/// Tokens kept per statement for classifying it: a `SET` needs a handful, a `COPY` two per
+/// column of its column list, for a table of up to PostgreSQL's 1,600 columns.
+const MAX_TOKENS: usize = 2 * 1_600 + 16;
 /// String contents kept for classification (setting and encoding names).
 const MAX_KEPT_STRING: usize = 64;
 
@@ -1177,6 +1178,16 @@ SELECT E'\\\\' || 'x';\n\
         check("COPY t FROM stdin; -- data\n1\n\\.\n").expect("a comment after it");
         // Columns named like keywords are inside the parentheses.
         check("COPY public.t (program, \"binary\") FROM stdin;\n\\.\n").expect("columns");
+        // A wide table's column list, as pg_dump writes it.
+        let columns: Vec<String> = (0..1_600).map(|i| format!("c{i}")).collect();
+        let wide = format!(
+            "COPY public.wide ({}) FROM stdin;\n\\.\n",
+            columns.join(", ")
+        );
+        check(&wide).expect("1,600 columns");
+        let more: Vec<String> = (0..1_700).map(|i| format!("c{i}")).collect();
+        let over = format!("COPY public.wide ({}) FROM stdin;\n\\.\n", more.join(", "));
+        assert!(matches!(refused(&over), Reason::Copy(_)));
     }
 
     #[test]

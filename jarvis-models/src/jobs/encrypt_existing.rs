@@ -1,8 +1,13 @@
-//! `jarvis encrypt-existing`: encrypt the plaintext column of a table in the migrating state
-//! into its encrypted columns and search hash, clearing the plaintext, in batches.
+//! `jarvis encrypt-existing`: encrypt the plaintext column of a field in the migrating state
+//! (`#[encrypted(migrating_from = column)]`) into its encrypted columns and search hash,
+//! clearing the plaintext, in batches.
 //!
-//! Today one column is in the migrating state: `users.email` ([`SUPPORTED`]); anything else is
-//! refused with a configuration error that lists what is supported.
+//! The job works on any model's table through its description
+//! ([`EncryptedTable`](jarvis_crypt::EncryptedTable)): [`encrypt_existing_in`] takes the
+//! tables an application registers, [`encrypt_existing`] the seed's (`users.email`,
+//! [`SUPPORTED`]). A column that is not a registered field's `migrating_from` is refused with
+//! a configuration error that lists the ones there are. Only the described columns are read
+//! and written, by their SQL names, with every value bound.
 //!
 //! # One batch
 //!
@@ -10,28 +15,27 @@
 //!
 //! 1. `BEGIN` (PostgreSQL) or `BEGIN IMMEDIATE` (SQLite: the database's write lock, so the
 //!    workers of a SQLite database take turns).
-//! 2. Select up to `batch_size` rows `WHERE encrypted_email IS NULL AND email IS NOT NULL
-//!    ORDER BY id`, on PostgreSQL `FOR UPDATE SKIP LOCKED`: workers of this process and of
-//!    other processes (on any machine) never take the same row, and a row an application
-//!    transaction holds is skipped rather than waited for.
-//! 3. Build the [`User`] of each row from its plaintext and encrypt it with
-//!    [`Encrypted::encrypt_row`] (ciphertext columns and search hash set, plaintext `NULL`).
-//!    `created_at` and `updated_at` are kept: the user's data did not change.
-//! 4. **Verify** every new row before anything is written: its plaintext column must be
-//!    `NULL`, its ciphertext and search hash present, and it must decrypt (through
-//!    [`User::decrypt_rows`], with the row's own id as associated data) to exactly the
-//!    plaintext read. Decryption goes through a second [`Encryptor`] with an empty cache
+//! 2. Select up to `batch_size` rows `WHERE <ciphertext> IS NULL AND <plaintext> IS NOT NULL
+//!    ORDER BY <primary key>`, on PostgreSQL `FOR UPDATE SKIP LOCKED`: workers of this process
+//!    and of other processes (on any machine) never take the same row, and a row an
+//!    application transaction holds is skipped rather than waited for.
+//! 3. Encrypt each plaintext for its place (the table, the ciphertext column and the row key
+//!    the model binds) and compute its search hash. No other column is touched: the row's
+//!    data did not change.
+//! 4. **Verify** every new value before anything is written: it must decrypt, bound to its
+//!    row, to exactly the plaintext read. Decryption goes through a second [`Encryptor`] with
+//!    an empty cache
 //!    ([`Encryptor::with_fresh_data_key`]; only its decrypt side is used), so the wrapped
 //!    data key written into the rows is unwrapped by the key provider itself, once per
 //!    distinct data key per run: a provider that can generate keys but not unwrap them (a
 //!    KMS key policy granting `GenerateDataKey` but not `Decrypt`) stops the job before its
 //!    first commit instead of writing rows nobody can read. Any failure or mismatch rolls the
 //!    batch back and ends the job with that error.
-//! 5. `UPDATE users SET <all stored-form columns, email = NULL> WHERE id = $1 AND
-//!    encrypted_email IS NULL AND email IS NOT NULL`, one statement per row; a row that no
-//!    longer matches (which the locks rule out) rolls the batch back too.
-//! 6. `COMMIT`, then one audit event ([`Operation::Migrate`], table `users`, column
-//!    `encrypted_email`, the batch's record ids, the master key id) and a [`Progress`] call.
+//! 5. `UPDATE <table> SET <stored-form columns>, <search hash>, <plaintext> = NULL WHERE
+//!    <primary key> = $1 AND <ciphertext> IS NULL AND <plaintext> IS NOT NULL`, one statement
+//!    per row; a row that no longer matches (which the locks rule out) rolls the batch back.
+//! 6. `COMMIT`, then one audit event ([`Operation::Migrate`], the table, the ciphertext
+//!    column, the batch's record ids, the master key id) and a [`Progress`] call.
 //!    A failed batch records an event with its error kind.
 //!
 //! # Safety and resumption
@@ -63,34 +67,36 @@
 //!
 //! # Counts
 //!
-//! "Pending" rows are those the job would encrypt: no ciphertext and a plaintext email.
+//! "Pending" rows are those the job would encrypt: no ciphertext and a plaintext.
 //! The report's `rows_remaining` counts them after the run: more than zero after a run that
 //! was not stopped means rows were locked by other transactions or written in plaintext
 //! meanwhile; run the job again. Rows with both a ciphertext and a plaintext email (written
 //! by hand or by an old application after their migration) are not touched: which value is
 //! right cannot be decided here; they are counted in `rows_conflicting`.
+//!
+//! A plaintext that cannot be the field's value (text that is not UTF-8) fails its batch
+//! with [`jarvis_crypt::Error::InvalidPlaintext`], naming the row; nothing is written.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use diesel::{ExpressionMethods, QueryDsl, SelectableHelper};
-use diesel_async::RunQueryDsl;
-use jarvis_crypt::{AuditEvent, AuditSink, Encrypted, Encryptor, Operation};
+use jarvis_crypt::{
+    AuditEvent, AuditSink, Encryptor, FieldDescription, Operation, StoredField, TableDescription,
+    ValueKind,
+};
 
 use super::runner::Batches;
 pub use super::runner::Progress;
 use crate::db::{Conn, Database, Transaction};
+use crate::described::{self, Arg, StoredRow, quote};
 use crate::error::ModelError;
-use crate::models::{User, UserRow};
-use crate::schema::users;
 use crate::store::Store;
-use crate::with_conn;
 
 type Result<T, E = ModelError> = std::result::Result<T, E>;
 
-/// The `(table, plaintext column)` pairs the job can migrate: the columns in the migrating
-/// state.
+/// The `(table, plaintext column)` pairs of the seed's models in the migrating state, which
+/// [`encrypt_existing`] migrates. [`encrypt_existing_in`] takes any registered model's.
 pub const SUPPORTED: &[(&str, &str)] = &[("users", "email")];
 
 /// What to migrate and how.
@@ -137,13 +143,19 @@ impl EncryptExistingOptions {
         }
     }
 
-    fn check(&self) -> Result<()> {
-        let supported = SUPPORTED
-            .iter()
-            .any(|(table, column)| *table == self.table && *column == self.column);
-        if !supported {
-            let list: Vec<String> = SUPPORTED
+    /// The table and field the options name, among `tables`.
+    fn check<'t>(&self, tables: &[&'t TableDescription]) -> Result<(&'t TableDescription, usize)> {
+        let found = tables.iter().find_map(|table| {
+            let same_table = table.name == self.table || table.bound_name == self.table;
+            let index = table
+                .fields
                 .iter()
+                .position(|f| f.migrating_from == Some(self.column.as_str()));
+            same_table.then_some(index.map(|i| (*table, i))).flatten()
+        });
+        let Some(found) = found else {
+            let list: Vec<String> = migrating_columns(tables)
+                .into_iter()
                 .map(|(table, column)| format!("{table}.{column}"))
                 .collect();
             return Err(configuration(format!(
@@ -151,9 +163,13 @@ impl EncryptExistingOptions {
                  supported: {}",
                 self.table,
                 self.column,
-                list.join(", ")
+                if list.is_empty() {
+                    "none (no registered field has `migrating_from`)".to_owned()
+                } else {
+                    list.join(", ")
+                }
             )));
-        }
+        };
         if self.batch_size == 0 {
             return Err(configuration(
                 "encrypt-existing: the batch size must be at least 1",
@@ -164,8 +180,23 @@ impl EncryptExistingOptions {
                 "encrypt-existing: at least one worker is needed",
             ));
         }
-        Ok(())
+        described::primary_key(found.0)?;
+        Ok(found)
     }
+}
+
+/// The `(table, plaintext column)` of every field of `tables` in the migrating state, in
+/// their order.
+pub fn migrating_columns(tables: &[&TableDescription]) -> Vec<(String, &'static str)> {
+    tables
+        .iter()
+        .flat_map(|table| {
+            table
+                .fields
+                .iter()
+                .filter_map(|f| f.migrating_from.map(|column| (table.name.clone(), column)))
+        })
+        .collect()
 }
 
 /// What a run did.
@@ -208,24 +239,38 @@ impl EncryptExistingReport {
     }
 }
 
-/// Encrypts the pending plaintext of `options.table`.`options.column` in batches (see the
-/// [module docs](self)), calling `progress` after each committed batch.
-///
-/// Returns the report of the run, or the error of the first failed batch (batches committed
-/// before it stay committed; run the job again to finish). Refuses unsupported columns, a
-/// batch size of 0 and 0 workers with a configuration error ([`ModelError::Crypto`] of
-/// [`jarvis_crypt::Error::Configuration`]).
+/// Encrypts the pending plaintext of `options.table`.`options.column`, a column of the seed's
+/// models ([`SUPPORTED`]); see [`encrypt_existing_in`].
 pub async fn encrypt_existing(
     store: &Store,
     options: &EncryptExistingOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<EncryptExistingReport> {
+    encrypt_existing_in(store, &crate::models::seed_tables(), options, progress).await
+}
+
+/// Encrypts the pending plaintext of `options.table`.`options.column`, the `migrating_from`
+/// column of a field of one of `tables`, in batches (see the [module docs](self)), calling
+/// `progress` after each committed batch.
+///
+/// Returns the report of the run, or the error of the first failed batch (batches committed
+/// before it stay committed; run the job again to finish). Refuses a column that is not in
+/// the migrating state, a table without a single-column primary key, a batch size of 0 and 0
+/// workers with a configuration error ([`ModelError::Crypto`] of
+/// [`jarvis_crypt::Error::Configuration`]).
+pub async fn encrypt_existing_in(
+    store: &Store,
+    tables: &[&TableDescription],
+    options: &EncryptExistingOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<EncryptExistingReport> {
     let started = Instant::now();
-    options.check()?;
-    let before = counts(store.database()).await?;
+    let (table, index) = options.check(tables)?;
+    let field = &table.fields[index];
+    let before = counts(store.database(), table, field).await?;
     let batch_size = options.batch_size as u64;
     tracing::info!(
-        table = %options.table,
+        table = %table.name,
         column = %options.column,
         pending = before.pending,
         conflicting = before.conflicting,
@@ -256,6 +301,8 @@ pub async fn encrypt_existing(
     let job = Job {
         store,
         options,
+        table,
+        index,
         verifier: store.encryptor().with_fresh_data_key(),
     };
     let batches = Batches::new(options.stop.as_ref(), progress, 0, before.pending);
@@ -273,7 +320,7 @@ pub async fn encrypt_existing(
         );
         return Err(error);
     }
-    let after = counts(store.database()).await?;
+    let after = counts(store.database(), table, field).await?;
     report.rows_remaining = after.pending;
     report.rows_conflicting = after.conflicting;
     report.stopped = batches.stopped() && after.pending > 0;
@@ -300,23 +347,27 @@ struct Counts {
     conflicting: u64,
 }
 
-async fn counts(db: &Database) -> Result<Counts> {
+/// `<ciphertext> IS [NOT] NULL AND <plaintext> IS NOT NULL`.
+fn condition(field: &FieldDescription, encrypted: bool) -> String {
+    let plain = field
+        .migrating_from
+        .map_or_else(|| "NULL".to_owned(), quote);
+    format!(
+        "{} IS {}NULL AND {plain} IS NOT NULL",
+        quote(field.ciphertext),
+        if encrypted { "NOT " } else { "" }
+    )
+}
+
+async fn counts(
+    db: &Database,
+    table: &TableDescription,
+    field: &FieldDescription,
+) -> Result<Counts> {
     let mut conn = db.get().await?;
-    let pending: i64 = with_conn!(&mut conn, |c| users::table
-        .filter(users::encrypted_email.is_null())
-        .filter(users::email.is_not_null())
-        .count()
-        .get_result(c)
-        .await?);
-    let conflicting: i64 = with_conn!(&mut conn, |c| users::table
-        .filter(users::encrypted_email.is_not_null())
-        .filter(users::email.is_not_null())
-        .count()
-        .get_result(c)
-        .await?);
     Ok(Counts {
-        pending: u64::try_from(pending).unwrap_or(0),
-        conflicting: u64::try_from(conflicting).unwrap_or(0),
+        pending: described::count(&mut conn, table, &condition(field, false)).await?,
+        conflicting: described::count(&mut conn, table, &condition(field, true)).await?,
     })
 }
 
@@ -324,19 +375,26 @@ async fn counts(db: &Database) -> Result<Counts> {
 struct Job<'a> {
     store: &'a Store,
     options: &'a EncryptExistingOptions,
-    /// Decrypts new rows through the key provider (an empty cache of its own).
+    table: &'a TableDescription,
+    /// The field migrated: its index in the table's fields.
+    index: usize,
+    /// Decrypts new values through the key provider (an empty cache of its own).
     verifier: Encryptor,
 }
 
 impl Job<'_> {
+    fn field(&self) -> &FieldDescription {
+        &self.table.fields[self.index]
+    }
+
     /// One batch, audited: the number of rows encrypted (0: nothing pending).
     async fn batch(&self, worker: usize) -> Result<u64> {
         let started = Instant::now();
         let mut ids = Vec::new();
         let result = self.batch_in_transaction(&mut ids).await;
         if !ids.is_empty() || result.is_err() {
-            let mut event = AuditEvent::new(Operation::Migrate, "users".to_owned(), started)
-                .column("encrypted_email")
+            let mut event = AuditEvent::new(Operation::Migrate, self.table.name.clone(), started)
+                .column(self.field().ciphertext)
                 .records(ids.iter().copied())
                 .key(self.store.encryptor().master_key().key_id);
             if let Err(error) = &result {
@@ -374,43 +432,51 @@ impl Job<'_> {
     /// receives the selected rows' ids.
     async fn encrypt_batch(&self, conn: &mut Conn, ids: &mut Vec<i64>) -> Result<u64> {
         let limit = i64::try_from(self.options.batch_size).unwrap_or(i64::MAX);
-        macro_rules! pending {
-            () => {
-                users::table
-                    .filter(users::encrypted_email.is_null())
-                    .filter(users::email.is_not_null())
-                    .order(users::id)
-                    .limit(limit)
-                    .select(UserRow::as_select())
-            };
-        }
-        let rows: Vec<UserRow> = match &mut *conn {
-            Conn::Postgres(c) => pending!().for_update().skip_locked().load(&mut **c).await?,
-            Conn::Sqlite(c) => pending!().load(&mut **c).await?,
-        };
+        let field = self.field();
+        let pending = condition(field, false);
+        let rows = described::load_rows(
+            conn,
+            self.table,
+            |sql| {
+                sql.push(&pending);
+                Ok(())
+            },
+            limit,
+            true,
+        )
+        .await?;
         ids.extend(rows.iter().map(|row| row.id));
         if rows.is_empty() {
             return Ok(0);
         }
-        let plain = rows
-            .into_iter()
-            .map(plaintext_user)
-            .collect::<Result<Vec<User>>>()?;
         let encryptor = self.store.encryptor();
-        let mut new_rows = Vec::with_capacity(plain.len());
-        for user in &plain {
-            new_rows.push(user.encrypt_row(encryptor).await?);
+        let mut new = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let plaintext = self.plaintext(row)?;
+            let binding = described::binding(self.table, field, row);
+            let stored = encryptor.encrypt(&binding, plaintext).await?;
+            let hash = match field.search {
+                Some(search) => Some(encryptor.search_hash(
+                    self.table.bound_name,
+                    search.bound_column,
+                    search.spec,
+                    text(plaintext, row.id)?,
+                )?),
+                None => None,
+            };
+            new.push((stored, hash));
         }
-        self.verify(&plain, &new_rows).await?;
-        for row in &new_rows {
-            let target = users::table
-                .find(row.id)
-                .filter(users::encrypted_email.is_null())
-                .filter(users::email.is_not_null());
-            let updated = with_conn!(&mut *conn, |c| diesel::update(target)
-                .set(row)
-                .execute(c)
-                .await?);
+        self.verify(&rows, &new).await?;
+        let plain_column = field.migrating_from.unwrap_or_default();
+        for (row, (stored, hash)) in rows.iter().zip(&new) {
+            let mut sets = described::value_sets(
+                field,
+                Some(stored),
+                Some(hash.as_ref().map(|h| h.as_bytes())),
+            );
+            sets.push((plain_column, Arg::Null));
+            let updated =
+                described::update_row(conn, self.table, row.id, sets, Some(&pending)).await?;
             if updated != 1 {
                 // The locks rule this out; roll back rather than guess.
                 tracing::error!(
@@ -418,68 +484,75 @@ impl Job<'_> {
                     "encrypt-existing: a row changed during its batch"
                 );
                 return Err(ModelError::NotFound {
-                    table: "users",
+                    table: self.table.bound_name,
                     id: row.id,
                 });
             }
         }
-        Ok(new_rows.len() as u64)
+        Ok(new.len() as u64)
     }
 
-    /// Checks that every new row holds only the encrypted form and decrypts, through the
-    /// key provider, to the plaintext it was made from.
-    async fn verify(&self, plain: &[User], rows: &[UserRow]) -> Result<()> {
-        for (user, row) in plain.iter().zip(rows) {
-            if row.id != user.id
-                || row.email.is_some()
-                || row.encrypted_email.is_none()
-                || row.email_hash.is_none()
-            {
-                return Err(verification_failed(user.id));
-            }
+    /// The plaintext of a pending row, as the field's value.
+    fn plaintext<'r>(&self, row: &'r StoredRow) -> Result<&'r [u8]> {
+        let value = row.values[self.index].plaintext.as_deref().ok_or_else(|| {
+            ModelError::Crypto(jarvis_crypt::Error::InvalidStoredForm(format!(
+                "{} {}: selected as pending without a plaintext",
+                self.table.name, row.id
+            )))
+        })?;
+        if self.field().kind == ValueKind::Text {
+            text(value, row.id)?;
         }
-        let decrypted = User::decrypt_rows(rows.to_vec(), &self.verifier)
-            .await
-            .inspect_err(|error| {
+        Ok(value)
+    }
+
+    /// Checks that every new value decrypts, bound to its row and through the key provider,
+    /// to the plaintext it was made from.
+    async fn verify(
+        &self,
+        rows: &[StoredRow],
+        new: &[(StoredField, Option<jarvis_crypt::SearchHash>)],
+    ) -> Result<()> {
+        let field = self.field();
+        let items: Vec<_> = rows
+            .iter()
+            .zip(new)
+            .map(|(row, (stored, _))| (described::binding(self.table, field, row), stored))
+            .collect();
+        let decrypted = self.verifier.decrypt_many(&items).await;
+        for (row, back) in rows.iter().zip(decrypted) {
+            let back = back.inspect_err(|error| {
                 tracing::error!(
                     error = %error,
-                    "encrypt-existing: verification could not decrypt a new row"
+                    "encrypt-existing: verification could not decrypt a new value"
                 );
             })?;
-        if decrypted.len() != plain.len() {
-            return Err(verification_failed(plain.first().map_or(0, |u| u.id)));
-        }
-        for (user, back) in plain.iter().zip(&decrypted) {
-            if back.id != user.id || back.email != user.email {
-                return Err(verification_failed(user.id));
+            if Some(back.as_slice()) != row.values[self.index].plaintext.as_deref() {
+                return Err(self.verification_failed(row.id));
             }
+        }
+        if field.search.is_some() && new.iter().any(|(_, hash)| hash.is_none()) {
+            return Err(self.verification_failed(rows.first().map_or(0, |r| r.id)));
         }
         Ok(())
     }
+
+    fn verification_failed(&self, id: i64) -> ModelError {
+        tracing::error!(id, "encrypt-existing: verification failed");
+        ModelError::Crypto(jarvis_crypt::Error::InvalidStoredForm(format!(
+            "encrypt-existing: the new stored form of {} {id} does not decrypt to its \
+             plaintext; the batch was rolled back",
+            self.table.name
+        )))
+    }
 }
 
-/// The model of a pending row, from its plaintext column.
-fn plaintext_user(row: UserRow) -> Result<User> {
-    let Some(email) = row.email else {
-        return Err(ModelError::Crypto(jarvis_crypt::Error::InvalidStoredForm(
-            format!(
-                "users {}: selected as pending without a plaintext email",
-                row.id
-            ),
-        )));
-    };
-    Ok(User {
-        id: row.id,
-        email,
-        created_at: row.created_at,
-        updated_at: row.updated_at,
+/// A text field's plaintext as text.
+fn text(value: &[u8], id: i64) -> Result<&str> {
+    std::str::from_utf8(value).map_err(|_| {
+        tracing::error!(id, "encrypt-existing: a plaintext is not UTF-8 text");
+        ModelError::Crypto(jarvis_crypt::Error::InvalidPlaintext(
+            "a plaintext of a text field is not UTF-8",
+        ))
     })
-}
-
-fn verification_failed(id: i64) -> ModelError {
-    tracing::error!(id, "encrypt-existing: verification failed");
-    ModelError::Crypto(jarvis_crypt::Error::InvalidStoredForm(format!(
-        "encrypt-existing: the new stored form of users {id} does not decrypt to its \
-         plaintext; the batch was rolled back"
-    )))
 }

@@ -12,6 +12,9 @@ pub mod encrypt_existing;
 pub mod rotate;
 mod runner;
 
-pub use encrypt_existing::{EncryptExistingOptions, EncryptExistingReport, encrypt_existing};
-pub use rotate::{RotateMode, RotateOptions, RotateReport, TableReport, rotate};
+pub use encrypt_existing::{
+    EncryptExistingOptions, EncryptExistingReport, encrypt_existing, encrypt_existing_in,
+    migrating_columns,
+};
+pub use rotate::{RotateMode, RotateOptions, RotateReport, TableReport, rotate, rotate_in};
 pub use runner::Progress;

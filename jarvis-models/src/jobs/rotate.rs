@@ -6,7 +6,7 @@
 //!
 //! | mode | what a row gets | a row is pending while |
 //! |---|---|---|
-//! | [`RotateMode::OlderThan`] | its values re-encrypted under fresh data keys | `COALESCE(last_rotated_at, created_at)` is before the cut-off (the run's start minus the age) |
+//! | [`RotateMode::OlderThan`] | its values re-encrypted under fresh data keys | its `rotated_at` column (NULL: its `created_at`, if the model names one) is NULL or before the cut-off (the run's start minus the age); tables without `rotated_at` are left out |
 //! | [`RotateMode::Reencrypt`] | the same, for every row | any of its values is not under the writer's master key, or no committed batch of this run has done it |
 //! | [`RotateMode::ToKey`] | its data keys re-wrapped under another master key (KMS `ReEncrypt`); ciphertexts untouched | a data key is not yet under that master key |
 //! | [`RotateMode::Legacy`] | its legacy values (16-byte IV, no associated data, bare KMS blob) re-encrypted in the current form, search hash included | a value is legacy |
@@ -19,17 +19,22 @@
 //! calls the provider once per distinct data key of the run, however many rows share it, so
 //! rows that shared a data key still share one.
 //!
+//! The job works on any model's table through its description
+//! ([`EncryptedTable`](jarvis_crypt::EncryptedTable)): [`rotate_in`] takes the tables an
+//! application registers, [`rotate`] the seed's ([`TABLES`]). It reads and writes only the
+//! described columns, by their SQL names, paging and locking by the primary key.
+//!
 //! Only values in the current form are re-encrypted, re-wrapped or re-hashed; rows holding a
 //! legacy value are left to [`RotateMode::Legacy`] (counted in
-//! [`RotateReport::legacy_skipped`]), and `users` rows still in plaintext to
-//! `encrypt-existing`. Rows whose values get new data keys (`older-than`, `reencrypt`,
-//! `legacy`) get `rotation_count + 1` and `last_rotated_at = now`: the application's
-//! bookkeeping, which `--older-than` reads. Re-wrapping and re-hashing change no data key and
-//! leave both alone.
+//! [`RotateReport::legacy_skipped`]), and values still in plaintext to `encrypt-existing`.
+//! Rows whose values get new data keys (`older-than`, `reencrypt`, `legacy`) get the columns
+//! the model names for it set: `rotated_at = now` and `rotation_count + 1` (the seed's
+//! `last_rotated_at` and `rotation_count`), which `--older-than` reads. Re-wrapping and
+//! re-hashing change no data key and leave both alone.
 //!
 //! # What is done: the run's progress, not the rows' timestamps
 //!
-//! `last_rotated_at` is written by the application too (an API key replaced, a token
+//! A model's `rotated_at` (the seed's `last_rotated_at`) is written by the application too (an API key replaced, a token
 //! refreshed), so it cannot say whether this job has done a row. A `reencrypt` or `rehash`
 //! run is recorded in `jarvis_jobs` (kind and parameters); each committed batch records the
 //! ids it did in `jarvis_job_progress`, in the batch's own transaction, as ranges of
@@ -79,8 +84,8 @@
 //! [`RotateMode::Rehash`] is the deliberate change of root search key (or of a column's
 //! normalizers). The new key is explicit: [`RotateOptions::search_key`], or the store's
 //! encryptor's; the old one is the one whose fingerprint is recorded for the database
-//! ([`crate::keys`]). Every search column of every table ([`Encrypted::SEARCH_COLUMNS`]) is
-//! recomputed from the decrypted values ([`Encrypted::rehash_row`]); when every table is done,
+//! ([`crate::keys`]). Every search column of every table (each field's
+//! [`SearchDescription`]) is recomputed from the decrypted values; when every table is done,
 //! the recorded fingerprint is replaced by the new key's
 //! ([`replace_search_key_fingerprint`](crate::keys::replace_search_key_fingerprint)), and from
 //! then on processes with the new key pass their start-up check. A rerun after that is a
@@ -92,31 +97,26 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use chrono::{NaiveDateTime, Utc};
-use diesel::sql_types::Bool;
-use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, SelectableHelper};
+use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
 use diesel_async::RunQueryDsl;
 use jarvis_crypt::{
-    AuditEvent, AuditSink, Encrypted, Encryptor, MasterKeyRef, Operation, SearchColumn, SearchHash,
-    SearchKey, SearchKeyFingerprint, SearchSpec, WrappedKey, envelope_header,
+    AuditEvent, AuditSink, Encryptor, FieldDescription, MasterKeyRef, Operation, SearchDescription,
+    SearchHash, SearchKey, SearchKeyFingerprint, SearchSpec, StoredField, TableDescription,
+    WrappedKey, envelope_header,
 };
+use secrecy::zeroize::Zeroizing;
 use tokio::sync::OnceCell;
 
 use super::runner::{Batches, Progress};
 use crate::db::{Conn, Database, Transaction};
+use crate::described::{self, Form, StoredRow, quote};
 use crate::error::ModelError;
 use crate::migrations::Backend;
-use crate::models::{
-    ApiKey, ApiKeyRow, EncryptedBackup, EncryptedBackupRow, OAuthToken, OAuthTokenRow, User,
-    UserRow,
-};
-use crate::schema::{
-    api_keys, encrypted_backups, jarvis_job_progress, jarvis_jobs, oauth_tokens, users,
-};
+use crate::schema::{jarvis_job_progress, jarvis_jobs};
 use crate::store::Store;
 use crate::with_conn;
 
@@ -171,7 +171,8 @@ impl RotateMode {
     }
 }
 
-/// The tables `rotate` knows, in the order it does them.
+/// The seed's tables, which [`rotate`] does in this order ([`rotate_in`] takes any
+/// registered models' tables).
 pub const TABLES: [&str; 4] = ["users", "api_keys", "oauth_tokens", "encrypted_backups"];
 
 /// What to rotate and how.
@@ -217,24 +218,48 @@ impl RotateOptions {
         }
     }
 
-    fn tables(&self) -> Result<Vec<&'static str>> {
+    /// The tables of `all` the options select, in their order.
+    fn tables(&self, all: &[&'static TableDescription]) -> Result<Vec<&'static TableDescription>> {
         match &self.table {
-            None if self.mode == RotateMode::Rehash => Ok(TABLES
-                .into_iter()
-                .filter(|t| !search_columns_of(t).is_empty())
+            None if self.mode == RotateMode::Rehash => Ok(all
+                .iter()
+                .copied()
+                .filter(|t| searchable(t).next().is_some())
                 .collect()),
-            None => Ok(TABLES.to_vec()),
+            None if matches!(self.mode, RotateMode::OlderThan(_)) => {
+                // Tables whose age is not described are left out, and said so; `--table`
+                // names one explicitly and is refused for it (by its predicate).
+                let (dated, undated): (Vec<_>, Vec<_>) =
+                    all.iter().copied().partition(|t| t.rotated_at.is_some());
+                for table in &undated {
+                    tracing::warn!(
+                        table = %table.name,
+                        model = table.model,
+                        "rotate --older-than: left out, its model names no `rotated_at` column"
+                    );
+                }
+                if dated.is_empty() && !undated.is_empty() {
+                    return Err(configuration(
+                        "rotate --older-than: no registered model names a `rotated_at` column \
+                         (`#[encrypted(rotated_at = column)]`), so no row's age is known; \
+                         rotate with --reencrypt",
+                    ));
+                }
+                Ok(dated)
+            }
+            None => Ok(all.to_vec()),
             Some(_) if self.mode == RotateMode::Rehash => Err(configuration(
                 "rotate --rehash does every table: the search key changes for all of them at once",
             )),
-            Some(table) => TABLES
+            Some(table) => all
                 .iter()
-                .find(|t| **t == table.as_str())
+                .find(|t| t.name == *table || t.bound_name == table.as_str())
                 .map(|t| vec![*t])
                 .ok_or_else(|| {
+                    let known: Vec<&str> = all.iter().map(|t| t.name.as_str()).collect();
                     configuration(format!(
                         "rotate: unknown table `{table}`; known: {}",
-                        TABLES.join(", ")
+                        known.join(", ")
                     ))
                 }),
         }
@@ -334,16 +359,30 @@ impl RotateReport {
     }
 }
 
-/// Rotates the pending rows of the chosen tables (see the [module docs](self)), calling
-/// `progress` after each committed batch.
+/// Rotates the pending rows of the seed's tables ([`TABLES`]); see [`rotate_in`].
 pub async fn rotate(
     store: &Store,
     options: &RotateOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<RotateReport> {
+    rotate_in(store, &crate::models::seed_tables(), options, progress).await
+}
+
+/// Rotates the pending rows of the chosen tables among `tables` (the descriptions of
+/// registered models, see [`EncryptedTable`](jarvis_crypt::EncryptedTable)), as the
+/// [module docs](self) say, calling `progress` after each committed batch.
+pub async fn rotate_in(
+    store: &Store,
+    tables: &[&'static TableDescription],
+    options: &RotateOptions,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<RotateReport> {
     let started = Instant::now();
     options.check()?;
-    let tables = options.tables()?;
+    let tables = options.tables(tables)?;
+    for table in &tables {
+        described::primary_key(table)?;
+    }
     let db = store.database();
     if options.mode == RotateMode::Legacy && !store.encryptor().allows_legacy() {
         return Err(configuration(
@@ -351,12 +390,7 @@ pub async fn rotate(
         ));
     }
     let hashers = match options.mode {
-        RotateMode::Rehash => {
-            for table in &tables {
-                check_hash_columns(table)?;
-            }
-            Some(Hashers::new(store, options).await?)
-        }
+        RotateMode::Rehash => Some(Hashers::new(store, options).await?),
         _ => None,
     };
     let writer = store.encryptor().with_fresh_data_key();
@@ -421,7 +455,7 @@ pub async fn rotate(
         };
         total += pending;
         report.tables.push(TableReport {
-            table,
+            table: table.name.as_str(),
             rows_at_start: pending,
             rows_remaining: pending,
             legacy_skipped,
@@ -430,7 +464,7 @@ pub async fn rotate(
     }
     tracing::info!(
         mode = report.mode,
-        tables = ?tables,
+        tables = ?tables.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
         pending = total,
         batch_size = options.batch_size,
         workers = options.workers,
@@ -462,15 +496,14 @@ pub async fn rotate(
     'rounds: loop {
         let mut rows_this_round = 0;
         for &index in &round {
-            let table = report.tables[index].table;
+            let table = tables[index];
             let predicate = &predicates[index];
             let values = AtomicU64::new(0);
             let mut previous = report.tables[index].rows_remaining;
             let outcome = loop {
                 // One pass: each worker walks the table by id once, from its own cursor.
-                let cursors: Vec<AtomicI64> = (0..options.workers)
-                    .map(|_| AtomicI64::new(START))
-                    .collect();
+                let cursors: Vec<Mutex<Option<i64>>> =
+                    (0..options.workers).map(|_| Mutex::new(None)).collect();
                 let batches = Batches::new(options.stop.as_ref(), progress, done, total);
                 let result = batches
                     .run(options.workers, |worker| {
@@ -496,7 +529,7 @@ pub async fn rotate(
                 if remaining == 0 || batches.rows_done() == 0 || remaining >= previous {
                     break Ok(false);
                 }
-                tracing::info!(table, remaining, "rotate: rows left behind; another pass");
+                tracing::info!(table = %table.name, remaining, "rotate: rows left behind; another pass");
                 previous = remaining;
             };
             report.tables[index].values += values.into_inner();
@@ -504,7 +537,7 @@ pub async fn rotate(
                 Err(error) => {
                     tracing::error!(
                         error = %error,
-                        table,
+                        table = %table.name,
                         rows_rotated = done,
                         "rotate: stopped by a failed batch; committed batches stay, rerun to finish"
                     );
@@ -518,8 +551,8 @@ pub async fn rotate(
                 Ok(false) => {}
             }
         }
-        for (entry, predicate) in report.tables.iter_mut().zip(&predicates) {
-            entry.rows_remaining = count(db, entry.table, &predicate.pending).await?;
+        for ((entry, table), predicate) in report.tables.iter_mut().zip(&tables).zip(&predicates) {
+            entry.rows_remaining = count(db, table, &predicate.pending).await?;
         }
         let remaining = report.rows_remaining();
         if remaining == 0 || rows_this_round == 0 || remaining >= before_round {
@@ -581,7 +614,7 @@ pub async fn rotate(
 /// the configured key with the current normalizers.
 fn already_done(
     options: &RotateOptions,
-    tables: &[&'static str],
+    tables: &[&'static TableDescription],
     hashers: Option<&Hashers>,
     now: NaiveDateTime,
     started: Instant,
@@ -593,7 +626,7 @@ fn already_done(
         tables: tables
             .iter()
             .map(|table| TableReport {
-                table,
+                table: table.name.as_str(),
                 ..TableReport::default()
             })
             .collect(),
@@ -615,6 +648,12 @@ fn now() -> NaiveDateTime {
     Utc::now().naive_utc()
 }
 
+/// The tables' names, comma-separated.
+fn names(tables: &[&TableDescription]) -> String {
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    names.join(",")
+}
+
 // ---- runs: `jarvis_jobs` and their progress ----------------------------------------------
 
 const REENCRYPT_JOB: &str = "rotate-reencrypt";
@@ -622,13 +661,13 @@ const REHASH_JOB: &str = "rotate-rehash";
 
 /// A re-encryption run is the same run when it covers the same tables, writes under the
 /// same master key and computes search hashes with the same search key.
-fn reencrypt_parameters(writer: &Encryptor, tables: &[&str]) -> String {
+fn reencrypt_parameters(writer: &Encryptor, tables: &[&TableDescription]) -> String {
     let search_key = writer
         .search_key_fingerprint()
         .map_or_else(|| "none".to_owned(), |f| f.to_string());
     format!(
         "tables={};master_key={};search_key={search_key}",
-        tables.join(","),
+        names(tables),
         writer.master_key()
     )
 }
@@ -836,15 +875,16 @@ impl Hashers {
     /// The parameters: the tables, the new key, every search column's normalizers, then the
     /// old key. A finished run with the same beginning (`rehash` again, once the new key is
     /// recorded) left nothing to do.
-    fn run_spec(&self, tables: &[&str]) -> RunSpec {
+    fn run_spec(&self, tables: &[&TableDescription]) -> RunSpec {
         let hashes: Vec<String> = tables
             .iter()
-            .flat_map(|t| search_columns_of(t).iter())
-            .map(|c| format!("{}.{}:{}", c.table, c.hash, spec_name(c.spec)))
+            .flat_map(|t| {
+                searchable(t).map(|(_, s)| format!("{}.{}:{}", t.name, s.column, spec_name(s.spec)))
+            })
             .collect();
         let state = format!(
             "tables={};search_key_to={};hashes={};",
-            tables.join(","),
+            names(tables),
             self.new,
             hashes.join(",")
         );
@@ -871,25 +911,14 @@ fn spec_name(spec: SearchSpec) -> String {
 
 // ---- which rows are pending -----------------------------------------------------------------
 
-/// The keyset cursor of a worker that has not done a batch in this pass yet.
-const START: i64 = i64::MIN;
-
 /// A batch looks for pending rows in windows of this many batch sizes of ids...
 const WINDOW_BATCHES: i64 = 4;
 /// ...and at least this many.
 const MIN_WINDOW: i64 = 256;
 
-/// The stored-form columns of one encrypted field.
-#[derive(Debug, Clone, Copy)]
-struct Field {
-    ciphertext: &'static str,
-    iv: &'static str,
-    data_key: &'static str,
-}
-
 /// SQL conditions over a table's columns, written for one backend. Everything interpolated
-/// is a column or table name of this module, a hex literal, an integer or a formatted
-/// timestamp: no input text.
+/// is a quoted name from the table's description, a quoted string literal of its name, a hex
+/// literal, an integer or a formatted timestamp: no input text.
 #[derive(Debug)]
 struct Predicate {
     /// The rows the mode still has to do.
@@ -898,24 +927,26 @@ struct Predicate {
     skipped: Option<String>,
     /// The rows no committed batch of the run has done (`reencrypt`, `rehash`).
     not_done: Option<String>,
+    /// The quoted primary-key column.
+    pk: String,
 }
 
 impl Predicate {
     fn new(
         backend: Backend,
-        table: &str,
+        table: &TableDescription,
         mode: &RotateMode,
         started_at: NaiveDateTime,
         run: Option<i64>,
         writer: &MasterKeyRef,
     ) -> Result<Self> {
-        let fields = fields_of(table);
-        let any = |f: &dyn Fn(&Field) -> String| {
-            let parts: Vec<String> = fields.iter().map(f).collect();
+        let pk = quote(described::primary_key(table)?);
+        let any = |f: &dyn Fn(&FieldDescription) -> String| {
+            let parts: Vec<String> = table.fields.iter().map(f).collect();
             format!("({})", parts.join(" OR "))
         };
-        let legacy = any(&|f| format!("COALESCE(length({}), 0) = 16", f.iv));
-        let current = any(&|f| format!("COALESCE(length({}), 0) = 12", f.iv));
+        let legacy = any(&|f| format!("COALESCE(length({}), 0) = 16", quote(f.iv)));
+        let current = any(&|f| format!("COALESCE(length({}), 0) = 12", quote(f.iv)));
         let timestamp = |at: NaiveDateTime| {
             let text = at.format("%Y-%m-%d %H:%M:%S%.6f");
             match backend {
@@ -933,19 +964,23 @@ impl Predicate {
             Ok(any(&|f| {
                 format!(
                     "(COALESCE(length({iv}), 0) = 12 AND substr({dk}, 1, {n}) <> {literal})",
-                    iv = f.iv,
-                    dk = f.data_key
+                    iv = quote(f.iv),
+                    dk = quote(f.data_key)
                 )
             }))
         };
         // Not done by the run: the range with the greatest first id at or before the row's
         // does not reach it (one index probe; no range: not done).
         let not_done = match run {
-            Some(job) => format!(
-                "NOT COALESCE((SELECT p.last_id >= {table}.id FROM jarvis_job_progress p \
-                 WHERE p.job_id = {job} AND p.table_name = '{table}' AND p.first_id <= {table}.id \
-                 ORDER BY p.first_id DESC LIMIT 1), FALSE)"
-            ),
+            Some(job) => {
+                let row_id = format!("{}.{pk}", quote(&table.name));
+                format!(
+                    "NOT COALESCE((SELECT p.last_id >= {row_id} FROM jarvis_job_progress p \
+                     WHERE p.job_id = {job} AND p.table_name = '{name}' AND p.first_id <= {row_id} \
+                     ORDER BY p.first_id DESC LIMIT 1), FALSE)",
+                    name = table.name.replace('\'', "''")
+                )
+            }
             // A dry run with nothing recorded yet: a new run would do every row.
             None => "TRUE".to_owned(),
         };
@@ -953,21 +988,34 @@ impl Predicate {
             pending: format!("{current} AND NOT {legacy} AND {condition}"),
             skipped: Some(legacy.clone()),
             not_done: None,
+            pk: pk.clone(),
         };
         Ok(match mode {
             RotateMode::Legacy => Predicate {
                 pending: legacy.clone(),
                 skipped: None,
                 not_done: None,
+                pk: pk.clone(),
             },
             RotateMode::OlderThan(age) => {
                 let cutoff = started_at
                     .checked_sub_signed(*age)
                     .ok_or_else(|| configuration("rotate: --older-than is too far back"))?;
-                in_current_form(format!(
-                    "COALESCE(last_rotated_at, created_at) < {}",
-                    timestamp(cutoff)
-                ))
+                let Some(rotated_at) = table.rotated_at else {
+                    return Err(configuration(format!(
+                        "rotate --older-than: model `{}` names no column of the time its values \
+                         were last encrypted, so the age of `{}`'s rows is not known; add \
+                         `#[encrypted(rotated_at = column)]` (a timestamp column the jobs set), \
+                         or rotate the table with --reencrypt",
+                        table.model, table.name
+                    )));
+                };
+                let age = match table.created_at {
+                    Some(created) => format!("COALESCE({}, {})", quote(rotated_at), quote(created)),
+                    None => quote(rotated_at),
+                };
+                // A row whose age is not known (NULL) counts as old.
+                in_current_form(format!("({age} IS NULL OR {age} < {})", timestamp(cutoff)))
             }
             RotateMode::Reencrypt => Predicate {
                 not_done: Some(not_done.clone()),
@@ -981,6 +1029,7 @@ impl Predicate {
                 pending: format!("{} AND NOT {legacy}", not_under(to)?),
                 skipped: Some(legacy.clone()),
                 not_done: None,
+                pk: pk.clone(),
             },
         })
     }
@@ -988,12 +1037,18 @@ impl Predicate {
     /// The pending rows after a worker's keyset cursor, up to `last` (a window of ids: a
     /// bounded range of the primary key, which the planner scans in order, where the whole
     /// rest of the table would be sorted to find the first pending rows).
-    fn window(&self, cursor: i64, last: i64) -> String {
-        if cursor == START {
-            format!("{} AND id <= {last}", self.pending)
-        } else {
-            format!("{} AND id > {cursor} AND id <= {last}", self.pending)
+    fn window(&self, cursor: Option<i64>, last: i64) -> String {
+        let pk = &self.pk;
+        match cursor {
+            None => format!("{} AND {pk} <= {last}", self.pending),
+            Some(cursor) => format!("{} AND {pk} > {cursor} AND {pk} <= {last}", self.pending),
         }
+    }
+
+    /// `<pk> IN (ids) AND condition`.
+    fn among(&self, ids: &[i64], condition: &str) -> String {
+        let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+        format!("{} IN ({}) AND {condition}", self.pk, list.join(","))
     }
 }
 
@@ -1009,255 +1064,20 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn fields_of(table: &str) -> &'static [Field] {
-    match table {
-        "users" => <User as RotateTable>::FIELDS,
-        "api_keys" => <ApiKey as RotateTable>::FIELDS,
-        "oauth_tokens" => <OAuthToken as RotateTable>::FIELDS,
-        _ => <EncryptedBackup as RotateTable>::FIELDS,
-    }
+/// The searchable fields of `table`.
+fn searchable(
+    table: &TableDescription,
+) -> impl Iterator<Item = (&FieldDescription, SearchDescription)> {
+    table
+        .fields
+        .iter()
+        .filter_map(|f| f.search.map(|search| (f, search)))
 }
 
-fn search_columns_of(table: &str) -> &'static [SearchColumn] {
-    match table {
-        "users" => User::SEARCH_COLUMNS,
-        "api_keys" => ApiKey::SEARCH_COLUMNS,
-        "oauth_tokens" => OAuthToken::SEARCH_COLUMNS,
-        _ => EncryptedBackup::SEARCH_COLUMNS,
-    }
-}
-
-/// The hash columns this module reads of `table`, checked against what its model describes:
-/// a re-hash that read other columns than it writes would verify nothing.
-fn check_hash_columns(table: &str) -> Result<()> {
-    let listed = match table {
-        "users" => <User as RotateTable>::HASHES,
-        "api_keys" => <ApiKey as RotateTable>::HASHES,
-        "oauth_tokens" => <OAuthToken as RotateTable>::HASHES,
-        _ => <EncryptedBackup as RotateTable>::HASHES,
-    };
-    let described: Vec<&str> = search_columns_of(table).iter().map(|c| c.hash).collect();
-    if listed == described.as_slice() {
-        Ok(())
-    } else {
-        Err(configuration(format!(
-            "rotate: the search hash columns of `{table}` are {described:?}, not {listed:?}"
-        )))
-    }
-}
-
-async fn count(db: &Database, table: &str, predicate: &str) -> Result<u64> {
+async fn count(db: &Database, table: &TableDescription, predicate: &str) -> Result<u64> {
     let mut conn = db.get().await?;
-    let n = match table {
-        "users" => User::count(&mut conn, predicate).await?,
-        "api_keys" => ApiKey::count(&mut conn, predicate).await?,
-        "oauth_tokens" => OAuthToken::count(&mut conn, predicate).await?,
-        _ => EncryptedBackup::count(&mut conn, predicate).await?,
-    };
-    Ok(u64::try_from(n).unwrap_or(0))
+    described::count(&mut conn, table, predicate).await
 }
-
-// ---- the tables -----------------------------------------------------------------------------
-
-/// What the job needs of a model's table beyond [`Encrypted`].
-#[async_trait]
-trait RotateTable: Encrypted + Clone + PartialEq + 'static
-where
-    Self::Row: Clone + Sync,
-{
-    /// The stored-form columns of each encrypted field.
-    const FIELDS: &'static [Field];
-    /// The search-hash columns, as in [`Encrypted::SEARCH_COLUMNS`].
-    const HASHES: &'static [&'static str];
-    /// Rows matching `predicate`, by id, locked on PostgreSQL (`FOR UPDATE SKIP LOCKED`).
-    async fn pending(conn: &mut Conn, predicate: &str, limit: i64) -> Result<Vec<Self::Row>>;
-    /// Rows matching `predicate`.
-    async fn count(conn: &mut Conn, predicate: &str) -> Result<i64>;
-    /// The ids of the rows matching `predicate`.
-    async fn ids(conn: &mut Conn, predicate: &str) -> Result<Vec<i64>>;
-    /// The last of the next `size` ids after `cursor` ([`START`]: from the first), `None`
-    /// at the end of the table.
-    async fn window_end(conn: &mut Conn, cursor: i64, size: i64) -> Result<Option<i64>>;
-    /// Writes a row's columns; the number of rows changed.
-    async fn update(conn: &mut Conn, row: &Self::Row) -> Result<usize>;
-    /// Counts a rotation of rows `ids`.
-    async fn mark_rotated(conn: &mut Conn, ids: &[i64], at: NaiveDateTime) -> Result<usize>;
-    /// The row's id.
-    fn id(row: &Self::Row) -> i64;
-    /// The row's wrapped data keys (of the values it has).
-    fn data_keys_mut(row: &mut Self::Row) -> Vec<&mut WrappedKey>;
-    /// The row's search hashes, in the order of [`HASHES`](Self::HASHES).
-    fn hashes(row: &Self::Row) -> Vec<Option<&SearchHash>>;
-}
-
-/// A data-key column's value, NOT NULL or nullable.
-trait KeySlot {
-    fn slot(&mut self) -> Option<&mut WrappedKey>;
-}
-impl KeySlot for WrappedKey {
-    fn slot(&mut self) -> Option<&mut WrappedKey> {
-        Some(self)
-    }
-}
-impl KeySlot for Option<WrappedKey> {
-    fn slot(&mut self) -> Option<&mut WrappedKey> {
-        self.as_mut()
-    }
-}
-
-/// A search-hash column's value, NOT NULL or nullable.
-trait HashSlot {
-    fn hash(&self) -> Option<&SearchHash>;
-}
-impl HashSlot for SearchHash {
-    fn hash(&self) -> Option<&SearchHash> {
-        Some(self)
-    }
-}
-impl HashSlot for Option<SearchHash> {
-    fn hash(&self) -> Option<&SearchHash> {
-        self.as_ref()
-    }
-}
-
-macro_rules! rotate_table {
-    ($model:ty, $row:ty, $table:ident, [$(($ct:ident, $iv:ident, $dk:ident)),+ $(,)?],
-     hashes: [$($hash:ident),* $(,)?]) => {
-        #[async_trait]
-        impl RotateTable for $model {
-            const FIELDS: &'static [Field] = &[$(Field {
-                ciphertext: stringify!($ct),
-                iv: stringify!($iv),
-                data_key: stringify!($dk),
-            }),+];
-            const HASHES: &'static [&'static str] = &[$(stringify!($hash)),*];
-
-            async fn pending(conn: &mut Conn, predicate: &str, limit: i64) -> Result<Vec<$row>> {
-                macro_rules! query {
-                    () => {
-                        $table::table
-                            .filter(diesel::dsl::sql::<Bool>(predicate))
-                            .order($table::id)
-                            .limit(limit)
-                            .select(<$row>::as_select())
-                    };
-                }
-                Ok(match conn {
-                    Conn::Postgres(c) => {
-                        query!().for_update().skip_locked().load(&mut **c).await?
-                    }
-                    Conn::Sqlite(c) => query!().load(&mut **c).await?,
-                })
-            }
-
-            async fn count(conn: &mut Conn, predicate: &str) -> Result<i64> {
-                Ok(with_conn!(conn, |c| $table::table
-                    .filter(diesel::dsl::sql::<Bool>(predicate))
-                    .count()
-                    .get_result(c)
-                    .await?))
-            }
-
-            async fn ids(conn: &mut Conn, predicate: &str) -> Result<Vec<i64>> {
-                Ok(with_conn!(conn, |c| $table::table
-                    .filter(diesel::dsl::sql::<Bool>(predicate))
-                    .select($table::id)
-                    .load(c)
-                    .await?))
-            }
-
-            async fn window_end(conn: &mut Conn, cursor: i64, size: i64) -> Result<Option<i64>> {
-                let ids: Vec<i64> = with_conn!(conn, |c| {
-                    let query = $table::table.select($table::id).order($table::id).limit(size);
-                    if cursor == START {
-                        query.load(c).await?
-                    } else {
-                        query.filter($table::id.gt(cursor)).load(c).await?
-                    }
-                });
-                Ok(ids.last().copied())
-            }
-
-            async fn update(conn: &mut Conn, row: &$row) -> Result<usize> {
-                Ok(with_conn!(conn, |c| diesel::update($table::table.find(row.id))
-                    .set(row)
-                    .execute(c)
-                    .await?))
-            }
-
-            async fn mark_rotated(
-                conn: &mut Conn,
-                ids: &[i64],
-                at: NaiveDateTime,
-            ) -> Result<usize> {
-                Ok(with_conn!(conn, |c| diesel::update(
-                    $table::table.filter($table::id.eq_any(ids))
-                )
-                .set((
-                    $table::rotation_count.eq($table::rotation_count + 1),
-                    $table::last_rotated_at.eq(at),
-                ))
-                .execute(c)
-                .await?))
-            }
-
-            fn id(row: &$row) -> i64 {
-                row.id
-            }
-
-            fn data_keys_mut(row: &mut $row) -> Vec<&mut WrappedKey> {
-                let mut keys = Vec::new();
-                $(keys.extend(KeySlot::slot(&mut row.$dk));)+
-                keys
-            }
-
-            fn hashes(row: &$row) -> Vec<Option<&SearchHash>> {
-                let _ = row;
-                vec![$(HashSlot::hash(&row.$hash)),*]
-            }
-        }
-    };
-}
-
-rotate_table!(
-    User,
-    UserRow,
-    users,
-    [(encrypted_email, email_iv, email_data_key)],
-    hashes: [email_hash]
-);
-rotate_table!(
-    ApiKey,
-    ApiKeyRow,
-    api_keys,
-    [(encrypted_key, key_iv, key_data_key)],
-    hashes: [key_hash]
-);
-rotate_table!(
-    OAuthToken,
-    OAuthTokenRow,
-    oauth_tokens,
-    [
-        (
-            encrypted_access_token,
-            access_token_iv,
-            access_token_data_key
-        ),
-        (
-            encrypted_refresh_token,
-            refresh_token_iv,
-            refresh_token_data_key
-        ),
-    ],
-    hashes: []
-);
-rotate_table!(
-    EncryptedBackup,
-    EncryptedBackupRow,
-    encrypted_backups,
-    [(encrypted_data, data_iv, data_data_key)],
-    hashes: []
-);
 
 // ---- the batches ----------------------------------------------------------------------------
 
@@ -1265,7 +1085,7 @@ rotate_table!(
 struct Job<'a> {
     store: &'a Store,
     options: &'a RotateOptions,
-    /// Decrypts new rows through the key provider (an empty cache of its own).
+    /// Decrypts new values through the key provider (an empty cache of its own).
     verifier: Encryptor,
     /// Encrypts re-encrypted values: fresh data keys of this run.
     writer: Encryptor,
@@ -1277,29 +1097,35 @@ struct Job<'a> {
     rewrapped: Mutex<HashMap<Vec<u8>, Arc<OnceCell<WrappedKey>>>>,
 }
 
+/// One value of a batch: where it is, what it held and what it gets.
+struct Value {
+    /// Index of the row in the batch.
+    row: usize,
+    /// Index of the field in the description.
+    field: usize,
+    old: StoredField,
+    plaintext: Zeroizing<Vec<u8>>,
+    new: Option<StoredField>,
+    /// The new search hash, for a searchable field whose hash the mode writes.
+    hash: Option<SearchHash>,
+}
+
 impl Job<'_> {
     /// One batch of `table` after the worker's `cursor`, audited: the number of rows rotated
     /// (0: nothing pending after the cursor). Moves the cursor past the batch.
     async fn batch(
         &self,
-        table: &'static str,
+        table: &'static TableDescription,
         predicate: &Predicate,
-        cursor: &AtomicI64,
+        cursor: &Mutex<Option<i64>>,
         values: &AtomicU64,
     ) -> Result<u64> {
         let started = Instant::now();
         let mut ids = Vec::new();
-        let mut position = cursor.load(Ordering::SeqCst);
-        let at = &mut position;
-        let result = match table {
-            "users" => self.run::<User>(table, predicate, at, &mut ids).await,
-            "api_keys" => self.run::<ApiKey>(table, predicate, at, &mut ids).await,
-            "oauth_tokens" => self.run::<OAuthToken>(table, predicate, at, &mut ids).await,
-            _ => {
-                self.run::<EncryptedBackup>(table, predicate, at, &mut ids)
-                    .await
-            }
-        };
+        let mut position = *cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let result = self.run(table, predicate, &mut position, &mut ids).await;
         if !ids.is_empty() || result.is_err() {
             self.options
                 .audit
@@ -1307,13 +1133,16 @@ impl Job<'_> {
         }
         match result {
             Ok((rows, n)) => {
-                cursor.fetch_max(position, Ordering::SeqCst);
+                let mut at = cursor
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                *at = (*at).max(position);
                 values.fetch_add(n, Ordering::SeqCst);
-                tracing::debug!(table, rows, values = n, "rotate: batch committed");
+                tracing::debug!(table = %table.name, rows, values = n, "rotate: batch committed");
                 Ok(rows)
             }
             Err(error) => {
-                tracing::warn!(table, rows = ids.len(), error = %error, "rotate: batch rolled back");
+                tracing::warn!(table = %table.name, rows = ids.len(), error = %error, "rotate: batch rolled back");
                 Err(error)
             }
         }
@@ -1322,26 +1151,21 @@ impl Job<'_> {
     /// The audit event of one batch.
     fn event(
         &self,
-        table: &'static str,
+        table: &TableDescription,
         ids: &[i64],
         started: Instant,
         result: &Result<(u64, u64)>,
     ) -> AuditEvent {
+        let ciphertexts = || table.fields.iter().map(|f| f.ciphertext).collect();
         let (columns, key): (Vec<&str>, String) = match (&self.options.mode, &self.hashers) {
             (RotateMode::Rehash, Some(hashers)) => (
-                search_columns_of(table).iter().map(|c| c.hash).collect(),
+                searchable(table).map(|(_, s)| s.column).collect(),
                 format!("search-key:{}", hashers.new.short()),
             ),
-            (RotateMode::ToKey(to), _) => (
-                fields_of(table).iter().map(|f| f.ciphertext).collect(),
-                to.key_id.clone(),
-            ),
-            _ => (
-                fields_of(table).iter().map(|f| f.ciphertext).collect(),
-                self.writer.master_key().key_id,
-            ),
+            (RotateMode::ToKey(to), _) => (ciphertexts(), to.key_id.clone()),
+            _ => (ciphertexts(), self.writer.master_key().key_id),
         };
-        let mut event = AuditEvent::new(self.options.mode.operation(), table.to_owned(), started)
+        let mut event = AuditEvent::new(self.options.mode.operation(), table.name.clone(), started)
             .column(columns.join(","))
             .records(ids.iter().copied())
             .key(key);
@@ -1352,20 +1176,16 @@ impl Job<'_> {
     }
 
     /// One batch in one transaction: (rows, values) rotated.
-    async fn run<M>(
+    async fn run(
         &self,
-        table: &'static str,
+        table: &'static TableDescription,
         predicate: &Predicate,
-        position: &mut i64,
+        position: &mut Option<i64>,
         ids: &mut Vec<i64>,
-    ) -> Result<(u64, u64)>
-    where
-        M: RotateTable,
-        M::Row: Clone + Sync,
-    {
+    ) -> Result<(u64, u64)> {
         let mut tx = Transaction::begin(self.store.database()).await?;
         match self
-            .rotate_batch::<M>(tx.conn()?, table, predicate, position, ids)
+            .rotate_batch(tx.conn()?, table, predicate, position, ids)
             .await
         {
             Ok(counts) => {
@@ -1382,120 +1202,175 @@ impl Job<'_> {
     /// One batch inside the open transaction: the first pending rows after `position`,
     /// window by window; `position` ends after the last id the batch looked at (rows skipped
     /// as locked in between are left to the next pass).
-    async fn rotate_batch<M>(
+    async fn rotate_batch(
         &self,
         conn: &mut Conn,
-        table: &'static str,
+        table: &'static TableDescription,
         predicate: &Predicate,
-        position: &mut i64,
+        position: &mut Option<i64>,
         ids: &mut Vec<i64>,
-    ) -> Result<(u64, u64)>
-    where
-        M: RotateTable,
-        M::Row: Clone + Sync,
-    {
+    ) -> Result<(u64, u64)> {
         let limit = i64::try_from(self.options.batch_size).unwrap_or(i64::MAX);
         let window = limit.saturating_mul(WINDOW_BATCHES).max(MIN_WINDOW);
         let rows = loop {
-            let Some(last) = M::window_end(conn, *position, window).await? else {
+            let Some(last) = described::window_end(conn, table, *position, window).await? else {
                 return Ok((0, 0));
             };
-            let mut rows = M::pending(conn, &predicate.window(*position, last), limit).await?;
-            *position = match rows.iter().map(M::id).max() {
+            let condition = predicate.window(*position, last);
+            let mut rows = described::load_rows(
+                conn,
+                table,
+                |sql| {
+                    sql.push(&condition);
+                    Ok(())
+                },
+                limit,
+                true,
+            )
+            .await?;
+            *position = Some(match rows.iter().map(|r| r.id).max() {
                 // A full batch: pending rows may follow within the window.
                 Some(max) if rows.len() >= self.options.batch_size => max,
                 _ => last,
-            };
+            });
             if predicate.not_done.is_some() && !rows.is_empty() {
                 // A row another worker rewrote and committed after this statement's snapshot
                 // is re-checked by PostgreSQL against its new version before it is locked,
                 // but the run's progress is read as of the snapshot: a row that worker has
                 // just done (and recorded) would pass. A new statement sees its commit.
-                let list: Vec<String> = rows.iter().map(|r| M::id(r).to_string()).collect();
-                let still: std::collections::HashSet<i64> = M::ids(
-                    conn,
-                    &format!("id IN ({}) AND {}", list.join(","), predicate.pending),
-                )
-                .await?
-                .into_iter()
-                .collect();
-                rows.retain(|row| still.contains(&M::id(row)));
+                let batch: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                let still: std::collections::HashSet<i64> =
+                    described::ids(conn, table, &predicate.among(&batch, &predicate.pending))
+                        .await?
+                        .into_iter()
+                        .collect();
+                rows.retain(|row| still.contains(&row.id));
             }
             if !rows.is_empty() {
                 break rows;
             }
         };
-        ids.extend(rows.iter().map(M::id));
-        let models = M::decrypt_rows(rows.clone(), self.store.encryptor()).await?;
-        let (new_rows, values) = match (&self.options.mode, &self.hashers) {
-            (RotateMode::ToKey(to), _) => self.rewrap_rows::<M>(rows, to).await?,
+        ids.extend(rows.iter().map(|r| r.id));
+        let mut values = self.decrypt(table, &rows).await?;
+        match (&self.options.mode, &self.hashers) {
+            (RotateMode::ToKey(to), _) => self.rewrap_values(&mut values, to).await?,
             (RotateMode::Rehash, Some(hashers)) => {
-                let mut new_rows = rows;
-                for (model, row) in models.iter().zip(new_rows.iter_mut()) {
-                    model.rehash_row(row, &hashers.hasher)?;
+                for value in &mut values {
+                    value.hash =
+                        hash_of(&hashers.hasher, table, &table.fields[value.field], value)?;
                 }
-                let values = new_rows
-                    .iter()
-                    .map(|row| M::hashes(row).into_iter().flatten().count() as u64)
-                    .sum();
-                (new_rows, values)
             }
             _ => {
-                let mut new_rows = Vec::with_capacity(models.len());
-                for model in &models {
-                    new_rows.push(model.encrypt_row(&self.writer).await?);
+                for value in &mut values {
+                    let field = &table.fields[value.field];
+                    let binding = described::binding(table, field, &rows[value.row]);
+                    value.new = Some(self.writer.encrypt(&binding, &value.plaintext).await?);
+                    value.hash = hash_of(&self.writer, table, field, value)?;
                 }
-                let values = new_rows
-                    .iter_mut()
-                    .map(|row| M::data_keys_mut(row).len() as u64)
-                    .sum();
-                (new_rows, values)
             }
-        };
-        self.verify::<M>(&models, &new_rows).await?;
-        for row in &new_rows {
-            if M::update(conn, row).await? != 1 {
+        }
+        self.verify(table, &rows, &values).await?;
+        let mut written = 0;
+        for (index, row) in rows.iter().enumerate() {
+            let mut sets = Vec::new();
+            for value in values.iter().filter(|v| v.row == index) {
+                let field = &table.fields[value.field];
+                let stored = value.new.as_ref().unwrap_or(&value.old);
+                let hash = field.search.and_then(|_| {
+                    (value.hash.is_some()).then(|| value.hash.as_ref().map(|h| h.as_bytes()))
+                });
+                let mut field_sets = described::value_sets(field, Some(stored), hash);
+                if value.new.is_none() {
+                    // Re-hashing writes the hash alone.
+                    field_sets
+                        .retain(|(column, _)| Some(*column) == field.search.map(|s| s.column));
+                }
+                written += u64::from(!field_sets.is_empty());
+                sets.extend(field_sets);
+            }
+            if sets.is_empty() {
+                continue;
+            }
+            if described::update_row(conn, table, row.id, sets, None).await? != 1 {
                 // The locks rule this out; roll back rather than guess.
                 return Err(ModelError::NotFound {
-                    table: "rotated row",
-                    id: M::id(row),
+                    table: table.bound_name,
+                    id: row.id,
                 });
             }
         }
         if self.options.mode.changes_data_keys() {
-            M::mark_rotated(conn, ids, now()).await?;
+            described::mark_rotated(conn, table, ids, now()).await?;
         }
         if let (Some(job), Some(not_done)) = (self.run, predicate.not_done.as_deref()) {
             // Only the rows the run had not done yet: a row done again (rewritten by the
             // application under another master key meanwhile) is in a range already, and
             // ranges that never overlap keep "the range at or before the row" exact.
-            let list: Vec<String> = ids.iter().map(i64::to_string).collect();
-            let new = M::ids(conn, &format!("id IN ({}) AND {not_done}", list.join(","))).await?;
-            record_progress(conn, job, table, &new).await?;
+            let new = described::ids(conn, table, &predicate.among(ids, not_done)).await?;
+            record_progress(conn, job, &table.name, &new).await?;
         }
-        Ok((new_rows.len() as u64, values))
+        Ok((rows.len() as u64, written))
     }
 
-    /// The rows with every data key re-wrapped under `to`: each distinct key of the batch
-    /// once (up to [`REWRAP_CONCURRENCY`] at a time), and once per run.
-    async fn rewrap_rows<M>(
-        &self,
-        mut rows: Vec<M::Row>,
-        to: &MasterKeyRef,
-    ) -> Result<(Vec<M::Row>, u64)>
-    where
-        M: RotateTable,
-        M::Row: Clone + Sync,
-    {
+    /// Every value of the batch's rows, decrypted by the store's encryptor (its data keys
+    /// unwrapped once each); a value that does not decrypt fails the batch.
+    async fn decrypt(&self, table: &TableDescription, rows: &[StoredRow]) -> Result<Vec<Value>> {
+        let mut found = Vec::new();
+        for (r, row) in rows.iter().enumerate() {
+            for (f, value) in row.values.iter().enumerate() {
+                match value.form() {
+                    Form::Empty => {}
+                    Form::Stored(stored) => found.push((r, f, stored)),
+                    Form::Invalid(error) => {
+                        tracing::error!(
+                            table = %table.name,
+                            id = row.id,
+                            column = table.fields[f].ciphertext,
+                            "rotate: a value's stored form is invalid"
+                        );
+                        return Err(error.into());
+                    }
+                }
+            }
+        }
+        let items: Vec<_> = found
+            .iter()
+            .map(|(r, f, stored)| {
+                (
+                    described::binding(table, &table.fields[*f], &rows[*r]),
+                    stored,
+                )
+            })
+            .collect();
+        let plaintexts = self.store.encryptor().decrypt_many(&items).await;
+        drop(items);
+        found
+            .into_iter()
+            .zip(plaintexts)
+            .map(|((row, field, old), plaintext)| {
+                Ok(Value {
+                    row,
+                    field,
+                    old,
+                    plaintext: Zeroizing::new(plaintext?),
+                    new: None,
+                    hash: None,
+                })
+            })
+            .collect()
+    }
+
+    /// Every data key of the batch's values re-wrapped under `to`: each distinct key of the
+    /// batch once (up to [`REWRAP_CONCURRENCY`] at a time), and once per run.
+    async fn rewrap_values(&self, values: &mut [Value], to: &MasterKeyRef) -> Result<()> {
         use futures::{StreamExt, TryStreamExt};
         let mut distinct: HashMap<Vec<u8>, WrappedKey> = HashMap::new();
-        for row in &mut rows {
-            for key in M::data_keys_mut(row) {
-                if !is_under(key, to)? {
-                    distinct
-                        .entry(key.as_bytes().to_vec())
-                        .or_insert_with(|| key.clone());
-                }
+        for value in values.iter() {
+            let key = &value.old.data_key;
+            if !is_under(key, to)? {
+                distinct
+                    .entry(key.as_bytes().to_vec())
+                    .or_insert_with(|| key.clone());
             }
         }
         let new: HashMap<Vec<u8>, WrappedKey> = futures::stream::iter(distinct)
@@ -1505,16 +1380,14 @@ impl Job<'_> {
             .buffer_unordered(REWRAP_CONCURRENCY)
             .try_collect()
             .await?;
-        let mut values = 0;
-        for row in &mut rows {
-            for key in M::data_keys_mut(row) {
-                if let Some(rewrapped) = new.get(key.as_bytes()) {
-                    *key = rewrapped.clone();
-                    values += 1;
-                }
+        for value in values.iter_mut() {
+            if let Some(rewrapped) = new.get(value.old.data_key.as_bytes()) {
+                let mut stored = value.old.clone();
+                stored.data_key = rewrapped.clone();
+                value.new = Some(stored);
             }
         }
-        Ok((rows, values))
+        Ok(())
     }
 
     /// `key` re-wrapped under `to`, by the provider once per run: concurrent callers asking
@@ -1543,37 +1416,70 @@ impl Job<'_> {
             .count() as u64
     }
 
-    /// The new rows decrypt, through the key provider, to exactly the models read; after a
-    /// re-hash, their search hashes are those a second hasher computes from the values
-    /// decrypted.
-    async fn verify<M>(&self, models: &[M], new_rows: &[M::Row]) -> Result<()>
-    where
-        M: RotateTable,
-        M::Row: Clone + Sync,
-    {
-        let back = M::decrypt_rows(new_rows.to_vec(), &self.verifier)
-            .await
-            .inspect_err(|error| {
-                tracing::error!(error = %error, "rotate: verification could not decrypt a new row");
-            })?;
-        if back.len() != models.len() || back.iter().zip(models).any(|(a, b)| a != b) {
-            return Err(verification_failed(
-                "a rotated row does not decrypt to its values",
-            ));
+    /// The new values decrypt, through the key provider, to exactly the values read; after a
+    /// re-hash, their search hashes are those a second hasher computes from them.
+    async fn verify(
+        &self,
+        table: &TableDescription,
+        rows: &[StoredRow],
+        values: &[Value],
+    ) -> Result<()> {
+        let items: Vec<_> = values
+            .iter()
+            .filter_map(|v| {
+                let stored = v.new.as_ref()?;
+                Some((
+                    described::binding(table, &table.fields[v.field], &rows[v.row]),
+                    stored,
+                ))
+            })
+            .collect();
+        let back = self.verifier.decrypt_many(&items).await;
+        let changed = values.iter().filter(|v| v.new.is_some());
+        for (value, back) in changed.zip(back) {
+            let back = Zeroizing::new(back.inspect_err(|error| {
+                tracing::error!(error = %error, "rotate: verification could not decrypt a new value");
+            })?);
+            if back.as_slice() != value.plaintext.as_slice() {
+                return Err(verification_failed(
+                    "a rotated value does not decrypt to its plaintext",
+                ));
+            }
         }
         if let Some(hashers) = &self.hashers {
-            for (model, row) in back.iter().zip(new_rows) {
-                let mut expected = row.clone();
-                model.rehash_row(&mut expected, &hashers.checker)?;
-                if M::hashes(&expected) != M::hashes(row) {
+            for value in values {
+                let field = &table.fields[value.field];
+                if hash_of(&hashers.checker, table, field, value)? != value.hash {
                     return Err(verification_failed(
-                        "a re-hashed row's search hash is not the hash of its value",
+                        "a re-hashed value's search hash is not the hash of its value",
                     ));
                 }
             }
         }
         Ok(())
     }
+}
+
+/// The search hash of a value's plaintext under `encryptor`'s search key, for a searchable
+/// field (`None` otherwise).
+fn hash_of(
+    encryptor: &Encryptor,
+    table: &TableDescription,
+    field: &FieldDescription,
+    value: &Value,
+) -> Result<Option<SearchHash>> {
+    let Some(search) = field.search else {
+        return Ok(None);
+    };
+    let text = std::str::from_utf8(&value.plaintext).map_err(|_| {
+        jarvis_crypt::Error::InvalidPlaintext("a searchable value is not UTF-8 text")
+    })?;
+    Ok(Some(encryptor.search_hash(
+        table.bound_name,
+        search.bound_column,
+        search.spec,
+        text,
+    )?))
 }
 
 fn verification_failed(what: &str) -> ModelError {
@@ -1587,14 +1493,16 @@ fn verification_failed(what: &str) -> ModelError {
 mod tests {
     use super::*;
 
-    /// The hash columns this module names are the ones the models describe.
+    /// The seed's tables are described in the order of [`TABLES`], with `users.email_hash`
+    /// as the one search column of `users`.
     #[test]
-    fn hash_columns_match_the_models() {
-        for table in TABLES {
-            check_hash_columns(table).expect(table);
-        }
-        assert!(search_columns_of("oauth_tokens").is_empty());
-        assert_eq!(search_columns_of("users")[0].hash, "email_hash");
+    fn seed_tables_are_described() {
+        let tables = crate::models::seed_tables();
+        let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, TABLES);
+        let hashes: Vec<&str> = searchable(tables[0]).map(|(_, s)| s.column).collect();
+        assert_eq!(hashes, ["email_hash"]);
+        assert_eq!(searchable(tables[2]).count(), 0);
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! The clinic's operations binary: every `jarvis` command over its models.
+//! The clinic's operations binary: every `jarvis` command over its models, and its own
+//! migrations applied by `migrate` beside the bookkeeping tables.
 
-use clinic::{Patient, Visit};
+use clinic::{MIGRATIONS, Patient, Visit};
 
 fn main() -> std::process::ExitCode {
     jarvis_cli::Jarvis::new()
         .model::<Patient>()
         .model::<Visit>()
+        .migrations(MIGRATIONS)
         .main()
 }

@@ -1,0 +1,1 @@
+DROP VIEW encryption_audit_summary;

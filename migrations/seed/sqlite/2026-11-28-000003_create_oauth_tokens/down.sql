@@ -1,0 +1,2 @@
+DROP VIEW oauth_tokens_summary;
+DROP TABLE oauth_tokens;

@@ -2,27 +2,10 @@
 
 use anyhow::{Context, Result, bail};
 use comfy_table::Table;
-use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamp};
-use diesel_async::RunQueryDsl;
-use jarvis_models::{Database, with_conn};
+use jarvis_models::Database;
+use jarvis_models::audit::SummaryLine;
 
 use crate::config::Global;
-
-/// One line of the summary.
-#[derive(Debug, QueryableByName)]
-pub(crate) struct SummaryLine {
-    #[diesel(sql_type = Text)]
-    pub(crate) table_name: String,
-    #[diesel(sql_type = Text)]
-    pub(crate) operation_type: String,
-    #[diesel(sql_type = BigInt)]
-    pub(crate) operation_count: i64,
-    #[diesel(sql_type = BigInt)]
-    pub(crate) error_count: i64,
-    #[diesel(sql_type = Nullable<Double>)]
-    pub(crate) avg_duration_ms: Option<f64>,
-}
 
 /// `24h`, `7d`, `30m`, `45s` as a duration.
 pub(crate) fn parse_age(text: &str) -> Result<chrono::Duration> {
@@ -50,26 +33,7 @@ pub(crate) async fn summary(db: &Database, since: chrono::Duration) -> Result<Ve
         .naive_utc()
         .checked_sub_signed(since)
         .context("--since reaches before the calendar's start")?;
-    let mut conn = db.get().await?;
-    let sql = "SELECT table_name, operation_type, COUNT(*) AS operation_count,
-                      SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS error_count,
-                      AVG(duration_ms) AS avg_duration_ms
-               FROM encryption_audit_log WHERE created_at > $1
-               GROUP BY table_name, operation_type ORDER BY table_name, operation_type";
-    let sqlite_sql = sql.replace("$1", "?");
-    let lines: Vec<SummaryLine> = match &mut conn {
-        jarvis_models::db::Conn::Postgres(_) => with_conn!(&mut conn, |c| diesel::sql_query(sql)
-            .bind::<Timestamp, _>(cutoff)
-            .load(c)
-            .await?),
-        jarvis_models::db::Conn::Sqlite(_) => {
-            with_conn!(&mut conn, |c| diesel::sql_query(&sqlite_sql)
-                .bind::<Timestamp, _>(cutoff)
-                .load(c)
-                .await?)
-        }
-    };
-    Ok(lines)
+    Ok(jarvis_models::audit::summary(db, cutoff).await?)
 }
 
 /// Prints the summary as a table, or as JSON.

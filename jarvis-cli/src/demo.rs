@@ -4,12 +4,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use diesel::{QueryDsl, SelectableHelper};
-use diesel_async::RunQueryDsl;
 use jarvis_crypt::{Encryptor, KeyEnvelope, LocalKeyProvider};
-use jarvis_models::models::UserRow;
-use jarvis_models::schema::users;
-use jarvis_models::{Database, DbAudit, NewApiKey, NewOAuthToken, Store, with_conn};
+use jarvis_models::{Database, DbAudit, NewApiKey, NewOAuthToken, Store};
 
 pub(crate) async fn run() -> Result<()> {
     let started = Instant::now();
@@ -121,13 +117,7 @@ pub(crate) async fn run() -> Result<()> {
         refreshed.rotation_count
     );
 
-    let mut conn = db.get().await?;
-    let row: UserRow = with_conn!(&mut conn, |c| users::table
-        .find(found.id)
-        .select(UserRow::as_select())
-        .first(c)
-        .await?);
-    drop(conn);
+    let row = store.stored_user(found.id).await?;
     out!("stored form of users row {}:", row.id);
     fn len<T: AsRef<[u8]>>(column: &Option<T>) -> usize {
         column.as_ref().map_or(0, |v| v.as_ref().len())

@@ -420,7 +420,7 @@ pub(crate) async fn retire_key(
     }
     let usage = jarvis_models::verify::key_usage_in(&db, tables, &arn).await?;
     // Backups recorded under another key may still hold rows under this one.
-    let backups = crate::backup::backups_needing(&db, &arn).await?;
+    let backups = jarvis_models::backup::backups_needing(&db, &arn).await?;
     for (name, why) in &backups.unreadable {
         if ignore_unreadable_backups {
             eprintln!("note: backup {name}: {why}; ignored (--ignore-unreadable-backups)");

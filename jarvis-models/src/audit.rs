@@ -199,3 +199,58 @@ async fn insert(db: &Database, rows: Vec<NewAuditRow>) -> Result<(), ModelError>
     crate::insert_all!(&mut conn, encryption_audit_log::table, rows);
     Ok(())
 }
+
+/// One line of the audit summary: the operations on a table of one kind since a time.
+#[derive(Debug, Clone, PartialEq, diesel::QueryableByName)]
+#[non_exhaustive]
+pub struct SummaryLine {
+    /// The table.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub table_name: String,
+    /// The operation (`encrypt`, `decrypt`, `rotate`, ...).
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub operation_type: String,
+    /// Audit rows of the group.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub operation_count: i64,
+    /// Rows of the group with status `error`.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub error_count: i64,
+    /// The average duration in milliseconds (`None` when no row has one).
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
+    pub avg_duration_ms: Option<f64>,
+}
+
+/// The audit log since `since` (UTC), per table and operation, ordered by both: what
+/// `jarvis audit` prints (the view `encryption_audit_summary` is the same for a fixed 24 hours).
+pub async fn summary(
+    db: &Database,
+    since: chrono::NaiveDateTime,
+) -> Result<Vec<SummaryLine>, ModelError> {
+    use diesel_async::RunQueryDsl;
+    let mut conn = db.get().await?;
+    let sql = |placeholder: &str| {
+        format!(
+            "SELECT table_name, operation_type, COUNT(*) AS operation_count, \
+                    SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END) AS error_count, \
+                    AVG(duration_ms) AS avg_duration_ms \
+             FROM encryption_audit_log WHERE created_at > {placeholder} \
+             GROUP BY table_name, operation_type ORDER BY table_name, operation_type"
+        )
+    };
+    let lines = match &mut conn {
+        crate::db::Conn::Postgres(c) => {
+            diesel::sql_query(sql("$1"))
+                .bind::<diesel::sql_types::Timestamp, _>(since)
+                .load(&mut **c)
+                .await?
+        }
+        crate::db::Conn::Sqlite(c) => {
+            diesel::sql_query(sql("?"))
+                .bind::<diesel::sql_types::Timestamp, _>(since)
+                .load(&mut **c)
+                .await?
+        }
+    };
+    Ok(lines)
+}

@@ -10,6 +10,7 @@
 //!   from a database URL.
 
 pub mod audit;
+pub mod backup;
 pub mod db;
 mod described;
 pub mod error;

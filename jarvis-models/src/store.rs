@@ -561,6 +561,20 @@ impl Store {
         find_by_id!(self, users, UserRow, User, "encrypted_email", id)
     }
 
+    /// The stored form of user `id` as the database holds it (ciphertext, nonce, tag, wrapped
+    /// data key, search hash, and the plaintext of a row not yet migrated), not decrypted and
+    /// not audited: for showing what is stored.
+    pub async fn stored_user(&self, id: i64) -> Result<UserRow> {
+        let mut conn = self.db.get().await?;
+        with_conn!(&mut conn, |c| users::table
+            .find(id)
+            .select(UserRow::as_select())
+            .first(c)
+            .await
+            .optional()?)
+        .ok_or(ModelError::NotFound { table: "users", id })
+    }
+
     /// The user with this email (normalized: trimmed, lower case), through its search hash;
     /// rows not yet migrated (plaintext only) are matched on their plaintext column.
     pub async fn find_user_by_email(&self, email: &str) -> Result<Option<User>> {

@@ -272,7 +272,13 @@ impl Jarvis {
             }
             return ExitCode::from(2);
         }
-        let matches = Cli::command().bin_name(name).get_matches_from(args);
+        // The name `--version` and the help show: the binary's, not `jarvis` (leaked once
+        // per process; clap keeps command names as `&'static str`).
+        let shown: &'static str = Box::leak(name.clone().into_boxed_str());
+        let matches = Cli::command()
+            .name(shown)
+            .bin_name(name)
+            .get_matches_from(args);
         let cli = match Cli::from_arg_matches(&matches) {
             Ok(cli) => cli,
             Err(e) => e.exit(),

@@ -307,7 +307,9 @@ impl Encryptor {
         }
         let root = self.inner.search_key.as_ref().ok_or_else(|| {
             Error::Configuration(
-                "no search key: set ENCRYPTION_SEARCH_SALT or store one in jarvis_keys".into(),
+                "no search key: set ENCRYPTION_SEARCH_SALT or build the encryptor with one \
+                 (`EncryptorBuilder::search_key`)"
+                    .into(),
             )
         })?;
         let hasher = root.column(table, column, spec);

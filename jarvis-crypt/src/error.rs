@@ -27,7 +27,7 @@ pub enum Error {
     /// A legacy row (16-byte IV and a bare KMS blob, no associated data) was read while the
     /// configuration does not accept legacy rows.
     #[error(
-        "legacy row not allowed: enable legacy rows in the configuration, or upgrade them with `jarvis rotate --legacy`"
+        "legacy row not allowed: enable legacy rows in the configuration, or rewrite them in the current form (`rotate --legacy`)"
     )]
     LegacyNotAllowed,
 

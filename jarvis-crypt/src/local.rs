@@ -550,7 +550,7 @@ fn check_key_file(path: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).map_err(|e| {
         Error::Configuration(format!(
-            "cannot read key file {}: {e} (create it with `jarvis init`)",
+            "cannot read key file {}: {e} (create it with `LocalKeyProvider::create_file`, or the `init` command of the operations binary)",
             path.display()
         ))
     })?;

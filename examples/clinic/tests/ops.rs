@@ -191,6 +191,17 @@ async fn the_clinics_own_ops_binary_verifies_and_backs_up_its_tables_on_postgres
 }
 
 #[test]
+fn the_version_names_the_binary_as_invoked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let version = ops(dir.path(), "sqlite://unused.db", &["--version"]);
+    assert_ok(&version, "--version");
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("clinic-ops {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
 fn the_help_names_the_binary_as_invoked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let help = ops(dir.path(), "sqlite://unused.db", &["--help"]);

@@ -69,8 +69,19 @@ pub(crate) fn print(lines: &[SummaryLine], json: bool) {
     out!("{table}");
 }
 
-pub(crate) async fn run(global: &Global, since: &str, json: bool) -> Result<()> {
-    let since = parse_age(since)?;
+/// `audit`: how far back, and how to print.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AuditArgs {
+    /// How far back: `24h`, `7d`, `30m`.
+    #[arg(long, default_value = "24h")]
+    since: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run(global: &Global, args: AuditArgs) -> Result<()> {
+    let (since, json) = (parse_age(&args.since)?, args.json);
     let db = Database::connect(global.database_url()?, 2).await?;
     print(&summary(&db, since).await?, json);
     Ok(())

@@ -33,8 +33,13 @@ mod audit;
 mod backup;
 mod config;
 mod demo;
+mod encrypt_existing;
+mod init;
 mod jobs;
+mod migrate;
 mod output;
+mod retire_key;
+mod rotate;
 mod verify;
 
 use std::ffi::OsString;
@@ -45,7 +50,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use jarvis_crypt::{EncryptedTable, TableDescription};
 use jarvis_models::migrations::MigrationSet;
 
-use crate::config::{Global, ProviderChoice};
+use crate::config::Global;
 
 /// Column-level encryption for diesel: set-up, migrations, verification and audit.
 #[derive(Debug, Parser)]
@@ -62,64 +67,25 @@ enum Command {
     /// The whole flow on SQLite with a local key, in a fresh directory: no configuration.
     Demo,
     /// Create the master key: the local key file, or the KMS key of an environment.
-    Init {
-        /// Environment name (aws-kms): the key's alias is `alias/jarvis-<env>`.
-        #[arg(long, default_value = "dev")]
-        env: String,
-        /// The application's principal (aws-kms), granted only data-key use.
-        #[arg(long)]
-        principal: Option<String>,
-        /// Local provider: add a new version to the key file and make it current (new data
-        /// keys are wrapped under it; `jarvis rotate --to-key N` moves the old ones). The key
-        /// file keeps its key id, so old versions may be removed once nothing uses them.
-        #[arg(long)]
-        new_version: bool,
-        /// aws-kms: replace the whole key policy with jarvis's statements, dropping every
-        /// other statement. Without it, jarvis's statements are merged by `Sid` and the
-        /// others are kept.
-        #[arg(long)]
-        force_policy: bool,
-    },
+    Init(init::InitArgs),
     /// Apply pending schema migrations.
-    Migrate {
-        /// List applied and pending migrations instead.
-        #[arg(long)]
-        status: bool,
-    },
+    Migrate(migrate::MigrateArgs),
     /// Encrypt the plaintext columns of fields in the migrating state
     /// (`#[encrypted(migrating_from = ...)]`) into their encrypted columns and search hashes,
     /// in verified, resumable batches (safe to kill; several workers or processes may run at
     /// once). Without `--table`, every such column of every registered model.
-    EncryptExisting(jobs::EncryptExistingArgs),
+    EncryptExisting(encrypt_existing::EncryptExistingArgs),
     /// Re-encrypt values under fresh data keys, re-wrap data keys under another master key,
     /// upgrade legacy rows, or recompute search hashes under a new search key, in verified,
     /// resumable batches (safe to kill; several workers or processes may run at once).
     /// Re-encryption sets the columns a model names with `rotated_at` and `rotation_count`;
     /// re-wrapping and re-hashing leave them. Exit status 1 when rows are left pending.
-    Rotate(jobs::RotateArgs),
+    Rotate(rotate::RotateArgs),
     /// Decrypt every encrypted field; report rows by master key and form, and every failure.
-    Verify {
-        /// Only this table.
-        #[arg(long)]
-        table: Option<String>,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    Verify(verify::VerifyArgs),
     /// Disable a KMS master key and schedule its deletion, refused while any row or recorded
     /// backup still needs it (or may: a backup that cannot be read).
-    RetireKey {
-        /// The key: id, ARN or alias.
-        key: String,
-        /// Days before KMS deletes the key (7 to 30); the deletion can be cancelled meanwhile.
-        #[arg(long, default_value_t = 30)]
-        pending_days: i32,
-        /// Retire the key even though some recorded backups cannot be read (a file gone, or
-        /// a record that does not list its rows' keys): what they need beyond what their
-        /// records say is then not known. Keys their records name still refuse.
-        #[arg(long)]
-        ignore_unreadable_backups: bool,
-    },
+    RetireKey(retire_key::RetireKeyArgs),
     /// Encrypted backups: create (pg_dump or an SQLite copy, streamed through the backup
     /// cipher), restore (authenticated first, then one transaction), verify, list.
     Backup {
@@ -127,14 +93,7 @@ enum Command {
         command: backup::BackupCommand,
     },
     /// The audit summary per table and operation.
-    Audit {
-        /// How far back: `24h`, `7d`, `30m`.
-        #[arg(long, default_value = "24h")]
-        since: String,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    Audit(audit::AuditArgs),
 }
 
 /// The crates a bare `RUST_LOG` level applies to.
@@ -307,25 +266,10 @@ async fn run(jarvis: &Jarvis, cli: Cli) -> Result<ExitCode> {
     let global = &cli.global;
     match cli.command {
         Command::Demo => demo::run().await?,
-        Command::Init {
-            env,
-            principal,
-            new_version,
-            force_policy,
-        } => {
-            init(
-                global,
-                &jarvis.migrations,
-                &env,
-                principal.as_deref(),
-                new_version,
-                force_policy,
-            )
-            .await?
-        }
-        Command::Migrate { status } => migrate(global, &jarvis.migrations, status).await?,
+        Command::Init(args) => init::run(global, &jarvis.migrations, args).await?,
+        Command::Migrate(args) => migrate::run(global, &jarvis.migrations, args).await?,
         Command::EncryptExisting(args) => {
-            return jobs::encrypt_existing(global, &jarvis.tables(), args).await;
+            return encrypt_existing::run(global, &jarvis.tables(), args).await;
         }
         Command::Rotate(args) => {
             // `--rehash`: the configured search key is the new one, given to the job
@@ -335,157 +279,14 @@ async fn run(jarvis: &Jarvis, cli: Cli) -> Result<ExitCode> {
             } else {
                 None
             };
-            return jobs::rotate(global, &jarvis.tables(), args, new_search_key).await;
+            return rotate::run(global, &jarvis.tables(), args, new_search_key).await;
         }
-        Command::Verify { table, json } => {
-            return verify::run(global, &jarvis.tables(), table.as_deref(), json).await;
-        }
-        Command::RetireKey {
-            key,
-            pending_days,
-            ignore_unreadable_backups,
-        } => {
-            return jobs::retire_key(
-                global,
-                &jarvis.tables(),
-                &key,
-                pending_days,
-                ignore_unreadable_backups,
-            )
-            .await;
-        }
+        Command::Verify(args) => return verify::run(global, &jarvis.tables(), args).await,
+        Command::RetireKey(args) => return retire_key::run(global, &jarvis.tables(), args).await,
         Command::Backup { command } => return backup::run(global, &jarvis.tables(), command).await,
-        Command::Audit { since, json } => audit::run(global, &since, json).await?,
+        Command::Audit(args) => audit::run(global, args).await?,
     }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn init(
-    global: &Global,
-    migrations: &[MigrationSet],
-    env: &str,
-    principal: Option<&str>,
-    new_version: bool,
-    force_policy: bool,
-) -> Result<()> {
-    match global.provider_choice() {
-        ProviderChoice::Local if force_policy => anyhow::bail!(
-            "--force-policy is for the key policy of a KMS key (the aws-kms provider)"
-        ),
-        ProviderChoice::Local if new_version => {
-            let path = &global.local_key_file;
-            let version = jarvis_crypt::LocalKeyProvider::rotate_file(path)?;
-            let provider = jarvis_crypt::LocalKeyProvider::from_file(path)?;
-            eprintln!(
-                "added version {version} to {}; new data keys are wrapped under it",
-                path.display()
-            );
-            out!("{}#v{version}", provider.key_id());
-        }
-        ProviderChoice::AwsKms if new_version => anyhow::bail!(
-            "--new-version is for the local key file; KMS rotates its key material itself \
-             (automatic rotation is enabled by `jarvis init`); for a new KMS key use another --env"
-        ),
-        ProviderChoice::Local => {
-            let path = &global.local_key_file;
-            let existed = path.exists();
-            let provider = jarvis_crypt::LocalKeyProvider::load_or_create(path)?;
-            if existed {
-                eprintln!(
-                    "local master key file {} exists; nothing changed",
-                    path.display()
-                );
-            } else {
-                eprintln!(
-                    "created local master key file {} (mode 0600)",
-                    path.display()
-                );
-            }
-            out!("{}", provider.key_id());
-        }
-        ProviderChoice::AwsKms => {
-            let connection =
-                jarvis_crypt::KmsConnection::from_env(jarvis_crypt::KmsOptions::default()).await?;
-            let setup = if force_policy {
-                connection
-                    .ensure_key_replacing_policy(env, principal)
-                    .await?
-            } else {
-                connection.ensure_key(env, principal).await?
-            };
-            for change in &setup.changes {
-                eprintln!("changed: {change}");
-            }
-            if setup.changes.is_empty() {
-                eprintln!("{} is set up; nothing changed", setup.alias);
-            }
-            for note in &setup.notes {
-                eprintln!("note: {note}");
-            }
-            out!("{}", setup.key_id);
-        }
-    }
-    if global.database_url.is_some() {
-        init_search_key(global, migrations).await?;
-    }
-    Ok(())
-}
-
-/// The explicit step that records the database's root search key: `ENCRYPTION_SEARCH_SALT`'s
-/// (or the search key file's) fingerprint, or a stored key created in `jarvis_keys` when none
-/// is configured. Refused when another key is recorded.
-async fn init_search_key(global: &Global, migrations: &[MigrationSet]) -> Result<()> {
-    let url = global.database_url()?;
-    let status = jarvis_models::migrations::migration_status_of(url, migrations).await?;
-    if !status.pending.is_empty() {
-        eprintln!(
-            "note: the database schema is not up to date, so the search key is not recorded: \
-             run `jarvis migrate`, then `jarvis init` again"
-        );
-        return Ok(());
-    }
-    let db = jarvis_models::Database::connect(url, 1).await?;
-    let before = jarvis_models::keys::recorded_search_key_fingerprint(&db).await?;
-    let (key, source) = match global.configured_search_key()? {
-        Some(key) => (key, "ENCRYPTION_SEARCH_SALT"),
-        None => {
-            let provider = global.provider().await?;
-            let key = jarvis_models::keys::stored_search_key(&db, provider.as_ref()).await?;
-            (key, "stored in jarvis_keys")
-        }
-    };
-    jarvis_models::keys::record_search_key(&db, &key).await?;
-    let fingerprint = key.fingerprint();
-    if before.is_none() {
-        eprintln!(
-            "recorded the search key ({source}), fingerprint {}",
-            fingerprint.short()
-        );
-    } else {
-        eprintln!(
-            "the search key ({source}) is the one recorded, fingerprint {}",
-            fingerprint.short()
-        );
-    }
-    Ok(())
-}
-
-async fn migrate(global: &Global, migrations: &[MigrationSet], status: bool) -> Result<()> {
-    let url = global.database_url()?;
-    if !status {
-        jarvis_models::migrations::run_pending_migrations_of(url, migrations).await?;
-    }
-    let state = jarvis_models::migrations::migration_status_of(url, migrations).await?;
-    for m in &state.applied {
-        out!("applied  {}", m.name);
-    }
-    for m in &state.pending {
-        out!("pending  {}", m.name);
-    }
-    if !status {
-        eprintln!("schema is up to date ({} migrations)", state.applied.len());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

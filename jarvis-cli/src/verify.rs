@@ -10,12 +10,23 @@ use jarvis_models::verify::VerifyReport;
 
 use crate::config::Global;
 
+/// `verify`: which tables, and how to print.
+#[derive(Debug, clap::Args)]
+pub(crate) struct VerifyArgs {
+    /// Only this table.
+    #[arg(long)]
+    table: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
 pub(crate) async fn run(
     global: &Global,
     tables: &[&'static TableDescription],
-    table: Option<&str>,
-    json: bool,
+    args: VerifyArgs,
 ) -> Result<ExitCode> {
+    let (table, json) = (args.table.as_deref(), args.json);
     let opened = global.open(false).await?;
     // Search hashes are checked under the configured search key, or the one stored in
     // jarvis_keys (loaded, never created).

@@ -474,28 +474,104 @@ pub(crate) async fn window_end(
     Ok(rows.into_iter().next().and_then(|r| r.id))
 }
 
-/// `UPDATE table SET <columns> WHERE <pk> = id [AND guard]`: the number of rows changed.
-pub(crate) async fn update_row(
+/// A row's id and the values of its columns.
+type RowValues = (i64, Vec<Arg>);
+
+/// Bound values per statement of [`update_rows`], under both backends' limits (SQLite's
+/// 32,766 variables, PostgreSQL's 65,535 parameters).
+const MAX_PARAMETERS: usize = 30_000;
+
+/// Writes many rows of `table` in few statements: `UPDATE table SET <column> = v.<column>
+/// ... FROM (VALUES (<id>, <values>), ...) AS v WHERE <pk> = v.<id> [AND guard]`, one per
+/// distinct list of columns (rows written in one statement have the same columns) and per
+/// [`MAX_PARAMETERS`]. An [`Arg::Null`] is written as `column = NULL`. Returns the number of
+/// rows changed; the caller compares it with the rows it gave.
+pub(crate) async fn update_rows(
     conn: &mut Conn,
     table: &TableDescription,
-    id: i64,
-    sets: Vec<(&str, Arg)>,
+    rows: Vec<(i64, Vec<(&str, Arg)>)>,
     guard: Option<&str>,
 ) -> Result<usize> {
     let pk = primary_key(table)?;
-    let mut sql = Sql::new(backend_of(conn));
-    sql.push("UPDATE ").ident(&table.name).push(" SET ");
-    for (i, (column, arg)) in sets.into_iter().enumerate() {
-        if i > 0 {
-            sql.push(", ");
+    let backend = backend_of(conn);
+    // Rows by the columns they write, in first-seen order.
+    let mut groups: Vec<(Vec<&str>, Vec<RowValues>)> = Vec::new();
+    for (id, sets) in rows {
+        let columns: Vec<&str> = sets.iter().map(|(c, _)| *c).collect();
+        let values: Vec<Arg> = sets.into_iter().map(|(_, a)| a).collect();
+        match groups.iter_mut().find(|(c, _)| *c == columns) {
+            Some((_, group)) => group.push((id, values)),
+            None => groups.push((columns, vec![(id, values)])),
         }
-        sql.ident(column).push(" = ").arg(arg);
     }
-    sql.push(" WHERE ").ident(pk).push(" = ").arg(Arg::Int(id));
-    if let Some(guard) = guard {
-        sql.push(" AND ").push(guard);
+    let mut changed = 0;
+    for (columns, group) in groups {
+        // Columns set to a literal NULL are written by the SET alone, never bound.
+        let bound: Vec<usize> = (0..columns.len())
+            .filter(|i| !matches!(group[0].1[*i], Arg::Null))
+            .collect();
+        let per_statement = (MAX_PARAMETERS / (bound.len() + 1)).max(1);
+        for chunk in group.chunks(per_statement) {
+            let mut sql = Sql::new(backend);
+            sql.push("UPDATE ").ident(&table.name).push(" SET ");
+            for (i, column) in columns.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.ident(column).push(" = ");
+                match bound.iter().position(|b| *b == i) {
+                    Some(position) => sql.push(&format!("v.column{}", position + 2)),
+                    None => sql.push("NULL"),
+                };
+            }
+            sql.push(" FROM (VALUES ");
+            for (r, (id, values)) in chunk.iter().enumerate() {
+                sql.push(if r == 0 { "(" } else { ", (" });
+                typed(&mut sql, Arg::Int(*id));
+                for i in &bound {
+                    sql.push(", ");
+                    typed(&mut sql, values[*i].clone());
+                }
+                sql.push(")");
+            }
+            sql.push(") AS v");
+            if backend == Backend::Postgres {
+                let names: Vec<String> = (1..=bound.len() + 1)
+                    .map(|n| format!("column{n}"))
+                    .collect();
+                sql.push(&format!("({})", names.join(", ")));
+            }
+            sql.push(" WHERE ")
+                .ident(&table.name)
+                .push(".")
+                .ident(pk)
+                .push(" = v.column1");
+            if let Some(guard) = guard {
+                sql.push(" AND (").push(guard).push(")");
+            }
+            changed += sql.run(conn).await?;
+        }
     }
-    sql.run(conn).await
+    Ok(changed)
+}
+
+/// A bound value with its type spelled out on PostgreSQL (a `VALUES` list has no column
+/// types of its own).
+fn typed(sql: &mut Sql, arg: Arg) {
+    let cast = match (&arg, sql.backend) {
+        (_, Backend::Sqlite) | (Arg::Null, _) => None,
+        (Arg::Int(_), _) => Some("BIGINT"),
+        (Arg::Bytes(_), _) => Some("BYTEA"),
+        (Arg::Timestamp(_), _) => Some("TIMESTAMP"),
+    };
+    match cast {
+        Some(cast) => {
+            sql.push("CAST(").arg(arg).push(&format!(" AS {cast})"));
+        }
+        None => {
+            sql.arg(arg);
+        }
+    }
 }
 
 /// The assignments writing one value's stored form (all NULL for `None`) and, for a

@@ -468,26 +468,31 @@ impl Job<'_> {
         }
         self.verify(&rows, &new).await?;
         let plain_column = field.migrating_from.unwrap_or_default();
-        for (row, (stored, hash)) in rows.iter().zip(&new) {
-            let mut sets = described::value_sets(
-                field,
-                Some(stored),
-                Some(hash.as_ref().map(|h| h.as_bytes())),
-            );
-            sets.push((plain_column, Arg::Null));
-            let updated =
-                described::update_row(conn, self.table, row.id, sets, Some(&pending)).await?;
-            if updated != 1 {
-                // The locks rule this out; roll back rather than guess.
-                tracing::error!(
-                    id = row.id,
-                    "encrypt-existing: a row changed during its batch"
+        let updates = rows
+            .iter()
+            .zip(&new)
+            .map(|(row, (stored, hash))| {
+                let mut sets = described::value_sets(
+                    field,
+                    Some(stored),
+                    Some(hash.as_ref().map(|h| h.as_bytes())),
                 );
-                return Err(ModelError::NotFound {
-                    table: self.table.bound_name,
-                    id: row.id,
-                });
-            }
+                sets.push((plain_column, Arg::Null));
+                (row.id, sets)
+            })
+            .collect();
+        let updated = described::update_rows(conn, self.table, updates, Some(&pending)).await?;
+        if updated != new.len() {
+            // The locks rule this out; roll back rather than guess.
+            tracing::error!(
+                rows = new.len(),
+                updated,
+                "encrypt-existing: rows changed during their batch"
+            );
+            return Err(ModelError::NotFound {
+                table: self.table.bound_name,
+                id: rows.first().map_or(0, |r| r.id),
+            });
         }
         Ok(new.len() as u64)
     }

@@ -1271,6 +1271,7 @@ impl Job<'_> {
         }
         self.verify(table, &rows, &values).await?;
         let mut written = 0;
+        let mut updates = Vec::new();
         for (index, row) in rows.iter().enumerate() {
             let mut sets = Vec::new();
             for value in values.iter().filter(|v| v.row == index) {
@@ -1288,16 +1289,17 @@ impl Job<'_> {
                 written += u64::from(!field_sets.is_empty());
                 sets.extend(field_sets);
             }
-            if sets.is_empty() {
-                continue;
+            if !sets.is_empty() {
+                updates.push((row.id, sets));
             }
-            if described::update_row(conn, table, row.id, sets, None).await? != 1 {
-                // The locks rule this out; roll back rather than guess.
-                return Err(ModelError::NotFound {
-                    table: table.bound_name,
-                    id: row.id,
-                });
-            }
+        }
+        let expected = updates.len();
+        if described::update_rows(conn, table, updates, None).await? != expected {
+            // The locks rule this out; roll back rather than guess.
+            return Err(ModelError::NotFound {
+                table: table.bound_name,
+                id: <[StoredRow]>::first(&rows).map_or(0, |r| r.id),
+            });
         }
         if self.options.mode.changes_data_keys() {
             described::mark_rotated(conn, table, ids, now()).await?;

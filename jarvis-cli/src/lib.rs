@@ -10,9 +10,16 @@
 //! ```
 //!
 //! The stock `jarvis` binary is this builder with the seed's models (users, API keys, OAuth
-//! tokens). `verify`, `retire-key` and `backup` read every registered model's table through
-//! its description ([`EncryptedTable`](jarvis_crypt::EncryptedTable)), beside the bookkeeping
-//! table of encrypted backups.
+//! tokens) and their migrations (`.migrations(jarvis_models::migrations::SEED)`). Every
+//! command (`encrypt-existing`, `rotate`, `verify`, `retire-key`, `backup`) reads the
+//! registered models' tables through their descriptions
+//! ([`EncryptedTable`]), beside the bookkeeping table of encrypted
+//! backups; `migrate` applies the bookkeeping migrations and the sets the binary adds.
+//!
+//! The layers: `jarvis_crypt` encrypts and describes models; `jarvis_models` is the database
+//! side (connections, bookkeeping tables, jobs, verification, the backup engine, and the
+//! seed's repositories); this crate parses arguments and prints, one file per command, and
+//! runs no SQL and no child process of its own.
 //!
 //! Results go to standard output; logs and notes to standard error (`RUST_LOG` sets the level
 //! of the jarvis crates; dependencies stay at `warn`, since database drivers log bound

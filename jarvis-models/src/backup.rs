@@ -27,7 +27,7 @@
 //!
 //! **Restore.** The stream is opened once. A first pass authenticates all of it (constant
 //! memory, nothing written) and, for PostgreSQL, reads the decrypted dump as psql will
-//! ([`psql_dump`]): a psql meta-command, top-level transaction control or a dump that ends
+//! (`psql_dump`): a psql meta-command, top-level transaction control or a dump that ends
 //! inside a statement is refused before psql is even started. The second pass rewinds the
 //! same descriptor (never a file opened again by its path), checks that the header is the
 //! one authenticated, and writes in one transaction; before anything is committed, the
@@ -46,7 +46,7 @@
 //! is refused without `--force`; on PostgreSQL the check is repeated inside the transaction.
 //!
 //! **Child processes.** `pg_dump` and `psql` run with an environment of their own: `PATH`,
-//! `HOME`, the locale and libpq's connection variables ([`CHILD_ENV`]), nothing of jarvis's
+//! `HOME`, the locale and libpq's connection variables (`CHILD_ENV`), nothing of jarvis's
 //! secrets (search key, local master key, AWS credentials). A password in the URL goes in
 //! the child's `PGPASSWORD`, never on its command line.
 //!
@@ -165,12 +165,12 @@ fn backend_tag(backend: Backend) -> &'static str {
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct CreateOptions {
-    /// The encrypted backup file (must not exist) [default: `<name>.jvbk` in the current
-    /// directory]; ignored with `store_in_db`.
+    /// The encrypted backup file, which must not exist (default: `<name>.jvbk` in the
+    /// current directory); ignored with `store_in_db`.
     pub out: Option<PathBuf>,
     /// Keep the backup in its `encrypted_backups` row (at most [`MAX_IN_DB_BYTES`]).
     pub store_in_db: bool,
-    /// Unique name [default: `backup-<UTC timestamp>`].
+    /// Unique name (default: `backup-<UTC timestamp>`).
     pub name: Option<String>,
 }
 

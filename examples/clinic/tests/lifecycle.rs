@@ -364,6 +364,40 @@ async fn encrypt_existing_killed_and_rerun(backend: &str) {
         assert_eq!(found[0].name, format!("patient {id}"));
     }
 
+    // --rehash: every SSN hash recomputed under a new search key, whose fingerprint is then
+    // the recorded one; lookups under the old key find nothing.
+    assert_ok(&clinic.ops(&["init"]), "init records the search key");
+    let mut rehashing = Clinic {
+        dir: tempfile::tempdir().expect("tempdir"),
+        url: clinic.url.clone(),
+        vars: clinic.vars.clone(),
+    };
+    std::fs::copy(
+        clinic.dir.path().join("master.key"),
+        rehashing.dir.path().join("master.key"),
+    )
+    .expect("key file");
+    const NEW_SALT: &str = "clinic-lifecycle-new-search-key-abcdef0123456789";
+    rehashing.set("ENCRYPTION_SEARCH_SALT", NEW_SALT);
+    let rehash = rehashing.ops(&["rotate", "--rehash"]);
+    assert_ok(&rehash, "rotate --rehash");
+    let out = String::from_utf8_lossy(&rehash.stdout).into_owned();
+    assert!(
+        out.contains(&format!("rehash patients: {ROWS} of {ROWS} rows done"))
+            && out.contains("search key fingerprint recorded"),
+        "{out}"
+    );
+    let provider = LocalKeyProvider::from_file(clinic.dir.path().join("master.key")).expect("key");
+    let renewed = Encryptor::builder(Arc::new(provider))
+        .search_key(SearchKey::new(NEW_SALT.as_bytes().to_vec()).expect("search key"))
+        .build();
+    let found = db.find_by_ssn(&renewed, "000000042").await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].id, 42);
+    assert!(db.find_by_ssn(&encryptor, "000000042").await.is_empty());
+    let report = rehashing.verify();
+    assert_eq!(report["clean"], true, "{report}");
+
     // A column that is not migrating is refused, with the ones that are.
     let refused = clinic.ops(&[
         "encrypt-existing",

@@ -129,10 +129,11 @@ fn init_logging() {
     let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
     let filter = tracing_subscriber::EnvFilter::try_new(log_filter(&rust_log))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+    // A process that set up its own logging (or runs `main` twice) keeps it.
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .try_init();
 }
 
 /// The operations command over an application's models: register each
@@ -175,9 +176,9 @@ impl Jarvis {
 
     /// Registers model `M`: its fields in the migrating state are encrypted by
     /// `encrypt-existing`, its table is rotated, verified, counted by `retire-key` and listed
-    /// in backup manifests. A model without a single-column primary key, or a second model over
-    /// a table already registered, is refused when the command starts, with a message that
-    /// names it.
+    /// in backup manifests. A model without a single-column integer primary key, or a second
+    /// model over a table already registered, is refused when the command starts, with a
+    /// message that names it (see [`problems`](Self::problems)).
     #[must_use]
     pub fn model<M: EncryptedTable>(mut self) -> Self {
         let table = M::table();
@@ -191,6 +192,21 @@ impl Jarvis {
                 table.model, table.name
             ));
         }
+        if let (Some(pk), Some(kind)) = (table.single_primary_key(), table.row_key_kind)
+            && table.row_key == Some(pk)
+            && kind != jarvis_crypt::RowKeyKind::Int
+        {
+            self.problems.push(format!(
+                "model `{}` (table `{}`): the jobs page and lock rows by an integer primary \
+                 key, and `{pk}` is {}",
+                table.model,
+                table.name,
+                match kind {
+                    jarvis_crypt::RowKeyKind::Text => "text",
+                    _ => "binary",
+                }
+            ));
+        }
         if let Some(other) = self.tables.iter().find(|t| t.name == table.name) {
             self.problems.push(format!(
                 "models `{}` and `{}` are both over table `{}`; register one model per table",
@@ -200,6 +216,13 @@ impl Jarvis {
             self.tables.push(table);
         }
         self
+    }
+
+    /// What [`main`](Self::main) refuses at start, one message per problem, each naming its
+    /// model: a primary key that is not a single integer column, a second model over a table.
+    /// Empty when the registration is sound (an application can check it in a unit test).
+    pub fn problems(&self) -> &[String] {
+        &self.problems
     }
 
     /// The tables the commands work on: the registered models', then the bookkeeping table

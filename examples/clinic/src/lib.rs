@@ -61,10 +61,11 @@ pub mod schema {
     }
 
     diesel::table! {
-        /// Visits, written before their id is known (`bind = none`).
-        visits (id) {
-            /// Row id.
-            id -> BigInt,
+        /// Visits, written before their number is known (`bind = none`); the primary key is
+        /// not called `id`.
+        visits (visit_no) {
+            /// The visit's number (row id).
+            visit_no -> BigInt,
             /// The patient.
             patient_id -> BigInt,
             /// Ciphertext of the summary.
@@ -115,8 +116,8 @@ pub struct Patient {
 #[derive(Clone, PartialEq, Eq, Encrypted)]
 #[encrypted(table = crate::schema::visits, bind = none)]
 pub struct Visit {
-    /// Row id.
-    pub id: i64,
+    /// The visit's number (row id).
+    pub visit_no: i64,
     /// The patient.
     pub patient_id: i64,
     /// What happened.
@@ -137,7 +138,7 @@ impl fmt::Debug for Patient {
 impl fmt::Debug for Visit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Visit")
-            .field("id", &self.id)
+            .field("visit_no", &self.visit_no)
             .field("patient_id", &self.patient_id)
             .finish_non_exhaustive()
     }

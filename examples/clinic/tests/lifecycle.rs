@@ -473,7 +473,7 @@ async fn lifecycle_under_kms(backend: &str) {
     }
     for id in 1..=5i64 {
         let visit = Visit {
-            id,
+            visit_no: id,
             patient_id: id,
             summary: format!("visit {id}"),
         };

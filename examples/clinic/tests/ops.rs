@@ -74,7 +74,7 @@ macro_rules! scenario {
                 .await
                 .expect("insert patient");
             let visit = Visit {
-                id,
+                visit_no: id,
                 patient_id: id,
                 summary: format!("visit {id}"),
             };

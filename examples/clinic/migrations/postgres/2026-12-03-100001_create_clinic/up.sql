@@ -16,7 +16,7 @@ CREATE TABLE patients (
 );
 CREATE INDEX patients_ssn_hash ON patients (ssn_hash);
 CREATE TABLE visits (
-    id BIGSERIAL PRIMARY KEY,
+    visit_no BIGSERIAL PRIMARY KEY,
     patient_id BIGINT NOT NULL REFERENCES patients (id),
     encrypted_summary BYTEA NOT NULL, summary_iv BYTEA NOT NULL, summary_auth_tag BYTEA NOT NULL,
     summary_data_key BYTEA NOT NULL

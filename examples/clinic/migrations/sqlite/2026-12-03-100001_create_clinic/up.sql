@@ -11,7 +11,7 @@ CREATE TABLE patients (
 );
 CREATE INDEX patients_ssn_hash ON patients (ssn_hash);
 CREATE TABLE visits (
-    id INTEGER PRIMARY KEY,
+    visit_no INTEGER PRIMARY KEY,
     patient_id BIGINT NOT NULL REFERENCES patients (id),
     encrypted_summary BLOB NOT NULL, summary_iv BLOB NOT NULL, summary_auth_tag BLOB NOT NULL,
     summary_data_key BLOB NOT NULL

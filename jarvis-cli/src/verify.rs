@@ -44,6 +44,16 @@ pub(crate) async fn run(
     .await?;
     opened.audit.shutdown().await;
     print(&report, json);
+    // What weakens a table's binding is said beside the counts (on standard error, so the
+    // JSON stays as it is), for every table verified.
+    for t in tables
+        .iter()
+        .filter(|t| table.is_none_or(|only| t.name == only || t.bound_name == only))
+    {
+        for problem in t.binding_problems() {
+            eprintln!("note: `{}` (model `{}`): {problem}", t.name, t.model);
+        }
+    }
     Ok(if report.is_clean() {
         ExitCode::SUCCESS
     } else {

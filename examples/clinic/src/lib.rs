@@ -61,6 +61,24 @@ pub mod schema {
     }
 
     diesel::table! {
+        /// Staff, bound by their badge (unique, not the primary key): `verify` says so.
+        staff (id) {
+            /// Row id.
+            id -> BigInt,
+            /// The badge number, unique.
+            badge -> Text,
+            /// Ciphertext of the phone number.
+            encrypted_phone -> Binary,
+            /// Nonce of `encrypted_phone`.
+            phone_iv -> Binary,
+            /// Tag of `encrypted_phone`.
+            phone_auth_tag -> Binary,
+            /// Wrapped data key of `encrypted_phone`.
+            phone_data_key -> Binary,
+        }
+    }
+
+    diesel::table! {
         /// Visits, written before their number is known (`bind = none`); the primary key is
         /// not called `id`.
         visits (visit_no) {
@@ -110,6 +128,29 @@ pub struct Patient {
     /// A photo.
     #[encrypted]
     pub photo: Option<Vec<u8>>,
+}
+
+/// A member of staff, bound by the badge: weaker than the primary key (a badge re-issued
+/// to someone else would take the phone number with it), which `verify` notes.
+#[derive(Clone, PartialEq, Eq, Encrypted)]
+#[encrypted(table = crate::schema::staff, bind = badge)]
+pub struct Staff {
+    /// Row id.
+    pub id: i64,
+    /// The badge number.
+    pub badge: String,
+    /// Phone number.
+    #[encrypted]
+    pub phone: String,
+}
+
+impl fmt::Debug for Staff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Staff")
+            .field("id", &self.id)
+            .field("badge", &self.badge)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A visit.

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use clinic::schema::{patients, visits};
-use clinic::{Patient, Visit};
+use clinic::schema::{patients, staff, visits};
+use clinic::{Patient, Staff, Visit};
 use diesel::sqlite::SqliteConnection;
 use diesel::{ExpressionMethods, QueryDsl};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
@@ -86,8 +86,27 @@ macro_rules! scenario {
                 .expect("insert visit");
         }
 
+        let staff = Staff {
+            id: 1,
+            badge: "B-7".to_owned(),
+            phone: "+1 555 0100".to_owned(),
+        };
+        let row = staff.encrypt_row(&encryptor).await.expect("encrypt");
+        diesel::insert_into(staff::table)
+            .values(&row)
+            .execute(&mut conn)
+            .await
+            .expect("insert staff");
+
         let clean = ops(&["verify", "--json"]);
         assert_ok(&clean, "verify");
+        // The weaker binding of staff (a unique badge, not the primary key) is noted.
+        let notes = String::from_utf8_lossy(&clean.stderr).into_owned();
+        assert!(
+            notes.contains("note: `staff` (model `Staff`)") && notes.contains("`badge`"),
+            "{notes}"
+        );
+        assert!(!notes.contains("`patients`"), "{notes}");
         let report: serde_json::Value =
             serde_json::from_slice(&clean.stdout).expect("verify --json prints JSON");
         let columns = report["columns"].as_array().expect("columns");
@@ -103,6 +122,7 @@ macro_rules! scenario {
         assert_eq!(column("patients", "encrypted_allergies")["current"], 1);
         assert_eq!(column("patients", "encrypted_photo")["current"], 1);
         assert_eq!(column("visits", "encrypted_summary")["current"], 3);
+        assert_eq!(column("staff", "encrypted_phone")["current"], 1);
         assert!(
             !columns.iter().any(|c| c["table"] == "users"),
             "the seed's tables are not the clinic's: {report}"

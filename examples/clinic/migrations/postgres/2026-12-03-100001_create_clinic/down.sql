@@ -1,2 +1,3 @@
+DROP TABLE staff;
 DROP TABLE visits;
 DROP TABLE patients;

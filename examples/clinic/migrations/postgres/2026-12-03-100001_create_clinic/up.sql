@@ -21,3 +21,9 @@ CREATE TABLE visits (
     encrypted_summary BYTEA NOT NULL, summary_iv BYTEA NOT NULL, summary_auth_tag BYTEA NOT NULL,
     summary_data_key BYTEA NOT NULL
 );
+CREATE TABLE staff (
+    id BIGSERIAL PRIMARY KEY,
+    badge TEXT NOT NULL UNIQUE,
+    encrypted_phone BYTEA NOT NULL, phone_iv BYTEA NOT NULL, phone_auth_tag BYTEA NOT NULL,
+    phone_data_key BYTEA NOT NULL
+);

@@ -16,3 +16,9 @@ CREATE TABLE visits (
     encrypted_summary BLOB NOT NULL, summary_iv BLOB NOT NULL, summary_auth_tag BLOB NOT NULL,
     summary_data_key BLOB NOT NULL
 );
+CREATE TABLE staff (
+    id INTEGER PRIMARY KEY,
+    badge TEXT NOT NULL UNIQUE,
+    encrypted_phone BLOB NOT NULL, phone_iv BLOB NOT NULL, phone_auth_tag BLOB NOT NULL,
+    phone_data_key BLOB NOT NULL
+);

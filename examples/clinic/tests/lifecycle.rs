@@ -8,6 +8,8 @@
 //! - `retire-key` refused while rows need the key, accepted after `rotate --to-key`;
 //! - `backup create`, `restore` into a fresh database, and `verify` of what came back.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use clinic::schema::{patients, visits};
 use clinic::{Patient, Visit};
+use common::{assert_ok, text};
 use diesel::sqlite::SqliteConnection;
 use diesel::{QueryDsl, QueryableByName, SelectableHelper};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
@@ -181,19 +184,7 @@ impl Clinic {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_clinic-ops"));
-        command.current_dir(self.dir.path()).args(args);
-        for var in [
-            "KMS_KEY_ID",
-            "JARVIS_LOCAL_MASTER_KEY",
-            "KMS_DECRYPT_KEY_IDS",
-            "RUST_LOG",
-        ] {
-            command.env_remove(var);
-        }
-        command
-            .env("DATABASE_URL", &self.url)
-            .env("JARVIS_LOCAL_KEY_FILE", self.dir.path().join("master.key"));
+        let mut command = common::ops_command(self.dir.path(), &self.url, args);
         for (key, value) in &self.vars {
             command.env(key, value);
         }
@@ -222,18 +213,6 @@ fn fresh_database(backend: &str, dir: &tempfile::TempDir, name: &str) -> String 
         }
         _ => jarvis_tests::fresh_postgres_database(name),
     }
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn assert_ok(output: &Output, what: &str) {
-    assert!(output.status.success(), "{what} failed: {}", text(output));
 }
 
 /// A column of a verify report.

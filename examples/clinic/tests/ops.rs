@@ -3,12 +3,15 @@
 //! the models do not know): verify (clean, then one tampered row named by table, id and column),
 //! and an encrypted backup whose manifest lists the keys the clinic's rows need.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 
 use clinic::schema::{patients, staff, visits};
 use clinic::{Patient, Staff, Visit};
+use common::{assert_ok, text};
 use diesel::sqlite::SqliteConnection;
 use diesel::{ExpressionMethods, QueryDsl};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
@@ -18,32 +21,10 @@ use jarvis_crypt::{Encrypted, Encryptor, LocalKeyProvider, SearchKey};
 const SALT: &str = "clinic-test-search-key-0123456789abcdef";
 
 fn ops(dir: &Path, url: &str, args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_clinic-ops"));
-    command.current_dir(dir).args(args);
-    for var in [
-        "KMS_KEY_ID",
-        "JARVIS_LOCAL_MASTER_KEY",
-        "KMS_DECRYPT_KEY_IDS",
-    ] {
-        command.env_remove(var);
-    }
-    command
-        .env("DATABASE_URL", url)
-        .env("JARVIS_LOCAL_KEY_FILE", dir.join("master.key"))
-        .env("ENCRYPTION_SEARCH_SALT", SALT);
-    command.output().expect("clinic-ops runs")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn assert_ok(output: &Output, what: &str) {
-    assert!(output.status.success(), "{what} failed: {}", text(output));
+    common::ops_command(dir, url, args)
+        .env("ENCRYPTION_SEARCH_SALT", SALT)
+        .output()
+        .expect("clinic-ops runs")
 }
 
 macro_rules! scenario {

@@ -352,18 +352,7 @@ pub fn run_pending_migrations_of_blocking(
     database_url: &str,
     sets: &[MigrationSet],
 ) -> Result<Vec<MigrationInfo>, MigrationError> {
-    let backend = Backend::from_url(database_url);
-    let source = Combined::of(sets, backend);
-    match backend {
-        Backend::Postgres => with_postgres(database_url, APPLY, true, |conn| {
-            let versions = conn.run_pending_migrations(source.clone())?;
-            describe::<Pg>(&source, versions)
-        }),
-        Backend::Sqlite => with_sqlite(database_url, APPLY, true, |conn| {
-            let versions = conn.run_pending_migrations(source.clone())?;
-            describe::<Sqlite>(&source, versions)
-        }),
-    }
+    apply_or_revert(database_url, sets, Direction::Up)
 }
 
 /// [`revert_all_migrations`] on the calling thread. Do not call it from an async task.
@@ -378,16 +367,45 @@ pub fn revert_all_migrations_of_blocking(
     database_url: &str,
     sets: &[MigrationSet],
 ) -> Result<Vec<MigrationInfo>, MigrationError> {
+    apply_or_revert(database_url, sets, Direction::Down)
+}
+
+/// Applying (every pending migration, oldest first) or reverting (every applied one, newest
+/// first).
+#[derive(Clone, Copy)]
+enum Direction {
+    Up,
+    Down,
+}
+
+fn apply_or_revert(
+    database_url: &str,
+    sets: &[MigrationSet],
+    direction: Direction,
+) -> Result<Vec<MigrationInfo>, MigrationError> {
+    fn run<DB: DieselBackend>(
+        conn: &mut impl MigrationHarness<DB>,
+        source: &Combined,
+        direction: Direction,
+    ) -> Result<Vec<MigrationInfo>, BoxError> {
+        let versions = match direction {
+            Direction::Up => conn.run_pending_migrations(source.clone())?,
+            Direction::Down => conn.revert_all_migrations(source.clone())?,
+        };
+        describe::<DB>(source, versions)
+    }
     let backend = Backend::from_url(database_url);
     let source = Combined::of(sets, backend);
+    let operation = match direction {
+        Direction::Up => APPLY,
+        Direction::Down => REVERT,
+    };
     match backend {
-        Backend::Postgres => with_postgres(database_url, REVERT, true, |conn| {
-            let versions = conn.revert_all_migrations(source.clone())?;
-            describe::<Pg>(&source, versions)
+        Backend::Postgres => with_postgres(database_url, operation, true, |conn| {
+            run::<Pg>(conn, &source, direction)
         }),
-        Backend::Sqlite => with_sqlite(database_url, REVERT, true, |conn| {
-            let versions = conn.revert_all_migrations(source.clone())?;
-            describe::<Sqlite>(&source, versions)
+        Backend::Sqlite => with_sqlite(database_url, operation, true, |conn| {
+            run::<Sqlite>(conn, &source, direction)
         }),
     }
 }

@@ -31,37 +31,14 @@ fn unique(prefix: &str) -> String {
 
 /// The binary, for the aws-kms provider, with a clean environment plus `vars`.
 fn jarvis(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_jarvis"));
-    command.current_dir(dir).args(args);
-    for var in [
-        "DATABASE_URL",
-        "KMS_KEY_ID",
-        "KMS_DECRYPT_KEY_IDS",
-        "ENCRYPTION_SEARCH_SALT",
-        "JARVIS_LOCAL_KEY_FILE",
-        "JARVIS_LOCAL_MASTER_KEY",
-        "RUST_LOG",
-    ] {
-        command.env_remove(var);
-    }
-    command.env("AWS_ENDPOINT_URL_KMS", jarvis_tests::kms_endpoint());
-    for (k, v) in vars {
-        command.env(k, v);
-    }
-    command.output().expect("jarvis runs")
+    binary::command(env!("CARGO_BIN_EXE_jarvis"), dir, args, &[])
+        .env("AWS_ENDPOINT_URL_KMS", jarvis_tests::kms_endpoint())
+        .envs(vars.iter().copied())
+        .output()
+        .expect("jarvis runs")
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn assert_ok(output: &Output, what: &str) {
-    assert!(output.status.success(), "{what}: {}", text(output));
-}
+use jarvis_tests::binary::{self, assert_success as assert_ok, text};
 
 async fn connection() -> KmsConnection {
     KmsConnection::from_env(KmsOptions::default())

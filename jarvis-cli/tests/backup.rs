@@ -82,17 +82,7 @@ impl Env {
     }
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn assert_ok(output: &Output, what: &str) {
-    assert!(output.status.success(), "{what} failed: {}", text(output));
-}
+use jarvis_tests::binary::{assert_success as assert_ok, text};
 
 fn psql(url: &str, sql: &str) -> String {
     let output = Command::new("psql")

@@ -4,35 +4,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use jarvis_tests::binary::{self, assert_success as assert_ok, stdout};
+
 fn jarvis(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_jarvis"));
-    command.current_dir(dir).args(args);
-    for var in [
-        "DATABASE_URL",
-        "KMS_KEY_ID",
-        "ENCRYPTION_SEARCH_SALT",
-        "JARVIS_LOCAL_KEY_FILE",
-        "JARVIS_LOCAL_MASTER_KEY",
-    ] {
-        command.env_remove(var);
-    }
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    command.output().expect("jarvis runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn assert_ok(output: &Output, what: &str) {
-    assert!(
-        output.status.success(),
-        "{what} failed: {}\n{}",
-        stdout(output),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    binary::command(env!("CARGO_BIN_EXE_jarvis"), dir, args, env)
+        .output()
+        .expect("jarvis runs")
 }
 
 #[test]

@@ -24,31 +24,16 @@ const NEITHER: &str =
 const ROTATED: &str = "SELECT COUNT(*) AS n FROM users WHERE rotation_count > 0";
 
 fn jarvis(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_jarvis"));
-    command.current_dir(dir).args(args);
-    for var in [
-        "KMS_KEY_ID",
-        "JARVIS_LOCAL_KEY_FILE",
-        "JARVIS_LOCAL_MASTER_KEY",
-        "JARVIS_DATA_KEY_MAX_VALUES",
-    ] {
-        command.env_remove(var);
-    }
-    command.env("ENCRYPTION_SEARCH_SALT", SALT);
-    for (k, v) in vars {
-        command.env(k, v);
-    }
+    let mut command = jarvis_tests::binary::command(env!("CARGO_BIN_EXE_jarvis"), dir, args, &[]);
+    command
+        .env("ENCRYPTION_SEARCH_SALT", SALT)
+        .envs(vars.iter().copied());
     command
 }
 
 fn run(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
     let output = jarvis(dir, args, vars).output().expect("jarvis runs");
-    assert!(
-        output.status.success(),
-        "jarvis {args:?}: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    jarvis_tests::binary::assert_success(&output, format_args!("jarvis {args:?}"));
     output
 }
 

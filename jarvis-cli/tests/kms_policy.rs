@@ -3,32 +3,18 @@
 //! whole policy.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::{Value, json};
 
 const PRINCIPAL: &str = "arn:aws:iam::123456789012:role/jarvis-app";
 
 fn jarvis(dir: &Path, args: &[&str], endpoint: &str) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_jarvis"));
-    command.current_dir(dir).args(args);
-    for var in [
-        "DATABASE_URL",
-        "KMS_KEY_ID",
-        "JARVIS_LOCAL_KEY_FILE",
-        "JARVIS_LOCAL_MASTER_KEY",
-        "RUST_LOG",
-    ] {
-        command.env_remove(var);
-    }
-    command.env("AWS_ENDPOINT_URL_KMS", endpoint);
-    let output = command.output().expect("jarvis runs");
-    assert!(
-        output.status.success(),
-        "jarvis {args:?}: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let vars = [("AWS_ENDPOINT_URL_KMS", endpoint)];
+    let output = jarvis_tests::binary::command(env!("CARGO_BIN_EXE_jarvis"), dir, args, &vars)
+        .output()
+        .expect("jarvis runs");
+    jarvis_tests::binary::assert_success(&output, format_args!("jarvis {args:?}"));
     output
 }
 

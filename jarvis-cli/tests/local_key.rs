@@ -13,22 +13,7 @@ use jarvis_models::{Database, NewApiKey, Store};
 
 /// The binary with a clean environment plus `vars`.
 fn jarvis(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_jarvis"));
-    command.current_dir(dir).args(args);
-    for var in [
-        "DATABASE_URL",
-        "KMS_KEY_ID",
-        "ENCRYPTION_SEARCH_SALT",
-        "JARVIS_LOCAL_KEY_FILE",
-        "JARVIS_LOCAL_MASTER_KEY",
-        "RUST_LOG",
-    ] {
-        command.env_remove(var);
-    }
-    for (k, v) in vars {
-        command.env(k, v);
-    }
-    command
+    jarvis_tests::binary::command(env!("CARGO_BIN_EXE_jarvis"), dir, args, vars)
 }
 
 fn run(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> String {
@@ -38,12 +23,7 @@ fn run(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> String {
 }
 
 fn assert_ok(output: &Output, args: &[&str]) {
-    assert!(
-        output.status.success(),
-        "jarvis {args:?}: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    jarvis_tests::binary::assert_success(output, format_args!("jarvis {args:?}"));
 }
 
 /// The versions of a key file, in file order.

@@ -22,37 +22,16 @@ const SALT: &str = "a search salt for the rotate tests, long enough to be accept
 
 /// The binary with a clean environment plus `vars`.
 fn jarvis(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_jarvis"));
-    command.current_dir(dir).args(args);
-    for var in [
-        "KMS_KEY_ID",
-        "ENCRYPTION_SEARCH_SALT",
-        "JARVIS_LOCAL_KEY_FILE",
-        "JARVIS_LOCAL_MASTER_KEY",
-        "RUST_LOG",
-    ] {
-        command.env_remove(var);
-    }
-    for (k, v) in vars {
-        command.env(k, v);
-    }
-    command
+    binary::command(env!("CARGO_BIN_EXE_jarvis"), dir, args, vars)
 }
 
 fn run(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
     let output = jarvis(dir, args, vars).output().expect("jarvis runs");
-    assert!(
-        output.status.success(),
-        "jarvis {args:?}: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    binary::assert_success(&output, format_args!("jarvis {args:?}"));
     output
 }
 
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use jarvis_tests::binary::{self, stdout};
 
 fn verify_json(dir: &Path, vars: &[(&str, &str)]) -> serde_json::Value {
     let verify = run(dir, &["verify", "--json"], vars);

@@ -26,6 +26,7 @@
 //! failed test's rows can be inspected; each carries a comment naming the process that made it,
 //! and `scripts/test` drops those whose process has exited before it runs the tests again.
 
+pub mod binary;
 pub mod fault_proxy;
 
 use std::hash::{BuildHasher, RandomState};

@@ -9,7 +9,7 @@
 //!
 //! Both take the descriptions of the tables to work on ([`EncryptedTable::table`] of each
 //! model), so they work on an application's own tables as on the seed's;
-//! [`encrypt_existing`] and [`rotate`] are the same jobs over the seed's tables. The store
+//! [`encrypt_existing()`] and [`rotate()`] are the same jobs over the seed's tables. The store
 //! supplies the database, the encryptor and the audit sink; its repositories are not used.
 //!
 //! ```no_run

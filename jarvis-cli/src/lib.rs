@@ -301,16 +301,7 @@ async fn run(jarvis: &Jarvis, cli: Cli) -> Result<ExitCode> {
         Command::EncryptExisting(args) => {
             return encrypt_existing::run(global, &jarvis.tables(), args).await;
         }
-        Command::Rotate(args) => {
-            // `--rehash`: the configured search key is the new one, given to the job
-            // explicitly and not checked against the recorded fingerprint it replaces.
-            let new_search_key = if args.rehash {
-                cli.global.configured_search_key()?
-            } else {
-                None
-            };
-            return rotate::run(global, &jarvis.tables(), args, new_search_key).await;
-        }
+        Command::Rotate(args) => return rotate::run(global, &jarvis.tables(), args).await,
         Command::Verify(args) => return verify::run(global, &jarvis.tables(), args).await,
         Command::RetireKey(args) => return retire_key::run(global, &jarvis.tables(), args).await,
         Command::Backup { command } => return backup::run(global, &jarvis.tables(), command).await,

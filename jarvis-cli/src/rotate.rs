@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use jarvis_crypt::{SearchKey, TableDescription};
+use jarvis_crypt::TableDescription;
 use jarvis_models::jobs::{RotateMode, RotateOptions, rotate_in};
 
 use crate::audit::parse_age;
@@ -46,7 +46,7 @@ pub(crate) struct RotateArgs {
     /// old one's: a deliberate change of search key or of a column's normalizers. Every
     /// table; stop the applications' lookups and writes meanwhile.
     #[arg(long, conflicts_with = "table")]
-    pub(crate) rehash: bool,
+    rehash: bool,
     /// Rows per batch (one transaction each).
     #[arg(long, default_value_t = RotateOptions::DEFAULT_BATCH_SIZE)]
     batch_size: usize,
@@ -58,16 +58,20 @@ pub(crate) struct RotateArgs {
     dry_run: bool,
 }
 
-/// `jarvis rotate`. `new_search_key` is the configured search key of `--rehash`: the store
-/// is opened with it unchecked (the start-up check would refuse a key other than the
-/// recorded one, which the job replaces) and the job gets it explicitly. Exit status 1 when
-/// the run is not finished (rows left pending).
+/// `rotate`. With `--rehash`, the configured search key is the new one: the store is opened
+/// with it unchecked (the start-up check would refuse a key other than the recorded one,
+/// which the job replaces) and the job gets it explicitly. Exit status 1 when the run is not
+/// finished (rows left pending).
 pub(crate) async fn run(
     global: &Global,
     tables: &[&'static TableDescription],
     args: RotateArgs,
-    new_search_key: Option<SearchKey>,
 ) -> Result<std::process::ExitCode> {
+    let new_search_key = if args.rehash {
+        global.configured_search_key()?
+    } else {
+        None
+    };
     let target = match &args.to_key {
         Some(key) => Some(global.target_key(key).await?),
         None => None,

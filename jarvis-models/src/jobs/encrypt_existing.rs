@@ -89,7 +89,7 @@ use jarvis_crypt::{
 use super::runner::Batches;
 pub use super::runner::Progress;
 use crate::db::{Conn, Database, Transaction};
-use crate::described::{self, Arg, StoredRow, quote};
+use crate::described::{self, Arg, StoredRow, configuration, quote};
 use crate::error::ModelError;
 use crate::store::Store;
 
@@ -336,10 +336,6 @@ pub async fn encrypt_existing_in(
     Ok(report)
 }
 
-fn configuration(message: impl Into<String>) -> ModelError {
-    ModelError::Crypto(jarvis_crypt::Error::Configuration(message.into()))
-}
-
 /// Rows pending, and rows with both forms.
 #[derive(Debug, Clone, Copy)]
 struct Counts {
@@ -535,9 +531,6 @@ impl Job<'_> {
             if Some(back.as_slice()) != row.values[self.index].plaintext.as_deref() {
                 return Err(self.verification_failed(row.id));
             }
-        }
-        if field.search.is_some() && new.iter().any(|(_, hash)| hash.is_none()) {
-            return Err(self.verification_failed(rows.first().map_or(0, |r| r.id)));
         }
         Ok(())
     }

@@ -113,7 +113,7 @@ use tokio::sync::OnceCell;
 
 use super::runner::{Batches, Progress};
 use crate::db::{Conn, Database, Transaction};
-use crate::described::{self, Form, StoredRow, quote};
+use crate::described::{self, Form, StoredRow, configuration, quote};
 use crate::error::ModelError;
 use crate::migrations::Backend;
 use crate::schema::{jarvis_job_progress, jarvis_jobs};
@@ -638,10 +638,6 @@ fn already_done(
         finished: true,
         search_key_fingerprints: hashers.map(|h| (h.old, h.new)),
     }
-}
-
-fn configuration(message: impl Into<String>) -> ModelError {
-    ModelError::Crypto(jarvis_crypt::Error::Configuration(message.into()))
 }
 
 fn now() -> NaiveDateTime {
@@ -1277,9 +1273,8 @@ impl Job<'_> {
             for value in values.iter().filter(|v| v.row == index) {
                 let field = &table.fields[value.field];
                 let stored = value.new.as_ref().unwrap_or(&value.old);
-                let hash = field.search.and_then(|_| {
-                    (value.hash.is_some()).then(|| value.hash.as_ref().map(|h| h.as_bytes()))
-                });
+                // Only a searchable field has a hash, and only the modes that write it set one.
+                let hash = value.hash.as_ref().map(|h| Some(h.as_bytes()));
                 let mut field_sets = described::value_sets(field, Some(stored), hash);
                 if value.new.is_none() {
                     // Re-hashing writes the hash alone.

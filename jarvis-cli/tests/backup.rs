@@ -235,25 +235,85 @@ fn restore(env: &Env, input: &Path, target: &str, extra: &[&str]) -> Output {
     env.jarvis(&args, None)
 }
 
-/// Postgres backends in a transaction on the database `name`, other than the asking one.
-fn open_transactions(admin: &str, name: &str) -> i64 {
-    psql(
-        admin,
-        &format!(
-            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '{name}' \
-             AND xact_start IS NOT NULL AND pid <> pg_backend_pid()"
-        ),
-    )
-    .parse()
-    .expect("count")
-}
-
 fn connections(admin: &str, name: &str) -> i64 {
     psql(
         admin,
         &format!(
             "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '{name}' \
              AND pid <> pg_backend_pid()"
+        ),
+    )
+    .parse()
+    .expect("count")
+}
+
+/// An event trigger that gives `public.users`, as the restore creates it, a row trigger that
+/// waits for advisory lock 4242 at the 50,000th row: the restore stops midway through its
+/// largest table, inside its transaction, before the rest of the dump (and its COMMIT) could
+/// be written to psql.
+const GATE: &str = "CREATE SCHEMA jarvis_gate; \
+    CREATE FUNCTION jarvis_gate.row() RETURNS trigger LANGUAGE plpgsql AS $gate$ \
+    BEGIN IF NEW.id >= 50000 THEN PERFORM pg_catalog.pg_advisory_xact_lock(4242); END IF; \
+    RETURN NEW; END $gate$; \
+    CREATE FUNCTION jarvis_gate.hold() RETURNS event_trigger LANGUAGE plpgsql AS $gate$ \
+    BEGIN IF EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger_ddl_commands() c \
+    WHERE c.object_identity = 'public.users') THEN \
+    CREATE TRIGGER jarvis_gate BEFORE INSERT ON public.users \
+    FOR EACH ROW EXECUTE FUNCTION jarvis_gate.row(); END IF; END $gate$; \
+    CREATE EVENT TRIGGER jarvis_gate ON ddl_command_end WHEN TAG IN ('CREATE TABLE') \
+    EXECUTE FUNCTION jarvis_gate.hold();";
+
+const UNGATE: &str = "DROP EVENT TRIGGER jarvis_gate; DROP SCHEMA jarvis_gate CASCADE;";
+
+/// Advisory lock 4242 on the database of `url`, held by a psql session until dropped.
+struct AdvisoryLock(std::process::Child);
+
+impl AdvisoryLock {
+    fn take(url: &str) -> AdvisoryLock {
+        use std::io::Write;
+        let mut child = Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("psql runs");
+        child
+            .stdin
+            .as_mut()
+            .expect("stdin")
+            .write_all(b"SELECT pg_advisory_lock(4242);\n")
+            .expect("write");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while psql(
+            url,
+            "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND granted",
+        ) != "1"
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the advisory lock was never granted"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        AdvisoryLock(child)
+    }
+}
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        // End of input: psql ends its session, and the server releases the lock.
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+/// Backends of the database `name` waiting for an advisory lock (the restore at the gate).
+fn waiting_at_the_gate(admin: &str, name: &str) -> i64 {
+    psql(
+        admin,
+        &format!(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '{name}' \
+             AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
         ),
     )
     .parse()
@@ -319,10 +379,17 @@ async fn postgres_round_trip_of_100k_rows_survives_a_killed_restore() {
         "1"
     );
 
-    // A restore killed midway: the single transaction leaves nothing.
+    // A restore killed midway: the single transaction leaves nothing. A gate in the target
+    // (outside `public`) stops the restore halfway through the users' rows on an advisory
+    // lock this test holds, so the restore is killed inside its transaction on every run,
+    // however fast the machine. The lock is released after the kill: psql then reads what
+    // was left in its pipe, reaches the end of its input inside the COPY, and ends without
+    // a COMMIT.
     let target = jarvis_tests::fresh_postgres_database("backup_dst");
     let admin = jarvis_tests::postgres_admin_url();
     let name = database_name(&target);
+    psql(&target, GATE);
+    let holder = AdvisoryLock::take(&target);
     let input = file.display().to_string();
     let mut child = env
         .command(
@@ -338,23 +405,28 @@ async fn postgres_round_trip_of_100k_rows_survives_a_killed_restore() {
         )
         .spawn()
         .expect("spawn restore");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while open_transactions(&admin, &name) == 0 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while waiting_at_the_gate(&admin, &name) == 0 {
         assert!(
             child.try_wait().expect("try_wait").is_none(),
-            "the restore ended before it could be killed"
+            "the restore ended before it reached the gate"
         );
-        assert!(Instant::now() < deadline, "the restore never began writing");
-        std::thread::sleep(Duration::from_millis(10));
+        assert!(
+            Instant::now() < deadline,
+            "the restore never reached the gate"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(100));
     child.kill().expect("SIGKILL");
-    child.wait().expect("wait");
+    let status = child.wait().expect("wait");
+    assert!(!status.success(), "the restore was killed: {status}");
+    drop(holder);
     let deadline = Instant::now() + Duration::from_secs(30);
     while connections(&admin, &name) > 0 {
         assert!(Instant::now() < deadline, "psql never ended");
         std::thread::sleep(Duration::from_millis(20));
     }
+    psql(&target, UNGATE);
     assert_eq!(public_tables(&target), 0, "a killed restore left objects");
 
     // The rerun succeeds; everything is byte-identical and verifies.

@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result, bail};
 use comfy_table::Table;
-use jarvis_models::Database;
-use jarvis_models::audit::SummaryLine;
+use jarvis_db::Database;
+use jarvis_db::audit::SummaryLine;
 
 use crate::config::Global;
 
@@ -33,7 +33,7 @@ pub(crate) async fn summary(db: &Database, since: chrono::Duration) -> Result<Ve
         .naive_utc()
         .checked_sub_signed(since)
         .context("--since reaches before the calendar's start")?;
-    Ok(jarvis_models::audit::summary(db, cutoff).await?)
+    Ok(jarvis_db::audit::summary(db, cutoff).await?)
 }
 
 /// Prints the summary as a table, or as JSON.

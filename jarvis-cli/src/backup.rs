@@ -1,5 +1,5 @@
 //! `jarvis backup create|restore|verify|list`: the commands over the backup engine of
-//! `jarvis_models::backup` (which dumps, encrypts, authenticates and restores; see its docs).
+//! `jarvis_db::backup` (which dumps, encrypts, authenticates and restores; see its docs).
 //! This file parses the arguments and prints; `verify` reads a file and asks the key
 //! provider, `list` reads the records through the store.
 
@@ -16,9 +16,10 @@ use jarvis_crypt::{
     AuditEvent, AuditSink, Error as CryptError, KeyProvider, KmsConnection, KmsOptions,
     MasterKeyRef, Operation, ProviderKind, TableDescription,
 };
-use jarvis_models::backup::{
+use jarvis_db::backup::{
     CreateOptions, RestoreSource, error_kind, parse_master_key, printable, rejected,
 };
+use jarvis_db::migrations::MigrationSet;
 
 use crate::config::Global;
 
@@ -84,6 +85,7 @@ pub(crate) enum BackupCommand {
 pub(crate) async fn run(
     global: &Global,
     tables: &[&'static TableDescription],
+    migrations: &[MigrationSet],
     command: BackupCommand,
 ) -> Result<ExitCode> {
     let result = match command {
@@ -91,7 +93,7 @@ pub(crate) async fn run(
             out,
             store_in_db,
             name,
-        } => create(global, tables, out, store_in_db, name).await,
+        } => create(global, tables, migrations, out, store_in_db, name).await,
         BackupCommand::Restore {
             input,
             name,
@@ -113,6 +115,7 @@ pub(crate) async fn run(
 async fn create(
     global: &Global,
     tables: &[&'static TableDescription],
+    migrations: &[MigrationSet],
     out: Option<PathBuf>,
     store_in_db: bool,
     name: Option<String>,
@@ -126,7 +129,9 @@ async fn create(
         options.out = out;
         options.store_in_db = store_in_db;
         options.name = name;
-        jarvis_models::backup::create(&opened.store, tables, provider.as_ref(), &url, options).await
+        let provider = provider.as_ref();
+        jarvis_db::backup::create(&opened.backups, tables, migrations, provider, &url, options)
+            .await
     }
     .await;
     if let Err(e) = &result {
@@ -185,7 +190,7 @@ async fn restore(
         },
         (None, None) => anyhow::bail!("restore needs --in FILE or --name NAME"),
     };
-    let label = jarvis_models::backup::restore(provider, source, &target_url, force, &|summary| {
+    let label = jarvis_db::backup::restore(provider, source, &target_url, force, &|summary| {
         eprintln!(
             "authenticated {} chunks ({} bytes of dump, schema {}); restoring",
             summary.chunks,
@@ -312,8 +317,8 @@ async fn key_status(provider: &dyn KeyProvider, key: &MasterKeyRef) -> Result<St
 
 async fn list(global: &Global, json: bool) -> Result<ExitCode> {
     let opened = global.open(false).await?;
-    let backups = opened.store.list_backups().await;
-    let keys = opened.store.backup_keys().await;
+    let backups = opened.backups.list().await;
+    let keys = opened.backups.keys().await;
     opened.audit.shutdown().await;
     let backups = backups?;
     // The master keys each backup's rows need, by row id.
@@ -321,7 +326,7 @@ async fn list(global: &Global, json: bool) -> Result<ExitCode> {
         .into_iter()
         .map(|k| (k.id, k.rows_master_key_ids))
         .collect();
-    let place = |b: &jarvis_models::EncryptedBackup| match (&b.storage_path, &b.data) {
+    let place = |b: &jarvis_db::EncryptedBackup| match (&b.storage_path, &b.data) {
         (_, Some(_)) => "(in the database)".to_owned(),
         (Some(p), None) => p.clone(),
         (None, None) => "-".to_owned(),

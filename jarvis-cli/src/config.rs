@@ -1,4 +1,4 @@
-//! Global options and what they build: the key provider, the encryptor, the store.
+//! Global options and what they build: the key provider, the encryptor, the database.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use jarvis_crypt::{
     AwsKms, CacheLimits, Encryptor, KeyProvider, KmsConnection, KmsOptions, LocalKeyProvider,
     MasterKeyRef, SearchKey,
 };
-use jarvis_models::{Database, DbAudit, Store};
+use jarvis_db::{Backups, Database, DbAudit};
 
 /// Which key provider holds the master key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -180,7 +180,7 @@ impl Global {
         let search_key = match self.configured_search_key()? {
             Some(key) => {
                 if !options.new_search_key {
-                    jarvis_models::keys::check_search_key(&db, &key).await?;
+                    jarvis_db::keys::check_search_key(&db, &key).await?;
                 }
                 Some(key)
             }
@@ -190,7 +190,7 @@ impl Global {
             None if options.search => {
                 let probe = providers(Encryptor::builder(primary.clone())).build();
                 Some(
-                    jarvis_models::keys::load_search_key_with(&db, &probe)
+                    jarvis_db::keys::load_search_key_with(&db, &probe)
                         .await?
                         .context(
                             "no search key: set ENCRYPTION_SEARCH_SALT (or --search-key-file), \
@@ -213,12 +213,12 @@ impl Global {
         }
         let encryptor = builder.allow_legacy(options.allow_legacy).build();
         let audit = DbAudit::start(db.clone());
-        let store = Store::new(db.clone(), encryptor.clone(), Arc::new(audit.clone()));
+        let backups = Backups::new(db.clone(), encryptor.clone(), Arc::new(audit.clone()));
         Ok(Opened {
             db,
             encryptor,
             audit,
-            store,
+            backups,
         })
     }
 
@@ -286,10 +286,10 @@ pub(crate) struct OpenOptions {
     pub(crate) new_search_key: bool,
 }
 
-/// An opened database with its encryptor and store.
+/// An opened database with its encryptor, audit sink and backup records.
 pub(crate) struct Opened {
     pub(crate) db: Database,
     pub(crate) encryptor: Encryptor,
     pub(crate) audit: DbAudit,
-    pub(crate) store: Store,
+    pub(crate) backups: Backups,
 }

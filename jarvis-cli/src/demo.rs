@@ -35,7 +35,7 @@ pub(crate) async fn run() -> Result<()> {
     let db = Database::connect(&url, 4).await?;
     out!("database         {url} (migrations applied)");
 
-    let search_key = jarvis_models::keys::stored_search_key(&db, provider.as_ref()).await?;
+    let search_key = jarvis_db::keys::stored_search_key(&db, provider.as_ref()).await?;
     out!("search key       generated, stored wrapped in jarvis_keys");
     let encryptor = Encryptor::builder(provider.clone())
         .search_key(search_key)

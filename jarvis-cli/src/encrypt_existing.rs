@@ -1,11 +1,11 @@
 //! `encrypt-existing`: the plaintext columns of fields in the migrating state, encrypted in
-//! verified, resumable batches (`jarvis_models::jobs::encrypt_existing_in`).
+//! verified, resumable batches (`jarvis_db::jobs::encrypt_existing`).
 
 use std::sync::Arc;
 
 use anyhow::Result;
 use jarvis_crypt::TableDescription;
-use jarvis_models::jobs::{EncryptExistingOptions, encrypt_existing_in, migrating_columns};
+use jarvis_db::jobs::{EncryptExistingOptions, encrypt_existing, migrating_columns};
 
 use crate::config::Global;
 use crate::jobs::{ProgressView, stop_on_ctrl_c};
@@ -80,7 +80,10 @@ pub(crate) async fn run(
         options.workers = args.workers;
         options.stop = Some(Arc::clone(&stop));
         let view = ProgressView::new("encrypt-existing");
-        let run = encrypt_existing_in(&opened.store, tables, &options, &|p| view.update(p)).await;
+        let run = encrypt_existing(&opened.db, &opened.encryptor, tables, &options, &|p| {
+            view.update(p)
+        })
+        .await;
         view.finish();
         let report = match run {
             Ok(report) => report,

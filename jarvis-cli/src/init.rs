@@ -1,7 +1,7 @@
 //! `init`: create the master key, and record the database's root search key.
 
 use anyhow::Result;
-use jarvis_models::migrations::MigrationSet;
+use jarvis_db::migrations::MigrationSet;
 
 use crate::config::{Global, ProviderChoice};
 
@@ -119,7 +119,7 @@ async fn init(
 /// is configured. Refused when another key is recorded.
 async fn init_search_key(global: &Global, migrations: &[MigrationSet]) -> Result<()> {
     let url = global.database_url()?;
-    let status = jarvis_models::migrations::migration_status_of(url, migrations).await?;
+    let status = jarvis_db::migrations::migration_status_of(url, migrations).await?;
     if !status.pending.is_empty() {
         eprintln!(
             "note: the database schema is not up to date, so the search key is not recorded: \
@@ -127,17 +127,17 @@ async fn init_search_key(global: &Global, migrations: &[MigrationSet]) -> Result
         );
         return Ok(());
     }
-    let db = jarvis_models::Database::connect(url, 1).await?;
-    let before = jarvis_models::keys::recorded_search_key_fingerprint(&db).await?;
+    let db = jarvis_db::Database::connect(url, 1).await?;
+    let before = jarvis_db::keys::recorded_search_key_fingerprint(&db).await?;
     let (key, source) = match global.configured_search_key()? {
         Some(key) => (key, "ENCRYPTION_SEARCH_SALT"),
         None => {
             let provider = global.provider().await?;
-            let key = jarvis_models::keys::stored_search_key(&db, provider.as_ref()).await?;
+            let key = jarvis_db::keys::stored_search_key(&db, provider.as_ref()).await?;
             (key, "stored in jarvis_keys")
         }
     };
-    jarvis_models::keys::record_search_key(&db, &key).await?;
+    jarvis_db::keys::record_search_key(&db, &key).await?;
     let fingerprint = key.fingerprint();
     if before.is_none() {
         eprintln!(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use jarvis_models::jobs::Progress;
+use jarvis_db::jobs::Progress;
 
 /// A flag set by Ctrl-C: jobs stop before their next batch.
 pub(crate) fn stop_on_ctrl_c() -> Arc<AtomicBool> {

@@ -55,7 +55,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use jarvis_crypt::{EncryptedTable, TableDescription};
-use jarvis_models::migrations::MigrationSet;
+use jarvis_db::migrations::MigrationSet;
 
 use crate::config::Global;
 
@@ -104,7 +104,7 @@ enum Command {
 }
 
 /// The crates a bare `RUST_LOG` level applies to.
-const JARVIS_TARGETS: [&str; 3] = ["jarvis", "jarvis_crypt", "jarvis_models"];
+const JARVIS_TARGETS: [&str; 4] = ["jarvis", "jarvis_crypt", "jarvis_db", "jarvis_models"];
 
 /// `RUST_LOG` with bare levels applied to the jarvis crates only: `RUST_LOG=debug` means
 /// debug for jarvis and `warn` for dependencies, since database drivers log bound parameters
@@ -149,7 +149,7 @@ impl Default for Jarvis {
     fn default() -> Self {
         Jarvis {
             tables: Vec::new(),
-            migrations: vec![jarvis_models::migrations::BOOKKEEPING],
+            migrations: vec![jarvis_db::migrations::BOOKKEEPING],
             problems: Vec::new(),
         }
     }
@@ -157,7 +157,7 @@ impl Default for Jarvis {
 
 impl Jarvis {
     /// A command with no models registered yet, whose `migrate` applies the bookkeeping
-    /// migrations ([`BOOKKEEPING`](jarvis_models::migrations::BOOKKEEPING)).
+    /// migrations ([`BOOKKEEPING`](jarvis_db::migrations::BOOKKEEPING)).
     pub fn new() -> Self {
         Jarvis::default()
     }
@@ -228,7 +228,7 @@ impl Jarvis {
     /// The tables the commands work on: the registered models', then the bookkeeping table
     /// of encrypted backups.
     pub(crate) fn tables(&self) -> Vec<&'static TableDescription> {
-        let backups = jarvis_models::EncryptedBackup::table();
+        let backups = jarvis_db::EncryptedBackup::table();
         let mut tables = self.tables.clone();
         if !tables.iter().any(|t| t.name == backups.name) {
             tables.push(backups);
@@ -304,7 +304,9 @@ async fn run(jarvis: &Jarvis, cli: Cli) -> Result<ExitCode> {
         Command::Rotate(args) => return rotate::run(global, &jarvis.tables(), args).await,
         Command::Verify(args) => return verify::run(global, &jarvis.tables(), args).await,
         Command::RetireKey(args) => return retire_key::run(global, &jarvis.tables(), args).await,
-        Command::Backup { command } => return backup::run(global, &jarvis.tables(), command).await,
+        Command::Backup { command } => {
+            return backup::run(global, &jarvis.tables(), &jarvis.migrations, command).await;
+        }
         Command::Audit(args) => audit::run(global, args).await?,
     }
     Ok(ExitCode::SUCCESS)
@@ -318,11 +320,11 @@ mod tests {
     fn bare_levels_apply_to_jarvis_only() {
         assert_eq!(
             log_filter("debug"),
-            "warn,jarvis=debug,jarvis_crypt=debug,jarvis_models=debug"
+            "warn,jarvis=debug,jarvis_crypt=debug,jarvis_db=debug,jarvis_models=debug"
         );
         assert_eq!(
             log_filter("info,tokio_postgres=debug"),
-            "warn,jarvis=info,jarvis_crypt=info,jarvis_models=info,tokio_postgres=debug"
+            "warn,jarvis=info,jarvis_crypt=info,jarvis_db=info,jarvis_models=info,tokio_postgres=debug"
         );
     }
 }

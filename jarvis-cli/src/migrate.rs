@@ -2,7 +2,7 @@
 //! binary adds (`Jarvis::migrations`).
 
 use anyhow::Result;
-use jarvis_models::migrations::MigrationSet;
+use jarvis_db::migrations::MigrationSet;
 
 use crate::config::Global;
 
@@ -22,9 +22,9 @@ pub(crate) async fn run(
     let status = args.status;
     let url = global.database_url()?;
     if !status {
-        jarvis_models::migrations::run_pending_migrations_of(url, migrations).await?;
+        jarvis_db::migrations::run_pending_migrations_of(url, migrations).await?;
     }
-    let state = jarvis_models::migrations::migration_status_of(url, migrations).await?;
+    let state = jarvis_db::migrations::migration_status_of(url, migrations).await?;
     for m in &state.applied {
         out!("applied  {}", m.name);
     }

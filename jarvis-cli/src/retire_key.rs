@@ -64,16 +64,16 @@ async fn retire_key(
         .await?
         .key_arn()
         .to_owned();
-    let db = jarvis_models::Database::connect(global.database_url()?, 2).await?;
+    let db = jarvis_db::Database::connect(global.database_url()?, 2).await?;
     if let Some(current) = &global.kms_key_id {
         let current_arn = jarvis_crypt::AwsKms::new(connection.clone(), current).await?;
         if current_arn.key_arn() == arn {
             anyhow::bail!("{arn} is the configured KMS_KEY_ID: new data is still written under it");
         }
     }
-    let usage = jarvis_models::verify::key_usage_in(&db, tables, &arn).await?;
+    let usage = jarvis_db::verify::key_usage_in(&db, tables, &arn).await?;
     // Backups recorded under another key may still hold rows under this one.
-    let backups = jarvis_models::backup::backups_needing(&db, &arn).await?;
+    let backups = jarvis_db::backup::backups_needing(&db, &arn).await?;
     for (name, why) in &backups.unreadable {
         if ignore_unreadable_backups {
             eprintln!("note: backup {name}: {why}; ignored (--ignore-unreadable-backups)");

@@ -1,11 +1,11 @@
 //! `rotate`: re-encrypt, re-wrap, upgrade legacy rows or re-hash, over the registered tables
-//! (`jarvis_models::jobs::rotate_in`).
+//! (`jarvis_db::jobs::rotate`).
 
 use std::sync::Arc;
 
 use anyhow::Result;
 use jarvis_crypt::TableDescription;
-use jarvis_models::jobs::{RotateMode, RotateOptions, rotate_in};
+use jarvis_db::jobs::{RotateMode, RotateOptions, rotate};
 
 use crate::audit::parse_age;
 use crate::config::{Global, OpenOptions};
@@ -123,7 +123,10 @@ pub(crate) async fn run(
     options.stop = Some(stop_on_ctrl_c());
     options.search_key = rehash_key;
     let view = ProgressView::new("rotate");
-    let result = rotate_in(&opened.store, tables, &options, &|p| view.update(p)).await;
+    let result = rotate(&opened.db, &opened.encryptor, tables, &options, &|p| {
+        view.update(p)
+    })
+    .await;
     view.finish();
     opened.audit.shutdown().await;
     let report = result?;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use comfy_table::Table;
 use jarvis_crypt::TableDescription;
-use jarvis_models::verify::VerifyReport;
+use jarvis_db::verify::VerifyReport;
 
 use crate::config::Global;
 
@@ -32,9 +32,9 @@ pub(crate) async fn run(
     // jarvis_keys (loaded, never created).
     let stored = match opened.encryptor.search_key_fingerprint() {
         Some(_) => None,
-        None => jarvis_models::keys::load_search_key_with(&opened.db, &opened.encryptor).await?,
+        None => jarvis_db::keys::load_search_key_with(&opened.db, &opened.encryptor).await?,
     };
-    let report = jarvis_models::verify::verify_tables(
+    let report = jarvis_db::verify::verify_tables(
         &opened.db,
         &opened.encryptor,
         tables,

@@ -9,6 +9,8 @@ use std::fmt;
 use chrono::NaiveDateTime;
 use jarvis_crypt::Encrypted;
 
+pub use jarvis_db::models::{EncryptedBackup, EncryptedBackupRow};
+
 /// `[redacted]` when a value is present, `None` otherwise: what `Debug` shows of secrets.
 struct Redacted<'a, T>(&'a Option<T>);
 
@@ -157,52 +159,6 @@ impl fmt::Debug for OAuthToken {
             .field("refresh_token", &Redacted(&self.refresh_token))
             .field("is_active", &self.is_active)
             .field("rotation_count", &self.rotation_count)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A recorded backup: small ones stored in the row itself (encrypted), large ones in a file.
-#[derive(Clone, PartialEq, Eq, Encrypted)]
-#[encrypted(
-    table = crate::schema::encrypted_backups,
-    bind = id,
-    rotated_at = last_rotated_at,
-    created_at = created_at,
-    rotation_count = rotation_count
-)]
-pub struct EncryptedBackup {
-    /// Row id.
-    pub id: i64,
-    /// Unique name.
-    pub backup_name: String,
-    /// Kind (`pg_dump`, `sqlite`, ...).
-    pub backup_type: String,
-    /// Where the encrypted file is, if not in the row.
-    pub storage_path: Option<String>,
-    /// The backup itself, when stored in the row.
-    #[encrypted]
-    pub data: Option<Vec<u8>>,
-    /// Size in bytes of the encrypted backup.
-    pub size_bytes: Option<i64>,
-    /// SHA-256 of the encrypted backup, hex.
-    pub checksum: Option<String>,
-    /// The master key its data key is wrapped under.
-    pub master_key_id: Option<String>,
-    /// Creation time (UTC).
-    pub created_at: NaiveDateTime,
-    /// Last update (UTC).
-    pub updated_at: NaiveDateTime,
-}
-
-impl fmt::Debug for EncryptedBackup {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EncryptedBackup")
-            .field("id", &self.id)
-            .field("backup_name", &self.backup_name)
-            .field("backup_type", &self.backup_type)
-            .field("storage_path", &self.storage_path)
-            .field("data", &Redacted(&self.data))
-            .field("size_bytes", &self.size_bytes)
             .finish_non_exhaustive()
     }
 }

@@ -1,45 +1,25 @@
 //! Repositories of the models: create, find, look up by search hash, list, update,
 //! deactivate; the same code on PostgreSQL and SQLite.
 //!
-//! # Row ids before the first write
-//!
-//! A value's associated data includes its row id, so the id must be known before the row is
-//! written. Every write runs in one transaction that reserves the ids first:
-//!
-//! - PostgreSQL: `SELECT nextval('<table>_id_seq') FROM generate_series(1, n)`: one round
-//!   trip for a whole batch; ids are never handed out twice.
-//! - SQLite: the transaction starts with `BEGIN IMMEDIATE`, which takes the database's write
-//!   lock, then reads the largest id ever used (`sqlite_sequence`, or the table's `MAX(id)`);
-//!   no other writer can take an id until the transaction ends.
-//!
-//! # Audit
-//!
-//! Each record operation records one [`AuditEvent`]; each listing one event for the batch,
-//! with its record ids. Failed operations are recorded with their error kind.
+//! Every write runs in one transaction that reserves the row ids first (a value's associated
+//! data includes its row id), and every operation records one audit event; both are
+//! [`jarvis_db::repo`]'s, whose docs say how.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{NaiveDateTime, Utc};
-use diesel::sql_types::BigInt;
-use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, QueryableByName, SelectableHelper};
+use diesel::{ExpressionMethods, OptionalExtension, QueryDsl, SelectableHelper};
 use diesel_async::RunQueryDsl;
-use jarvis_crypt::{AuditEvent, AuditSink, Encrypted, Encryptor, Operation};
+use jarvis_crypt::{AuditSink, Encrypted, Encryptor, Operation};
+use jarvis_db::repo::{Auditor, RecordIds};
 
-use crate::db::{Conn, Database, Transaction};
+use crate::db::{Conn, Database};
 use crate::error::ModelError;
-use crate::models::{
-    ApiKey, ApiKeyRow, EncryptedBackup, EncryptedBackupRow, OAuthToken, OAuthTokenRow, User,
-    UserRow,
-};
+use crate::models::{ApiKey, ApiKeyRow, EncryptedBackup, OAuthToken, OAuthTokenRow, User, UserRow};
 use crate::with_conn;
 
 type Result<T, E = ModelError> = std::result::Result<T, E>;
-
-/// The record ids an operation's result names, for its audit event.
-trait RecordIds {
-    fn record_ids(&self) -> Vec<i64>;
-}
 
 macro_rules! record_ids {
     ($($model:ty),*) => {$(
@@ -50,19 +30,7 @@ macro_rules! record_ids {
         }
     )*};
 }
-record_ids!(User, ApiKey, OAuthToken, EncryptedBackup);
-
-impl<M: RecordIds> RecordIds for Vec<M> {
-    fn record_ids(&self) -> Vec<i64> {
-        self.iter().flat_map(RecordIds::record_ids).collect()
-    }
-}
-
-impl<M: RecordIds> RecordIds for Option<M> {
-    fn record_ids(&self) -> Vec<i64> {
-        self.as_ref().map(RecordIds::record_ids).unwrap_or_default()
-    }
-}
+record_ids!(User, ApiKey, OAuthToken);
 
 /// The first row of `$query`, locked for the transaction on PostgreSQL (`FOR UPDATE`), so a
 /// read-modify-write never loses a concurrent update; SQLite's `BEGIN IMMEDIATE` already holds
@@ -158,7 +126,7 @@ mod oauth_tokens;
 mod users;
 
 pub use api_keys::NewApiKey;
-pub use backups::{BackupKeys, NewBackup, backup_keys};
+pub use jarvis_db::backups::{BackupKeys, NewBackup, backup_keys};
 pub use oauth_tokens::NewOAuthToken;
 
 /// The repositories over one database, one encryptor and one audit sink.
@@ -169,12 +137,6 @@ pub struct Store {
     audit: Arc<dyn AuditSink>,
     /// Set once the encryptor's search key has matched the recorded fingerprint.
     search_key_checked: Arc<tokio::sync::OnceCell<()>>,
-}
-
-#[derive(QueryableByName)]
-struct Id {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
 }
 
 fn now() -> NaiveDateTime {
@@ -201,14 +163,11 @@ impl Store {
     pub async fn check_search_key(&self) -> Result<()> {
         self.search_key_checked
             .get_or_try_init(|| async {
-                let Some(fingerprint) = self.encryptor.search_key_fingerprint() else {
-                    return Ok(());
-                };
-                match crate::keys::recorded_search_key_fingerprint(&self.db).await? {
-                    Some(recorded) if recorded != fingerprint => {
-                        Err(crate::keys::mismatch(&recorded, &fingerprint))
+                match self.encryptor.search_key_fingerprint() {
+                    Some(fingerprint) => {
+                        crate::keys::check_search_key_fingerprint(&self.db, &fingerprint).await
                     }
-                    _ => Ok(()),
+                    None => Ok(()),
                 }
             })
             .await
@@ -225,6 +184,19 @@ impl Store {
         &self.encryptor
     }
 
+    /// The repository of the recorded backups (`encrypted_backups`), over this store's
+    /// database, encryptor and audit sink.
+    pub fn backups(&self) -> jarvis_db::Backups {
+        jarvis_db::Backups::new(self.db.clone(), self.encryptor.clone(), self.audit.clone())
+    }
+
+    fn auditor(&self) -> Auditor<'_> {
+        Auditor {
+            sink: self.audit.as_ref(),
+            encryptor: &self.encryptor,
+        }
+    }
+
     /// `result`, after recording its audit event: the records its value names.
     fn audited<T: RecordIds>(
         &self,
@@ -234,12 +206,8 @@ impl Store {
         started: Instant,
         result: Result<T>,
     ) -> Result<T> {
-        let ids = result
-            .as_ref()
-            .map(RecordIds::record_ids)
-            .unwrap_or_default();
-        self.audit(operation, table, column, ids, started, &result);
-        result
+        self.auditor()
+            .audited(operation, table, column, started, result)
     }
 
     /// `result`, after recording its audit event for record `id` (failed or not).
@@ -252,75 +220,20 @@ impl Store {
         started: Instant,
         result: Result<T>,
     ) -> Result<T> {
-        self.audit(operation, table, column, [id], started, &result);
-        result
+        self.auditor()
+            .audited_record(operation, table, column, id, started, result)
     }
 
-    fn audit<T>(
-        &self,
-        operation: Operation,
-        table: &str,
-        column: &str,
-        ids: impl IntoIterator<Item = i64>,
-        started: Instant,
-        result: &Result<T>,
-    ) {
-        let mut event = AuditEvent::new(operation, table.to_owned(), started)
-            .column(column)
-            .records(ids)
-            .key(self.encryptor.master_key().key_id);
-        if let Err(e) = result {
-            event = event.failed(e.kind());
-        }
-        self.audit.record(event);
-    }
-
-    // ---- transactions and ids -------------------------------------------------------------
-
-    /// Runs `work` in a write transaction (`BEGIN IMMEDIATE` on SQLite), committing on success.
-    /// If the caller's future is dropped midway, the connection is closed, not pooled, so the
-    /// database rolls the transaction back.
+    /// Runs `work` in a write transaction ([`jarvis_db::repo::write`]).
     async fn write<T, F>(&self, work: F) -> Result<T>
     where
         F: for<'c> FnOnce(&'c mut Conn) -> futures::future::BoxFuture<'c, Result<T>>,
     {
-        let mut tx = Transaction::begin(&self.db).await?;
-        let result = work(tx.conn()?).await;
-        match result {
-            Ok(value) => {
-                tx.commit().await?;
-                Ok(value)
-            }
-            Err(e) => {
-                tx.rollback().await;
-                Err(e)
-            }
-        }
+        jarvis_db::repo::write(&self.db, work).await
     }
 
-    /// Reserves `n` new ids of `table`, inside a write transaction.
+    /// Reserves `n` new ids of `table` ([`jarvis_db::repo::reserve_ids`]).
     async fn reserve_ids(conn: &mut Conn, table: &'static str, n: usize) -> Result<Vec<i64>> {
-        let n = i64::try_from(n).unwrap_or(i64::MAX);
-        match conn {
-            Conn::Postgres(c) => {
-                let ids: Vec<Id> = diesel::sql_query(format!(
-                    "SELECT nextval('{table}_id_seq') AS id FROM generate_series(1, $1)"
-                ))
-                .bind::<BigInt, _>(n)
-                .load(&mut **c)
-                .await?;
-                Ok(ids.into_iter().map(|row| row.id).collect())
-            }
-            Conn::Sqlite(c) => {
-                let top: Vec<Id> = diesel::sql_query(format!(
-                    "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), 0),
-                                COALESCE((SELECT MAX(id) FROM {table}), 0)) AS id"
-                ))
-                .load(&mut **c)
-                .await?;
-                let first = <[Id]>::first(&top).map_or(0, |row| row.id) + 1;
-                Ok((first..first + n).collect())
-            }
-        }
+        jarvis_db::repo::reserve_ids(conn, table, n).await
     }
 }

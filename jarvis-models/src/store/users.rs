@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::schema::users;
+use diesel::sql_types::BigInt;
 
 impl Store {
     /// Creates users, one per email, in one transaction.

@@ -78,9 +78,9 @@ use jarvis_crypt::{
 };
 
 use crate::db::Conn;
-use crate::migrations::Backend;
+use crate::migrations::{Backend, MigrationSet};
 use crate::verify::master_keys_in_use_in;
-use crate::{Database, DbAudit, NewBackup, Store};
+use crate::{Backups, Database, DbAudit, NewBackup};
 use sha2::{Digest, Sha256};
 use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncSeek, AsyncSeekExt, AsyncWrite, AsyncWriteExt, ReadBuf,
@@ -196,13 +196,16 @@ pub struct Created {
     pub rows_master_keys: Vec<String>,
 }
 
-/// Dumps the database of `store` (`url` is its URL: `pg_dump` connects by it), streams the
+/// Dumps the database of `backups` (`url` is its URL: `pg_dump` connects by it), streams the
 /// dump encrypted under a fresh data key of `provider` into a new file (or the record's
 /// row), and records it in `encrypted_backups` (see the [module docs](self)). `tables` are
-/// the registered models' tables, whose master keys the manifest lists.
+/// the registered models' tables, whose master keys the manifest lists; `migrations` the
+/// database's migration sets, whose newest applied migration the manifest names as its
+/// schema.
 pub async fn create(
-    store: &Store,
+    backups: &Backups,
     tables: &[&'static TableDescription],
+    migrations: &[MigrationSet],
     provider: &dyn KeyProvider,
     url: &str,
     options: CreateOptions,
@@ -212,22 +215,22 @@ pub async fn create(
         store_in_db,
         name,
     } = options;
-    let db = store.database();
+    let db = backups.database();
     let backend = db.backend();
     let name = name
         .unwrap_or_else(|| format!("backup-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
     if name.trim().is_empty() || name.len() > 200 {
         bail!("a backup name is 1 to 200 characters");
     }
-    if store.find_backup_by_name(&name).await?.is_some() {
+    if backups.find_by_name(&name).await?.is_some() {
         bail!("a backup named `{name}` is already recorded; choose another --name");
     }
-    let status = crate::migrations::migration_status(url).await?;
+    let status = crate::migrations::migration_status_of(url, migrations).await?;
     let schema_version = status
         .applied
         .last()
         .map(|m| m.name.clone())
-        .context("the database has no jarvis schema: run `jarvis migrate` first")?;
+        .context("the database has no jarvis schema: run `migrate` first")?;
     let keys_before = master_keys_in_use_in(db, tables).await?;
     let backup_type = match backend {
         Backend::Postgres => "pg_dump",
@@ -303,8 +306,8 @@ pub async fn create(
 
     // The record lists the keys the rows need, as the manifest does: `retire-key` reads them
     // there for file and in-row backups alike.
-    let record = store
-        .create_backup_with_master_keys(
+    let record = backups
+        .create_with_master_keys(
             NewBackup {
                 backup_name: name.clone(),
                 backup_type: backup_type.to_owned(),
@@ -625,9 +628,9 @@ pub async fn restore(
             let db = Database::connect(&catalog_url, 2).await?;
             let audit = DbAudit::start(db.clone());
             let encryptor = jarvis_crypt::Encryptor::builder(provider.clone()).build();
-            let store = Store::new(db, encryptor, Arc::new(audit.clone()));
-            let record = store
-                .find_backup_by_name(&name)
+            let backups = Backups::new(db, encryptor, Arc::new(audit.clone()));
+            let record = backups
+                .find_by_name(&name)
                 .await?
                 .with_context(|| format!("no backup named `{name}` is recorded"))?;
             let source = match (record.data, record.storage_path) {
@@ -1329,7 +1332,7 @@ pub struct BackupNeeds {
 /// unreadable: their needs beyond what their record says are not known.
 pub async fn backups_needing(db: &Database, key_id: &str) -> Result<BackupNeeds> {
     let mut needs = BackupNeeds::default();
-    for backup in crate::store::backup_keys(db).await? {
+    for backup in crate::backups::backup_keys(db).await? {
         let name = printable(&backup.backup_name).into_owned();
         let mut why = None;
         if backup.stream_master_key_id.as_deref() == Some(key_id) {

@@ -176,10 +176,14 @@ impl Drop for Transaction {
     }
 }
 
-/// Applies pending migrations to the database of `url`.
-pub async fn migrate(url: &str) -> Result<MigrationStatus, ModelError> {
-    migrations::run_pending_migrations(url).await?;
-    Ok(migrations::migration_status(url).await?)
+/// Applies the pending migrations of `sets` to the database of `url` and returns its status
+/// over them.
+pub async fn migrate_sets(
+    url: &str,
+    sets: &[migrations::MigrationSet],
+) -> Result<MigrationStatus, ModelError> {
+    migrations::run_pending_migrations_of(url, sets).await?;
+    Ok(migrations::migration_status_of(url, sets).await?)
 }
 
 fn pool_error(e: impl std::error::Error) -> ModelError {

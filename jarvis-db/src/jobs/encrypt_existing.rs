@@ -3,9 +3,8 @@
 //! clearing the plaintext, in batches.
 //!
 //! The job works on any model's table through its description
-//! ([`EncryptedTable`](jarvis_crypt::EncryptedTable)): [`encrypt_existing_in`] takes the
-//! tables an application registers, [`encrypt_existing`] the seed's (`users.email`,
-//! [`SUPPORTED`]). A column that is not a registered field's `migrating_from` is refused with
+//! ([`EncryptedTable`](jarvis_crypt::EncryptedTable)): [`encrypt_existing`] takes the tables
+//! of the models an application registers. A column that is not a registered field's `migrating_from` is refused with
 //! a configuration error that lists the ones there are. Only the described columns are read
 //! and written, by their SQL names, with every value bound.
 //!
@@ -59,7 +58,7 @@
 //! # Workers
 //!
 //! [`EncryptExistingOptions::workers`] batch loops run concurrently on the calling task,
-//! each taking a connection from the store's pool for each batch; more workers than the
+//! each taking a connection from the database's pool for each batch; more workers than the
 //! pool has connections wait for one. On SQLite they serialize on the write lock (a whole
 //! batch, encryption included, runs inside it, so one worker is as fast; a worker waits at
 //! most the connection's `busy_timeout` for it, then fails with a database error). On
@@ -86,18 +85,14 @@ use jarvis_crypt::{
     ValueKind,
 };
 
+use super::Context;
 use super::runner::Batches;
 pub use super::runner::Progress;
 use crate::db::{Conn, Database, Transaction};
 use crate::described::{self, Arg, StoredRow, configuration, quote};
 use crate::error::ModelError;
-use crate::store::Store;
 
 type Result<T, E = ModelError> = std::result::Result<T, E>;
-
-/// The `(table, plaintext column)` pairs of the seed's models in the migrating state, which
-/// [`encrypt_existing`] migrates. [`encrypt_existing_in`] takes any registered model's.
-pub const SUPPORTED: &[(&str, &str)] = &[("users", "email")];
 
 /// What to migrate and how.
 #[derive(Debug, Clone)]
@@ -114,7 +109,7 @@ pub struct EncryptExistingOptions {
     pub dry_run: bool,
     /// Concurrent batch loops in this process (default 1); at least 1.
     pub workers: usize,
-    /// Where the per-batch audit events go: normally the sink the [`Store`] was built with.
+    /// Where the per-batch audit events go: normally the application's audit sink.
     pub audit: Arc<dyn AuditSink>,
     /// Checked by every worker before each batch: once `true`, workers finish the batch they
     /// are in and the job returns its report with `stopped` set.
@@ -239,16 +234,6 @@ impl EncryptExistingReport {
     }
 }
 
-/// Encrypts the pending plaintext of `options.table`.`options.column`, a column of the seed's
-/// models ([`SUPPORTED`]); see [`encrypt_existing_in`].
-pub async fn encrypt_existing(
-    store: &Store,
-    options: &EncryptExistingOptions,
-    progress: &(dyn Fn(Progress) + Sync),
-) -> Result<EncryptExistingReport> {
-    encrypt_existing_in(store, &crate::models::seed_tables(), options, progress).await
-}
-
 /// Encrypts the pending plaintext of `options.table`.`options.column`, the `migrating_from`
 /// column of a field of one of `tables`, in batches (see the [module docs](self)), calling
 /// `progress` after each committed batch.
@@ -258,16 +243,18 @@ pub async fn encrypt_existing(
 /// the migrating state, a table without a single-column primary key, a batch size of 0 and 0
 /// workers with a configuration error ([`ModelError::Crypto`] of
 /// [`jarvis_crypt::Error::Configuration`]).
-pub async fn encrypt_existing_in(
-    store: &Store,
+pub async fn encrypt_existing(
+    db: &Database,
+    encryptor: &Encryptor,
     tables: &[&TableDescription],
     options: &EncryptExistingOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<EncryptExistingReport> {
+    let cx = Context { db, encryptor };
     let started = Instant::now();
     let (table, index) = options.check(tables)?;
     let field = &table.fields[index];
-    let before = counts(store.database(), table, field).await?;
+    let before = counts(cx.database(), table, field).await?;
     let batch_size = options.batch_size as u64;
     tracing::info!(
         table = %table.name,
@@ -299,11 +286,11 @@ pub async fn encrypt_existing_in(
     }
 
     let job = Job {
-        store,
+        cx,
         options,
         table,
         index,
-        verifier: store.encryptor().with_fresh_data_key(),
+        verifier: cx.encryptor().with_fresh_data_key(),
     };
     let batches = Batches::new(options.stop.as_ref(), progress, 0, before.pending);
     let result = batches
@@ -320,7 +307,7 @@ pub async fn encrypt_existing_in(
         );
         return Err(error);
     }
-    let after = counts(store.database(), table, field).await?;
+    let after = counts(cx.database(), table, field).await?;
     report.rows_remaining = after.pending;
     report.rows_conflicting = after.conflicting;
     report.stopped = batches.stopped() && after.pending > 0;
@@ -369,7 +356,7 @@ async fn counts(
 
 /// What the batches of one run share.
 struct Job<'a> {
-    store: &'a Store,
+    cx: Context<'a>,
     options: &'a EncryptExistingOptions,
     table: &'a TableDescription,
     /// The field migrated: its index in the table's fields.
@@ -392,7 +379,7 @@ impl Job<'_> {
             let mut event = AuditEvent::new(Operation::Migrate, self.table.name.clone(), started)
                 .column(self.field().ciphertext)
                 .records(ids.iter().copied())
-                .key(self.store.encryptor().master_key().key_id);
+                .key(self.cx.encryptor().master_key().key_id);
             if let Err(error) = &result {
                 event = event.failed(error.kind());
             }
@@ -411,7 +398,7 @@ impl Job<'_> {
     }
 
     async fn batch_in_transaction(&self, ids: &mut Vec<i64>) -> Result<u64> {
-        let mut tx = Transaction::begin(self.store.database()).await?;
+        let mut tx = Transaction::begin(self.cx.database()).await?;
         match self.encrypt_batch(tx.conn()?, ids).await {
             Ok(rows) => {
                 tx.commit().await?;
@@ -445,7 +432,7 @@ impl Job<'_> {
         if rows.is_empty() {
             return Ok(0);
         }
-        let encryptor = self.store.encryptor();
+        let encryptor = self.cx.encryptor();
         let mut new = Vec::with_capacity(rows.len());
         for row in &rows {
             let plaintext = self.plaintext(row)?;

@@ -57,10 +57,20 @@ pub async fn recorded_search_key_fingerprint(
         .transpose()?)
 }
 
-pub(crate) fn mismatch(
-    recorded: &SearchKeyFingerprint,
+/// Checks the search-key fingerprint `given` against the one recorded for the database: a
+/// configuration error when another is recorded ([`jarvis_crypt::Error::Configuration`]);
+/// `Ok` when it matches or none is recorded (nothing to check).
+pub async fn check_search_key_fingerprint(
+    db: &Database,
     given: &SearchKeyFingerprint,
-) -> ModelError {
+) -> Result<(), ModelError> {
+    match recorded_search_key_fingerprint(db).await? {
+        Some(recorded) if &recorded != given => Err(mismatch(&recorded, given)),
+        _ => Ok(()),
+    }
+}
+
+fn mismatch(recorded: &SearchKeyFingerprint, given: &SearchKeyFingerprint) -> ModelError {
     jarvis_crypt::Error::Configuration(format!(
         "the search key (fingerprint {}) is not the one recorded for this database \
          (fingerprint {}): lookups would find nothing; set ENCRYPTION_SEARCH_SALT to the \

@@ -12,17 +12,16 @@
 //! | [`RotateMode::Legacy`] | its legacy values (16-byte IV, no associated data, bare KMS blob) re-encrypted in the current form, search hash included | a value is legacy |
 //! | [`RotateMode::Rehash`] | its search hashes recomputed under the new root search key; nothing else | no committed batch of this run has done it |
 //!
-//! Re-encryption writes through [`Encryptor::with_fresh_data_key`] of the store's encryptor:
-//! new data keys under the store's current master key (for "re-encrypt under another master
-//! key", build the store's encryptor with that key as its provider and the old one through
+//! Re-encryption writes through [`Encryptor::with_fresh_data_key`] of the job's encryptor:
+//! new data keys under the encryptor's current master key (for "re-encrypt under another master
+//! key", build the job's encryptor with that key as its provider and the old one through
 //! [`EncryptorBuilder::decrypt_with`](jarvis_crypt::EncryptorBuilder::decrypt_with)). Re-wrapping
 //! calls the provider once per distinct data key of the run, however many rows share it, so
 //! rows that shared a data key still share one.
 //!
 //! The job works on any model's table through its description
-//! ([`EncryptedTable`](jarvis_crypt::EncryptedTable)): [`rotate_in`] takes the tables an
-//! application registers, [`rotate`] the seed's ([`TABLES`]). It reads and writes only the
-//! described columns, by their SQL names, paging and locking by the primary key.
+//! ([`EncryptedTable`](jarvis_crypt::EncryptedTable)): [`rotate`] takes the tables of the
+//! models an application registers. It reads and writes only the described columns, by their SQL names, paging and locking by the primary key.
 //!
 //! Only values in the current form are re-encrypted, re-wrapped or re-hashed; rows holding a
 //! legacy value are left to [`RotateMode::Legacy`] (counted in
@@ -82,7 +81,7 @@
 //! # Re-hashing
 //!
 //! [`RotateMode::Rehash`] is the deliberate change of root search key (or of a column's
-//! normalizers). The new key is explicit: [`RotateOptions::search_key`], or the store's
+//! normalizers). The new key is explicit: [`RotateOptions::search_key`], or the job's
 //! encryptor's; the old one is the one whose fingerprint is recorded for the database
 //! ([`crate::keys`]). Every search column of every table (each field's
 //! [`SearchDescription`]) is recomputed from the decrypted values; when every table is done,
@@ -111,13 +110,13 @@ use jarvis_crypt::{
 use secrecy::zeroize::Zeroizing;
 use tokio::sync::OnceCell;
 
+use super::Context;
 use super::runner::{Batches, Progress};
 use crate::db::{Conn, Database, Transaction};
 use crate::described::{self, Form, StoredRow, configuration, quote};
 use crate::error::ModelError;
 use crate::migrations::Backend;
 use crate::schema::{jarvis_job_progress, jarvis_jobs};
-use crate::store::Store;
 use crate::with_conn;
 
 type Result<T, E = ModelError> = std::result::Result<T, E>;
@@ -137,7 +136,7 @@ pub enum RotateMode {
     /// Rewrite legacy rows in the current form (the encryptor must allow legacy rows).
     Legacy,
     /// Recompute every search hash under the new root search key
-    /// ([`RotateOptions::search_key`], or the store's encryptor's), then record its
+    /// ([`RotateOptions::search_key`], or the job's encryptor's), then record its
     /// fingerprint in place of the old one: a deliberate change of search key, or of a
     /// column's normalizers. Every table at once.
     Rehash,
@@ -171,16 +170,12 @@ impl RotateMode {
     }
 }
 
-/// The seed's tables, which [`rotate`] does in this order ([`rotate_in`] takes any
-/// registered models' tables).
-pub const TABLES: [&str; 4] = ["users", "api_keys", "oauth_tokens", "encrypted_backups"];
-
 /// What to rotate and how.
 #[derive(Debug, Clone)]
 pub struct RotateOptions {
     /// The mode.
     pub mode: RotateMode,
-    /// Only this table (one of [`TABLES`]); all of them when `None`. Not with
+    /// Only this table (one of the job's tables); all of them when `None`. Not with
     /// [`RotateMode::Rehash`], which does every table.
     pub table: Option<String>,
     /// Rows per batch, one transaction each (default
@@ -195,8 +190,8 @@ pub struct RotateOptions {
     /// Checked by every worker before each batch: once `true`, workers finish the batch they
     /// are in and the job returns its report with `stopped` set.
     pub stop: Option<Arc<AtomicBool>>,
-    /// The new root search key of [`RotateMode::Rehash`]; `None`: the store's encryptor's.
-    /// Other modes compute search hashes with the store's encryptor and ignore it.
+    /// The new root search key of [`RotateMode::Rehash`]; `None`: the job's encryptor's.
+    /// Other modes compute search hashes with the job's encryptor and ignore it.
     pub search_key: Option<Arc<SearchKey>>,
 }
 
@@ -359,41 +354,33 @@ impl RotateReport {
     }
 }
 
-/// Rotates the pending rows of the seed's tables ([`TABLES`]); see [`rotate_in`].
-pub async fn rotate(
-    store: &Store,
-    options: &RotateOptions,
-    progress: &(dyn Fn(Progress) + Sync),
-) -> Result<RotateReport> {
-    rotate_in(store, &crate::models::seed_tables(), options, progress).await
-}
-
 /// Rotates the pending rows of the chosen tables among `tables` (the descriptions of
 /// registered models, see [`EncryptedTable`](jarvis_crypt::EncryptedTable)), as the
 /// [module docs](self) say, calling `progress` after each committed batch.
-pub async fn rotate_in(
-    store: &Store,
+pub async fn rotate(
+    db: &Database,
+    encryptor: &Encryptor,
     tables: &[&'static TableDescription],
     options: &RotateOptions,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<RotateReport> {
+    let cx = Context { db, encryptor };
     let started = Instant::now();
     options.check()?;
     let tables = options.tables(tables)?;
     for table in &tables {
         described::primary_key(table)?;
     }
-    let db = store.database();
-    if options.mode == RotateMode::Legacy && !store.encryptor().allows_legacy() {
+    if options.mode == RotateMode::Legacy && !cx.encryptor().allows_legacy() {
         return Err(configuration(
             "rotate --legacy needs an encryptor that accepts legacy rows (allow_legacy)",
         ));
     }
     let hashers = match options.mode {
-        RotateMode::Rehash => Some(Hashers::new(store, options).await?),
+        RotateMode::Rehash => Some(Hashers::new(cx, options).await?),
         _ => None,
     };
-    let writer = store.encryptor().with_fresh_data_key();
+    let writer = cx.encryptor().with_fresh_data_key();
     let now = now();
     let run = match (&options.mode, &hashers) {
         (RotateMode::Reencrypt, _) => {
@@ -478,9 +465,9 @@ pub async fn rotate_in(
     }
 
     let job = Job {
-        store,
+        cx,
         options,
-        verifier: store.encryptor().with_fresh_data_key(),
+        verifier: cx.encryptor().with_fresh_data_key(),
         writer,
         hashers,
         run: run.as_ref().map(|r| r.id),
@@ -580,7 +567,7 @@ pub async fn rotate_in(
         && options.table.is_none()
     {
         report.stored_keys_rewrapped =
-            crate::keys::rewrap_stored_keys_with(db, store.encryptor(), &to).await?;
+            crate::keys::rewrap_stored_keys_with(db, cx.encryptor(), &to).await?;
     }
     if report.finished
         && let Some(run) = &run
@@ -830,19 +817,19 @@ struct Hashers {
 }
 
 impl Hashers {
-    async fn new(store: &Store, options: &RotateOptions) -> Result<Self> {
+    async fn new(cx: Context<'_>, options: &RotateOptions) -> Result<Self> {
         let (hasher, checker) = match &options.search_key {
             Some(key) => {
                 let of = |key: &SearchKey| -> Result<Encryptor> {
-                    Ok(Encryptor::builder(Arc::clone(store.encryptor().provider()))
+                    Ok(Encryptor::builder(Arc::clone(cx.encryptor().provider()))
                         .search_key(SearchKey::new(key.expose_secret().to_vec())?)
                         .build())
                 };
                 (of(key)?, of(key)?)
             }
             None => (
-                store.encryptor().with_fresh_data_key(),
-                store.encryptor().with_fresh_data_key(),
+                cx.encryptor().with_fresh_data_key(),
+                cx.encryptor().with_fresh_data_key(),
             ),
         };
         let new = hasher.search_key_fingerprint().ok_or_else(|| {
@@ -851,7 +838,7 @@ impl Hashers {
                  RotateOptions::search_key)",
             )
         })?;
-        let old = crate::keys::recorded_search_key_fingerprint(store.database())
+        let old = crate::keys::recorded_search_key_fingerprint(cx.database())
             .await?
             .ok_or_else(|| {
                 configuration(
@@ -1079,7 +1066,7 @@ async fn count(db: &Database, table: &TableDescription, predicate: &str) -> Resu
 
 /// What the batches of one run share.
 struct Job<'a> {
-    store: &'a Store,
+    cx: Context<'a>,
     options: &'a RotateOptions,
     /// Decrypts new values through the key provider (an empty cache of its own).
     verifier: Encryptor,
@@ -1179,7 +1166,7 @@ impl Job<'_> {
         position: &mut Option<i64>,
         ids: &mut Vec<i64>,
     ) -> Result<(u64, u64)> {
-        let mut tx = Transaction::begin(self.store.database()).await?;
+        let mut tx = Transaction::begin(self.cx.database()).await?;
         match self
             .rotate_batch(tx.conn()?, table, predicate, position, ids)
             .await
@@ -1309,7 +1296,7 @@ impl Job<'_> {
         Ok((rows.len() as u64, written))
     }
 
-    /// Every value of the batch's rows, decrypted by the store's encryptor (its data keys
+    /// Every value of the batch's rows, decrypted by the job's encryptor (its data keys
     /// unwrapped once each); a value that does not decrypt fails the batch.
     async fn decrypt(&self, table: &TableDescription, rows: &[StoredRow]) -> Result<Vec<Value>> {
         let mut found = Vec::new();
@@ -1339,7 +1326,7 @@ impl Job<'_> {
                 )
             })
             .collect();
-        let plaintexts = self.store.encryptor().decrypt_many(&items).await;
+        let plaintexts = self.cx.encryptor().decrypt_many(&items).await;
         drop(items);
         found
             .into_iter()
@@ -1398,7 +1385,7 @@ impl Job<'_> {
             Arc::clone(cells.entry(key.as_bytes().to_vec()).or_default())
         };
         let new = cell
-            .get_or_try_init(|| self.store.encryptor().rewrap(key, to))
+            .get_or_try_init(|| self.cx.encryptor().rewrap(key, to))
             .await?;
         Ok(new.clone())
     }
@@ -1489,18 +1476,6 @@ fn verification_failed(what: &str) -> ModelError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The seed's tables are described in the order of [`TABLES`], with `users.email_hash`
-    /// as the one search column of `users`.
-    #[test]
-    fn seed_tables_are_described() {
-        let tables = crate::models::seed_tables();
-        let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, TABLES);
-        let hashes: Vec<&str> = searchable(tables[0]).map(|(_, s)| s.column).collect();
-        assert_eq!(hashes, ["email_hash"]);
-        assert_eq!(searchable(tables[2]).count(), 0);
-    }
 
     #[test]
     fn spec_names() {

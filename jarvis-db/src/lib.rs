@@ -1,0 +1,51 @@
+//! The database side of jarvis-crypt for any diesel application: what the key lifecycle
+//! needs around an application's own `#[derive(Encrypted)]` models, on PostgreSQL and SQLite
+//! through diesel-async.
+//!
+//! # Layers
+//!
+//! - [`jarvis_crypt`] is the runtime: envelope encryption, key providers, the data-key cache,
+//!   search hashes, the derive's descriptions of each model. It touches no database beyond
+//!   its column types.
+//! - **This crate** is the generic database side: connections and pools ([`db`]), the audit
+//!   sink ([`audit`]), the bookkeeping tables every application's database needs
+//!   ([`schema`], [`migrations::BOOKKEEPING`], the stored search key of [`keys`], the
+//!   backup records of [`backups`]), the lifecycle jobs over any described table ([`jobs`]:
+//!   encrypt existing plaintext, rotate), [`verify`] and key usage, and the backup engine
+//!   ([`backup`]: dump, restore, SQLite snapshot). It knows no application's tables: every
+//!   job takes the [`TableDescription`](jarvis_crypt::TableDescription)s of the models it
+//!   runs over, and builds its SQL from them alone.
+//! - `jarvis-models` is one application on top: the original system's schema, models and
+//!   repositories, registered like any other.
+//! - `jarvis-cli` is the operations binary any application builds (`Jarvis::new()
+//!   .model::<M>()...main()`): argument parsing and printing over this crate, no SQL and no
+//!   child process of its own.
+//!
+//! ```
+//! # async fn run(db: &jarvis_db::Database, encryptor: &jarvis_crypt::Encryptor,
+//! #     tables: &[&'static jarvis_crypt::TableDescription]) -> Result<(), jarvis_db::ModelError> {
+//! // Every value of the application's tables decrypted, counted by master key and form.
+//! let report = jarvis_db::verify::verify_tables(db, encryptor, tables, None, None).await?;
+//! assert!(report.is_clean());
+//! # Ok(()) }
+//! ```
+
+pub mod audit;
+pub mod backup;
+pub mod backups;
+pub mod db;
+mod described;
+pub mod error;
+pub mod jobs;
+pub mod keys;
+pub mod migrations;
+pub mod models;
+pub mod repo;
+pub mod schema;
+pub mod verify;
+
+pub use audit::DbAudit;
+pub use backups::{BackupKeys, Backups, NewBackup};
+pub use db::Database;
+pub use error::ModelError;
+pub use models::EncryptedBackup;

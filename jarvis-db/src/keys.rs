@@ -7,7 +7,7 @@
 //! the database records the key's fingerprint ([`SearchKey::fingerprint`], in
 //! `jarvis_settings`, name [`SEARCH_KEY_FINGERPRINT`]), and every process checks its key
 //! against it at start ([`check_search_key`]): the `jarvis` CLI, the repositories
-//! ([`Store`](crate::Store), before their first search hash) and an application that calls it.
+//! (jarvis-models' `Store`, before their first search hash) and an application that calls it.
 //! A mismatch is a [`jarvis_crypt::Error::Configuration`] naming both fingerprints' prefixes.
 //!
 //! The fingerprint is recorded, and a stored root key created, only by an explicit step:

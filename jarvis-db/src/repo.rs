@@ -4,7 +4,7 @@
 //! # Row ids before the first write
 //!
 //! A value's associated data includes its row id, so the id must be known before the row is
-//! written. A write runs in one transaction ([`write`]) that reserves the ids first
+//! written. A write runs in one transaction ([`write()`]) that reserves the ids first
 //! ([`reserve_ids`]):
 //!
 //! - PostgreSQL: `SELECT nextval('<table>_id_seq') FROM generate_series(1, n)`: one round
@@ -15,7 +15,7 @@
 //!
 //! # Audit
 //!
-//! Each record operation records one [`AuditEvent`] ([`audited`]); each listing one event
+//! Each record operation records one [`AuditEvent`] ([`Auditor::audited`]); each listing one event
 //! for the batch, with its record ids ([`RecordIds`]). Failed operations are recorded with
 //! their error kind.
 

@@ -4,8 +4,8 @@
 
 use crate::Store;
 
-/// `jarvis encrypt-existing` over the seed's models: [`jarvis_db::jobs::encrypt_existing`]
-/// re-exported, with [`encrypt_existing()`](fn@encrypt_existing) over the seed's tables.
+/// `jarvis encrypt-existing` over the seed's models:
+/// [`jarvis_db::jobs::encrypt_existing`](mod@jarvis_db::jobs::encrypt_existing) re-exported, with [`encrypt_existing()`](fn@encrypt_existing) over the seed's tables.
 pub mod encrypt_existing {
     pub use jarvis_db::jobs::encrypt_existing::*;
 
@@ -17,7 +17,7 @@ pub mod encrypt_existing {
     pub const SUPPORTED: &[(&str, &str)] = &[("users", "email")];
 
     /// Encrypts the pending plaintext of `options.table`.`options.column`, a column of the
-    /// seed's models ([`SUPPORTED`]); see [`jarvis_db::jobs::encrypt_existing`].
+    /// seed's models ([`SUPPORTED`]); see [`jarvis_db::jobs::encrypt_existing()`].
     pub async fn encrypt_existing(
         store: &Store,
         options: &EncryptExistingOptions,
@@ -34,7 +34,7 @@ pub mod encrypt_existing {
     }
 }
 
-/// `jarvis rotate` over the seed's models: [`jarvis_db::jobs::rotate`] re-exported, with
+/// `jarvis rotate` over the seed's models: [`jarvis_db::jobs::rotate`](mod@jarvis_db::jobs::rotate) re-exported, with
 /// [`rotate()`](fn@rotate) over the seed's tables.
 pub mod rotate {
     pub use jarvis_db::jobs::rotate::*;
@@ -46,7 +46,7 @@ pub mod rotate {
     pub const TABLES: [&str; 4] = ["users", "api_keys", "oauth_tokens", "encrypted_backups"];
 
     /// Rotates the pending rows of the seed's tables ([`TABLES`]); see
-    /// [`jarvis_db::jobs::rotate`].
+    /// [`jarvis_db::jobs::rotate()`].
     pub async fn rotate(
         store: &Store,
         options: &RotateOptions,

@@ -16,10 +16,11 @@
 //! ([`EncryptedTable`]), beside the bookkeeping table of encrypted
 //! backups; `migrate` applies the bookkeeping migrations and the sets the binary adds.
 //!
-//! The layers: `jarvis_crypt` encrypts and describes models; `jarvis_models` is the database
-//! side (connections, bookkeeping tables, jobs, verification, the backup engine, and the
-//! seed's repositories); this crate parses arguments and prints, one file per command, and
-//! runs no SQL and no child process of its own.
+//! The layers: `jarvis_crypt` encrypts and describes models; `jarvis_db` is the database side
+//! (connections, bookkeeping tables, jobs, verification, the backup engine); `jarvis_models`
+//! is the seed's application (its schema, models and repositories); this crate parses
+//! arguments and prints, one file per command, and runs no SQL and no child process of its
+//! own.
 //!
 //! Results go to standard output; logs and notes to standard error (`RUST_LOG` sets the level
 //! of the jarvis crates; dependencies stay at `warn`, since database drivers log bound

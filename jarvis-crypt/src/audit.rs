@@ -5,7 +5,7 @@
 //! it has no field that could hold plaintext, key material or a search hash. Record
 //! operations emit one event each; bulk operations (listings, migration batches) one event per
 //! batch with the record ids and their count. Sinks decide where events go; the diesel sink of
-//! `jarvis-models` writes them to `encryption_audit_log` in batches, off the request path.
+//! `jarvis-db` writes them to `encryption_audit_log` in batches, off the request path.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};

@@ -151,7 +151,7 @@ impl Encryptor {
 
     /// The fingerprint of the root search key ([`SearchKey::fingerprint`]), `None` without
     /// one: what an application compares with the fingerprint recorded for its database at
-    /// start (`jarvis_models::keys::check_search_key`).
+    /// start (`jarvis_db::keys::check_search_key`).
     pub fn search_key_fingerprint(&self) -> Option<crate::SearchKeyFingerprint> {
         self.inner.search_key.as_ref().map(|key| key.fingerprint())
     }

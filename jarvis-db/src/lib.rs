@@ -21,12 +21,28 @@
 //!   .model::<M>()...main()`): argument parsing and printing over this crate, no SQL and no
 //!   child process of its own.
 //!
+//! The operations of an application's ops binary, called directly:
+//!
 //! ```
-//! # async fn run(db: &jarvis_db::Database, encryptor: &jarvis_crypt::Encryptor,
-//! #     tables: &[&'static jarvis_crypt::TableDescription]) -> Result<(), jarvis_db::ModelError> {
-//! // Every value of the application's tables decrypted, counted by master key and form.
-//! let report = jarvis_db::verify::verify_tables(db, encryptor, tables, None, None).await?;
+//! use std::sync::Arc;
+//! use jarvis_db::{Database, jobs, verify};
+//!
+//! # async fn run(url: &str, encryptor: &jarvis_crypt::Encryptor,
+//! #     tables: &[&'static jarvis_crypt::TableDescription],
+//! #     audit: Arc<dyn jarvis_crypt::AuditSink>) -> Result<(), jarvis_db::ModelError> {
+//! let db = Database::connect(url, 4).await?;
+//! // Every `migrating_from` column of `patients.ssn` encrypted, in verified batches.
+//! let options = jobs::EncryptExistingOptions::new("patients", "ssn", audit.clone());
+//! jobs::encrypt_existing(&db, encryptor, tables, &options, &|p| eprintln!("{p:?}")).await?;
+//! // Fresh data keys for every value.
+//! let reencrypt = jobs::RotateOptions::new(jobs::RotateMode::Reencrypt, audit);
+//! jobs::rotate(&db, encryptor, tables, &reencrypt, &|_| {}).await?;
+//! // Every value decrypted, counted by master key and form.
+//! let report = verify::verify_tables(&db, encryptor, tables, None, None).await?;
 //! assert!(report.is_clean());
+//! // What still needs a master key (what `retire-key` checks).
+//! let usage = verify::key_usage_in(&db, tables, "alias/jarvis-old").await?;
+//! assert!(usage.is_unused());
 //! # Ok(()) }
 //! ```
 
@@ -49,3 +65,8 @@ pub use backups::{BackupKeys, Backups, NewBackup};
 pub use db::Database;
 pub use error::ModelError;
 pub use models::EncryptedBackup;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use diesel;
+}

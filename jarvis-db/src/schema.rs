@@ -232,3 +232,126 @@ diesel::allow_tables_to_appear_in_same_query!(
     jarvis_settings,
     encryption_audit_summary,
 );
+
+/// A table of an application that may appear in one query with the bookkeeping tables (a
+/// join of `encryption_audit_log` on an application's rows, for instance). Implemented by
+/// [`allow_bookkeeping_tables_in_same_query!`](crate::allow_bookkeeping_tables_in_same_query),
+/// not by hand.
+///
+/// diesel's `allow_tables_to_appear_in_same_query!` cannot name tables of two crates: some of
+/// the impls it writes (for PostgreSQL's `ONLY` and `TABLESAMPLE` forms) would belong to
+/// neither crate. So the impls whose `Self` is a bookkeeping table are written here, once,
+/// for every `ApplicationTable`, and the macro writes the others in the application's crate.
+pub trait ApplicationTable: diesel::Table {}
+
+macro_rules! bookkeeping_tables_accept_application_tables {
+    ($($bookkeeping:ident),+ $(,)?) => {
+        $(
+            impl<T: ApplicationTable> TableNotEqual<T> for $bookkeeping::table {}
+            impl<T: ApplicationTable> TableNotEqual<Only<T>> for $bookkeeping::table where
+                Only<T>: diesel::Table
+            {
+            }
+            impl<T: ApplicationTable> TableNotEqual<$bookkeeping::table> for Only<T> where
+                Only<T>: diesel::Table
+            {
+            }
+            impl<T: ApplicationTable, M: TablesampleMethod> TableNotEqual<Tablesample<T, M>>
+                for $bookkeeping::table
+            where
+                Tablesample<T, M>: diesel::Table,
+            {
+            }
+            impl<T: ApplicationTable, M: TablesampleMethod> TableNotEqual<$bookkeeping::table>
+                for Tablesample<T, M>
+            where
+                Tablesample<T, M>: diesel::Table,
+            {
+            }
+        )+
+    };
+}
+
+use diesel::query_builder::{Only, Tablesample, TablesampleMethod};
+use diesel::query_source::TableNotEqual;
+
+bookkeeping_tables_accept_application_tables!(
+    encrypted_backups,
+    encryption_audit_log,
+    jarvis_keys,
+    jarvis_jobs,
+    jarvis_job_progress,
+    jarvis_settings,
+    encryption_audit_summary,
+);
+
+/// Lets an application's tables appear in one diesel query with the bookkeeping tables of
+/// [`schema`](crate::schema), as `allow_tables_to_appear_in_same_query!` does for tables of
+/// one crate. Invoke it once, beside the application's `table!`s, with every table that
+/// should join them:
+///
+/// ```
+/// diesel::table! {
+///     patients (id) {
+///         id -> BigInt,
+///     }
+/// }
+/// jarvis_db::allow_bookkeeping_tables_in_same_query!(patients);
+///
+/// use diesel::prelude::*;
+/// use jarvis_db::schema::encryption_audit_log as log;
+/// // The patients beside the audit events of their table.
+/// let query = patients::table
+///     .inner_join(log::table.on(log::table_name.eq("patients")))
+///     .select((patients::id, log::operation_type));
+/// let sql = diesel::debug_query::<diesel::pg::Pg, _>(&query).to_string();
+/// assert!(sql.contains("INNER JOIN \"encryption_audit_log\""));
+/// ```
+#[macro_export]
+macro_rules! allow_bookkeeping_tables_in_same_query {
+    ($($table:ident),+ $(,)?) => {
+        $(
+            impl $crate::schema::ApplicationTable for $table::table {}
+            $crate::__application_table_accepts_bookkeeping_tables!(
+                $table: encrypted_backups, encryption_audit_log, jarvis_keys, jarvis_jobs,
+                jarvis_job_progress, jarvis_settings, encryption_audit_summary
+            );
+        )+
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __application_table_accepts_bookkeeping_tables {
+    ($table:ident: $($bookkeeping:ident),+) => {
+        $(
+            impl $crate::__private::diesel::query_source::TableNotEqual<
+                $crate::schema::$bookkeeping::table,
+            > for $table::table {}
+            impl $crate::__private::diesel::query_source::TableNotEqual<
+                $crate::__private::diesel::query_builder::Only<$crate::schema::$bookkeeping::table>,
+            > for $table::table {}
+            impl $crate::__private::diesel::query_source::TableNotEqual<$table::table>
+                for $crate::__private::diesel::query_builder::Only<$crate::schema::$bookkeeping::table>
+            {
+            }
+            impl<M: $crate::__private::diesel::query_builder::TablesampleMethod>
+                $crate::__private::diesel::query_source::TableNotEqual<
+                    $crate::__private::diesel::query_builder::Tablesample<
+                        $crate::schema::$bookkeeping::table,
+                        M,
+                    >,
+                > for $table::table
+            {
+            }
+            impl<M: $crate::__private::diesel::query_builder::TablesampleMethod>
+                $crate::__private::diesel::query_source::TableNotEqual<$table::table>
+                for $crate::__private::diesel::query_builder::Tablesample<
+                    $crate::schema::$bookkeeping::table,
+                    M,
+                >
+            {
+            }
+        )+
+    };
+}

@@ -173,3 +173,52 @@ diesel::allow_tables_to_appear_in_same_query!(
     active_api_keys_summary,
     oauth_tokens_summary,
 );
+
+// The seed's tables and the bookkeeping tables in one query, as before the split.
+jarvis_db::allow_bookkeeping_tables_in_same_query!(
+    users,
+    api_keys,
+    oauth_tokens,
+    active_api_keys_summary,
+    oauth_tokens_summary,
+);
+
+#[cfg(test)]
+mod tests {
+    use diesel::pg::expression::extensions::OnlyDsl;
+    use diesel::prelude::*;
+    use diesel::query_builder::QueryFragment;
+
+    use super::*;
+
+    fn sql<Q: QueryFragment<diesel::pg::Pg>>(query: &Q) -> String {
+        diesel::debug_query::<diesel::pg::Pg, _>(query).to_string()
+    }
+
+    /// A seed table joins a bookkeeping table of jarvis-db, as when both were declared in
+    /// one `allow_tables_to_appear_in_same_query!`, in its plain and its `ONLY` form.
+    #[test]
+    fn seed_tables_appear_in_one_query_with_the_bookkeeping_tables() {
+        use encryption_audit_log as log;
+        let joined = users::table
+            .inner_join(log::table.on(log::table_name.eq("users")))
+            .select((users::id, log::operation_type));
+        assert!(sql(&joined).contains("INNER JOIN \"encryption_audit_log\""));
+
+        let only = users::table
+            .only()
+            .inner_join(encrypted_backups::table.on(encrypted_backups::id.eq(users::id)))
+            .select(users::id);
+        assert!(
+            sql(&only).contains("( ONLY \"users\" INNER JOIN"),
+            "{}",
+            sql(&only)
+        );
+
+        let reversed = encrypted_backups::table
+            .only()
+            .inner_join(api_keys::table.on(api_keys::id.eq(encrypted_backups::id)))
+            .select(api_keys::id);
+        assert!(sql(&reversed).contains("( ONLY \"encrypted_backups\" INNER JOIN"));
+    }
+}

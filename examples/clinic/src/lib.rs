@@ -6,7 +6,7 @@ use std::fmt;
 
 use diesel_migrations::embed_migrations;
 use jarvis_crypt::Encrypted;
-use jarvis_models::migrations::MigrationSet;
+use jarvis_db::migrations::MigrationSet;
 
 /// The application's diesel schema.
 pub mod schema {

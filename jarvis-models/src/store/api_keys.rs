@@ -74,7 +74,7 @@ impl Store {
             Ok(found.into_iter().next())
         }
         .await;
-        self.audited(
+        self.auditor().audited(
             Operation::Decrypt,
             "api_keys",
             "encrypted_key",
@@ -98,7 +98,7 @@ impl Store {
             Ok(ApiKey::decrypt_rows(rows, &self.encryptor).await?)
         }
         .await;
-        self.audited(
+        self.auditor().audited(
             Operation::Decrypt,
             "api_keys",
             "encrypted_key",
@@ -139,7 +139,7 @@ impl Store {
                 })
             })
             .await;
-        self.audited_record(
+        self.auditor().audited_record(
             Operation::Rotate,
             "api_keys",
             "encrypted_key",

@@ -64,7 +64,7 @@ macro_rules! find_by_id {
             Ok(<$model>::decrypt_row(row, &$self.encryptor).await?)
         }
         .await;
-        $self.audited_record(
+        $self.auditor().audited_record(
             Operation::Decrypt,
             stringify!($table),
             $column,
@@ -97,7 +97,9 @@ macro_rules! create_one {
                 })
             })
             .await;
-        $self.audited($operation, stringify!($table), $column, started, result)
+        $self
+            .auditor()
+            .audited($operation, stringify!($table), $column, started, result)
     }};
 }
 
@@ -195,33 +197,6 @@ impl Store {
             sink: self.audit.as_ref(),
             encryptor: &self.encryptor,
         }
-    }
-
-    /// `result`, after recording its audit event: the records its value names.
-    fn audited<T: RecordIds>(
-        &self,
-        operation: Operation,
-        table: &str,
-        column: &str,
-        started: Instant,
-        result: Result<T>,
-    ) -> Result<T> {
-        self.auditor()
-            .audited(operation, table, column, started, result)
-    }
-
-    /// `result`, after recording its audit event for record `id` (failed or not).
-    fn audited_record<T>(
-        &self,
-        operation: Operation,
-        table: &str,
-        column: &str,
-        id: i64,
-        started: Instant,
-        result: Result<T>,
-    ) -> Result<T> {
-        self.auditor()
-            .audited_record(operation, table, column, id, started, result)
     }
 
     /// Runs `work` in a write transaction ([`jarvis_db::repo::write`]).

@@ -90,7 +90,7 @@ impl Store {
             Ok(OAuthToken::decrypt_rows(rows, &self.encryptor).await?)
         }
         .await;
-        self.audited(
+        self.auditor().audited(
             Operation::Decrypt,
             "oauth_tokens",
             "encrypted_access_token",
@@ -142,7 +142,7 @@ impl Store {
                 })
             })
             .await;
-        self.audited_record(
+        self.auditor().audited_record(
             Operation::Rotate,
             "oauth_tokens",
             "encrypted_access_token",

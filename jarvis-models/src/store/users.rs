@@ -109,7 +109,7 @@ impl Store {
                 })
             })
             .await;
-        self.audited(
+        self.auditor().audited(
             Operation::Encrypt,
             "users",
             "encrypted_email",
@@ -180,7 +180,7 @@ impl Store {
                 .find(|u| jarvis_crypt::Normalize::EMAIL.apply(&u.email) == normalized))
         }
         .await;
-        self.audited(
+        self.auditor().audited(
             Operation::Decrypt,
             "users",
             "encrypted_email",
@@ -204,7 +204,7 @@ impl Store {
             Ok(User::decrypt_rows(rows, &self.encryptor).await?)
         }
         .await;
-        self.audited(
+        self.auditor().audited(
             Operation::Decrypt,
             "users",
             "encrypted_email",
@@ -244,7 +244,7 @@ impl Store {
             Ok(users)
         }
         .await;
-        self.audited(
+        self.auditor().audited(
             Operation::Decrypt,
             "users",
             "encrypted_email",
@@ -277,7 +277,7 @@ impl Store {
                 })
             })
             .await;
-        self.audited_record(
+        self.auditor().audited_record(
             Operation::Encrypt,
             "users",
             "encrypted_email",

@@ -81,6 +81,14 @@ pub(crate) enum BackupCommand {
     },
 }
 
+impl BackupCommand {
+    /// Whether the command pages through the registered tables' rows (`create`, for the
+    /// master keys its manifest lists).
+    pub(crate) fn reads_tables(&self) -> bool {
+        matches!(self, BackupCommand::Create { .. })
+    }
+}
+
 /// Runs a `jarvis backup` command. A backup that does not authenticate exits 1.
 pub(crate) async fn run(
     global: &Global,

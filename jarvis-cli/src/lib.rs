@@ -144,6 +144,10 @@ pub struct Jarvis {
     tables: Vec<&'static TableDescription>,
     migrations: Vec<MigrationSet>,
     problems: Vec<String>,
+    /// Problems that only the commands reading the registered tables refuse (a primary key
+    /// the jobs cannot page by); `migrate`, `init`, `audit` and `backup restore/verify/list`
+    /// still run.
+    table_problems: Vec<String>,
 }
 
 impl Default for Jarvis {
@@ -152,6 +156,7 @@ impl Default for Jarvis {
             tables: Vec::new(),
             migrations: vec![jarvis_db::migrations::BOOKKEEPING],
             problems: Vec::new(),
+            table_problems: Vec::new(),
         }
     }
 }
@@ -177,12 +182,24 @@ impl Jarvis {
 
     /// Registers model `M`: its fields in the migrating state are encrypted by
     /// `encrypt-existing`, its table is rotated, verified, counted by `retire-key` and listed
-    /// in backup manifests. A model without a single-column integer primary key, or a second
-    /// model over a table already registered, is refused when the command starts, with a
-    /// message that names it (see [`problems`](Self::problems)).
+    /// in backup manifests. A model without a single-column primary key, or a second model
+    /// over a table already registered, is refused when the command starts, with a message
+    /// that names it (see [`problems`](Self::problems)); a model bound by a text or binary
+    /// primary key is refused by the commands that page through its rows
+    /// (`encrypt-existing`, `rotate`, `verify`, `retire-key`, `backup create`).
+    ///
+    /// A model of the seed's tables (`User`, `ApiKey`, `OAuthToken` of jarvis-models) brings
+    /// the seed's migrations ([`SEED`](jarvis_models::migrations::SEED)) with it.
     #[must_use]
     pub fn model<M: EncryptedTable>(mut self) -> Self {
         let table = M::table();
+        let seed = jarvis_models::models::seed_tables();
+        if seed
+            .iter()
+            .any(|t| std::ptr::eq(*t, table) && t.name != jarvis_db::EncryptedBackup::table().name)
+        {
+            self = self.migrations(jarvis_models::migrations::SEED);
+        }
         if let Some(problem) = table
             .binding_problems()
             .into_iter()
@@ -197,7 +214,7 @@ impl Jarvis {
             && table.row_key == Some(pk)
             && kind != jarvis_crypt::RowKeyKind::Int
         {
-            self.problems.push(format!(
+            self.table_problems.push(format!(
                 "model `{}` (table `{}`): the jobs page and lock rows by an integer primary \
                  key, and `{pk}` is {}",
                 table.model,
@@ -219,11 +236,15 @@ impl Jarvis {
         self
     }
 
-    /// What [`main`](Self::main) refuses at start, one message per problem, each naming its
-    /// model: a primary key that is not a single integer column, a second model over a table.
-    /// Empty when the registration is sound (an application can check it in a unit test).
-    pub fn problems(&self) -> &[String] {
-        &self.problems
+    /// What [`main`](Self::main) refuses, one message per problem, each naming its model: a
+    /// primary key of several columns, a second model over a table (refused by every command),
+    /// a primary key that is not an integer (refused by the commands that page through the
+    /// registered tables). Empty when the registration is sound (an application can check it
+    /// in a unit test).
+    pub fn problems(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = self.problems.iter().map(String::as_str).collect();
+        all.extend(self.table_problems.iter().map(String::as_str));
+        all
     }
 
     /// The tables the commands work on: the registered models', then the bookkeeping table
@@ -283,12 +304,32 @@ impl Jarvis {
                 return ExitCode::from(2);
             }
         };
+        if cli.command.reads_tables() && !self.table_problems.is_empty() {
+            for problem in &self.table_problems {
+                eprintln!("error: {problem}");
+            }
+            return ExitCode::from(2);
+        }
         match runtime.block_on(run(&self, cli)) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::from(2)
             }
+        }
+    }
+}
+
+impl Command {
+    /// Whether the command pages through the registered tables' rows.
+    fn reads_tables(&self) -> bool {
+        match self {
+            Command::EncryptExisting(_)
+            | Command::Rotate(_)
+            | Command::Verify(_)
+            | Command::RetireKey(_) => true,
+            Command::Backup { command } => command.reads_tables(),
+            Command::Demo | Command::Init(_) | Command::Migrate(_) | Command::Audit(_) => false,
         }
     }
 }

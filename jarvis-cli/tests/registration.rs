@@ -1,6 +1,7 @@
-//! What `Jarvis::model` refuses when the command starts: a primary key of several columns, a
-//! primary key that is not an integer, two models over one table; each message names its
-//! model, and `main` exits 2 without running the command.
+//! What `Jarvis::model` refuses: a primary key of several columns and two models over one
+//! table (every command), a primary key that is not an integer (the commands that page
+//! through the tables); each message names its model, and `main` exits 2 without running the
+//! command. A seed model brings the seed's migrations.
 
 use std::process::ExitCode;
 
@@ -101,14 +102,15 @@ fn each_unsound_model_is_named() {
         problems[0]
     );
     assert!(
-        problems[1].contains("`Device`") && problems[1].contains("`serial` is text"),
+        problems[1].contains("`Note`")
+            && problems[1].contains("`NoteAgain`")
+            && problems[1].contains("`notes`"),
         "{}",
         problems[1]
     );
+    // Listed last: only the commands that page through rows refuse it.
     assert!(
-        problems[2].contains("`Note`")
-            && problems[2].contains("`NoteAgain`")
-            && problems[2].contains("`notes`"),
+        problems[2].contains("`Device`") && problems[2].contains("`serial` is text"),
         "{}",
         problems[2]
     );
@@ -120,4 +122,39 @@ fn main_refuses_them_with_exit_status_2() {
         .model::<Membership>()
         .main_from(["ops", "verify"]);
     assert_eq!(code, ExitCode::from(2));
+}
+
+#[test]
+fn a_text_primary_key_is_refused_only_by_the_commands_that_page_through_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().join("ops.db").display().to_string();
+    let run = |args: &[&str]| {
+        let mut all = vec!["ops", "--database-url", url.as_str()];
+        all.extend_from_slice(args);
+        Jarvis::new().model::<Device>().main_from(all)
+    };
+    assert_eq!(run(&["verify"]), ExitCode::from(2));
+    assert_eq!(run(&["rotate", "--legacy"]), ExitCode::from(2));
+    assert_eq!(run(&["migrate"]), ExitCode::SUCCESS);
+    assert_eq!(run(&["migrate", "--status"]), ExitCode::SUCCESS);
+}
+
+#[test]
+fn a_seed_model_brings_the_seed_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().join("seed.db").display().to_string();
+    let code = Jarvis::new().model::<jarvis_models::User>().main_from([
+        "ops",
+        "--database-url",
+        url.as_str(),
+        "migrate",
+    ]);
+    assert_eq!(code, ExitCode::SUCCESS);
+    let status = block_on(jarvis_models::migrations::migration_status(&url)).unwrap();
+    assert!(status.pending.is_empty(), "{:?}", status.pending);
+}
+
+/// The seed's status, on a runtime of its own.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Runtime::new().unwrap().block_on(future)
 }

@@ -126,7 +126,7 @@ fn main_refuses_them_with_exit_status_2() {
 
 #[test]
 fn a_text_primary_key_is_refused_only_by_the_commands_that_page_through_rows() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let url = dir.path().join("ops.db").display().to_string();
     let run = |args: &[&str]| {
         let mut all = vec!["ops", "--database-url", url.as_str()];
@@ -141,7 +141,7 @@ fn a_text_primary_key_is_refused_only_by_the_commands_that_page_through_rows() {
 
 #[test]
 fn a_seed_model_brings_the_seed_migrations() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let url = dir.path().join("seed.db").display().to_string();
     let code = Jarvis::new().model::<jarvis_models::User>().main_from([
         "ops",
@@ -150,11 +150,14 @@ fn a_seed_model_brings_the_seed_migrations() {
         "migrate",
     ]);
     assert_eq!(code, ExitCode::SUCCESS);
-    let status = block_on(jarvis_models::migrations::migration_status(&url)).unwrap();
+    let status =
+        block_on(jarvis_models::migrations::migration_status(&url)).expect("the migration status");
     assert!(status.pending.is_empty(), "{:?}", status.pending);
 }
 
 /// The seed's status, on a runtime of its own.
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Runtime::new().unwrap().block_on(future)
+    tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(future)
 }

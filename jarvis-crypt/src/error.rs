@@ -7,8 +7,6 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-use crate::stream::StreamFault;
-
 /// Every failure of `jarvis-crypt`, by what the caller does next.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -195,3 +193,95 @@ impl fmt::Display for ErrorKind {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What is wrong with a backup stream that does not authenticate as a whole.
+///
+/// Carried by [`Error::StreamTampered`]. Positions count chunks from 0. No fault carries
+/// plaintext or key bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StreamFault {
+    /// The stream ends inside its header.
+    HeaderTruncated,
+    /// The header does not authenticate under its data key: a header field (the manifest,
+    /// the chunk size, the nonce prefix) or the header tag was changed.
+    HeaderAuthentication,
+    /// The header names another master key than its wrapped data key does.
+    MasterKeyMismatch,
+    /// The wrapped data key does not unwrap under the master key it names: it was damaged,
+    /// or replaced by a key wrapped for another purpose.
+    DataKey,
+    /// The chunk at this position does not authenticate, in this place or any near it: its
+    /// bytes were changed, or it comes from another stream.
+    ChunkAuthentication {
+        /// Position of the chunk in the stream.
+        index: u64,
+    },
+    /// The chunk at `position` is chunk `found` of this stream: chunks were reordered,
+    /// duplicated or dropped.
+    ChunkOutOfOrder {
+        /// Where the chunk was read.
+        position: u64,
+        /// Where it belongs.
+        found: u64,
+    },
+    /// The stream ends before its final chunk: it was cut short, at a chunk boundary or
+    /// inside a chunk.
+    Truncated {
+        /// How many complete chunks preceded the end.
+        chunks: u64,
+    },
+    /// Bytes follow the final chunk (appended data, or a chunk after the final one).
+    TrailingData {
+        /// Position of the final chunk.
+        after_chunk: u64,
+    },
+}
+
+impl StreamFault {
+    /// A short, stable name of the fault, for audit rows and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamFault::HeaderTruncated => "header_truncated",
+            StreamFault::HeaderAuthentication => "header_authentication",
+            StreamFault::MasterKeyMismatch => "master_key_mismatch",
+            StreamFault::DataKey => "data_key",
+            StreamFault::ChunkAuthentication { .. } => "chunk_authentication",
+            StreamFault::ChunkOutOfOrder { .. } => "chunk_out_of_order",
+            StreamFault::Truncated { .. } => "truncated",
+            StreamFault::TrailingData { .. } => "trailing_data",
+        }
+    }
+}
+
+impl fmt::Display for StreamFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StreamFault::HeaderTruncated => f.write_str("the stream ends inside its header"),
+            StreamFault::HeaderAuthentication => f.write_str(
+                "the header does not authenticate: a header field (manifest, chunk size, nonce prefix) was changed",
+            ),
+            StreamFault::MasterKeyMismatch => {
+                f.write_str("the header names another master key than its wrapped data key")
+            }
+            StreamFault::DataKey => f.write_str(
+                "the wrapped data key does not unwrap: it was damaged or replaced",
+            ),
+            StreamFault::ChunkAuthentication { index } => write!(
+                f,
+                "chunk {index} does not authenticate: it was changed or comes from another stream"
+            ),
+            StreamFault::ChunkOutOfOrder { position, found } => write!(
+                f,
+                "the chunk at position {position} is chunk {found}: chunks were reordered, duplicated or dropped"
+            ),
+            StreamFault::Truncated { chunks } => write!(
+                f,
+                "the stream ends after {chunks} complete chunks, before its final chunk: it was cut short"
+            ),
+            StreamFault::TrailingData { after_chunk } => {
+                write!(f, "data follows the final chunk (chunk {after_chunk})")
+            }
+        }
+    }
+}

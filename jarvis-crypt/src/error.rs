@@ -285,3 +285,145 @@ impl fmt::Display for StreamFault {
         }
     }
 }
+
+/// Where a stored value is: its table, ciphertext column and row key, as bound into its
+/// associated data. Never the value.
+///
+/// Carried by [`RowError`] (the per-row results of
+/// [`Encrypted::decrypt_rows_each`](crate::Encrypted::decrypt_rows_each)) and logged, at
+/// `warn`, when a value fails to decrypt. A row key is the row's identifier, stored in the
+/// clear beside the value; bind a primary key (an id, a UUID), never a column that is itself
+/// sensitive.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Location {
+    /// The table, as bound (its SQL name, or the model's `aad_table`).
+    pub table: String,
+    /// The ciphertext column (for example `encrypted_email`).
+    pub column: String,
+    /// The row key, shown as it reads in SQL: an integer, a text, or the hex of a binary key
+    /// (`None` for a model bound with `bind = none`).
+    pub row_key: Option<String>,
+}
+
+impl Location {
+    /// The location of a value bound to `binding`.
+    pub fn of(binding: &crate::Binding<'_>) -> Self {
+        use crate::RowKey;
+        let row_key = match binding.row {
+            RowKey::None => None,
+            RowKey::Int(id) => Some(id.to_string()),
+            RowKey::Text(id) => Some(format!("{id:?}")),
+            RowKey::Bytes(id) => Some(format!("x'{}'", hex::encode(id))),
+        };
+        Location {
+            table: binding.table.to_owned(),
+            column: binding.column.to_owned(),
+            row_key,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "table `{}`, column `{}`", self.table, self.column)?;
+        match &self.row_key {
+            Some(key) => write!(f, ", row {key}"),
+            None => f.write_str(" (no row key)"),
+        }
+    }
+}
+
+/// The [`Error`] of one row of a batch, with where its bad value is: one bad row out of a
+/// thousand can be found, and the others still read (see
+/// [`Encrypted::decrypt_rows_each`](crate::Encrypted::decrypt_rows_each)).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("row {index} of the batch: {error}{}", location.as_ref().map(|l| format!(" ({l})")).unwrap_or_default())]
+pub struct RowError {
+    index: usize,
+    location: Option<Location>,
+    #[source]
+    error: Error,
+}
+
+impl RowError {
+    /// `error`, of the row at `index` of a batch, whose bad value is at `location` (when known).
+    pub fn new(index: usize, location: Option<Location>, error: Error) -> Self {
+        RowError {
+            index,
+            location,
+            error,
+        }
+    }
+
+    /// The row's position in the batch, from 0.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Where the bad value is: known for every value that reached decryption (it failed to
+    /// authenticate, its data key did not unwrap, its plaintext is not of the field's type);
+    /// not for a row whose stored-form columns are partly NULL, which the error names by
+    /// field.
+    pub fn location(&self) -> Option<&Location> {
+        self.location.as_ref()
+    }
+
+    /// The error, as an all-or-nothing call would have returned it.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+
+    /// The error, without its location.
+    pub fn into_error(self) -> Error {
+        self.error
+    }
+
+    /// The error's kind.
+    pub fn kind(&self) -> ErrorKind {
+        self.error.kind()
+    }
+}
+
+impl From<RowError> for Error {
+    fn from(err: RowError) -> Self {
+        err.error
+    }
+}
+
+impl Error {
+    /// The jarvis-crypt error in `error` or in its chain of [`source`](std::error::Error::source)s,
+    /// if any: for example the [`Error::InvalidStoredForm`] of a stored-form column of the
+    /// wrong length, which diesel reports while loading a row as its own
+    /// `DeserializationError`.
+    ///
+    /// ```
+    /// use jarvis_crypt::{Error, ErrorKind, Nonce};
+    ///
+    /// // What diesel returns when a row's IV column holds 8 bytes.
+    /// let loading = Nonce::new(vec![0; 8]).map_err(|e| {
+    ///     diesel::result::Error::DeserializationError(Box::new(e))
+    /// });
+    /// let diesel_error = loading.unwrap_err();
+    /// let error = Error::find_in(&diesel_error).expect("a jarvis-crypt error");
+    /// assert_eq!(error.kind(), ErrorKind::InvalidStoredForm);
+    /// ```
+    pub fn find_in<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e Error> {
+        let mut next = Some(error);
+        while let Some(current) = next {
+            if let Some(found) = current.downcast_ref::<Error>() {
+                return Some(found);
+            }
+            if let Some(found) = current.downcast_ref::<RowError>() {
+                return Some(&found.error);
+            }
+            if let Some(diesel::result::Error::DeserializationError(inner)) =
+                current.downcast_ref::<diesel::result::Error>()
+                && let Some(found) = inner.downcast_ref::<Error>()
+            {
+                return Some(found);
+            }
+            next = current.source();
+        }
+        None
+    }
+}

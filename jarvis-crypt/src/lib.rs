@@ -23,7 +23,7 @@ pub use audit::{AuditEvent, AuditSink, MemoryAudit, NoAudit, Operation};
 pub use aws::{AwsKms, KMS_DECRYPT_KEY_IDS_VAR, KmsConnection, KmsOptions, KmsRequests};
 pub use cache::{CacheLimits, CacheStats, Clock, DataKeyCache, ManualClock, SystemClock};
 pub use envelope::{Encryptor, EncryptorBuilder};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Location, Result, RowError};
 pub use jarvis_crypt_derive::Encrypted;
 pub use keys::{
     CONTEXT_APPLICATION, DataKey, GeneratedDataKey, KeyEnvelope, KeyProvider, KeyPurpose,

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use crate::envelope::Encryptor;
-use crate::error::Result;
+use crate::error::{Result, RowError};
 use crate::search::SearchSpec;
 
 /// A searchable encrypted field as `#[derive(Encrypted)]` declares it: where its ciphertext
@@ -70,8 +70,37 @@ pub trait Encrypted: Sized + Send + Sync {
             .ok_or_else(|| crate::Error::stored("decrypting one row gave no model"))
     }
 
-    /// The models of many rows, unwrapping each distinct data key once.
+    /// The models of many rows, unwrapping each distinct data key once. All or nothing: the
+    /// first row that fails fails the call (its error is the value's, without a location;
+    /// the location is logged at `warn`). To show the rows that decrypt and report the others,
+    /// use [`decrypt_rows_each`](Self::decrypt_rows_each).
     async fn decrypt_rows(rows: Vec<Self::Row>, encryptor: &Encryptor) -> Result<Vec<Self>>;
+
+    /// One result per row, in order: the model, or a [`RowError`] naming the row's position
+    /// and where its bad value is (table, column, row key; never the value). A listing can
+    /// show 999 rows and report the bad one. Each row is decrypted on its own (the data-key
+    /// cache still unwraps each distinct key once), so it costs more than
+    /// [`decrypt_rows`](Self::decrypt_rows) on large batches.
+    async fn decrypt_rows_each(
+        rows: Vec<Self::Row>,
+        encryptor: &Encryptor,
+    ) -> Vec<std::result::Result<Self, RowError>> {
+        let mut models = Vec::with_capacity(rows.len());
+        for (index, row) in rows.into_iter().enumerate() {
+            let (result, location) =
+                support::locating(Self::decrypt_rows(vec![row], encryptor)).await;
+            models.push(match result.map(|mut one| one.pop()) {
+                Ok(Some(model)) => Ok(model),
+                Ok(None) => Err(RowError::new(
+                    index,
+                    location,
+                    crate::Error::stored("decrypting one row gave no model"),
+                )),
+                Err(error) => Err(RowError::new(index, location, error)),
+            });
+        }
+        models
+    }
 }
 
 pub(crate) mod support {
@@ -81,7 +110,7 @@ pub(crate) mod support {
 
     use crate::aad::{Binding, RowKey};
     use crate::envelope::Encryptor;
-    use crate::error::{Error, Result};
+    use crate::error::{Error, Location, Result};
     use crate::search::SearchSpec;
     use crate::stored::{AuthTag, Ciphertext, Nonce, SearchHash, StoredField, WrappedKey};
     use crate::table::{
@@ -451,17 +480,62 @@ pub(crate) mod support {
                 .collect();
         }
 
-        /// The plaintext of a ticket, decoded.
+        /// The plaintext of a ticket, decoded. A failure is logged (at `warn`) with the
+        /// value's location, which [`locating`] also hands to its caller.
         pub fn take<C: Codec>(&mut self, ticket: Option<usize>) -> Result<Option<C::Value>> {
             let Some(ticket) = ticket else {
                 return Ok(None);
             };
-            let bytes = self
+            let result = self
                 .results
                 .get_mut(ticket)
                 .and_then(Option::take)
-                .ok_or_else(|| Error::stored("batch ticket used twice"))??;
-            C::decode(bytes).map(Some)
+                .ok_or_else(|| Error::stored("batch ticket used twice"))
+                .and_then(|r| r)
+                .and_then(C::decode);
+            match result {
+                Ok(value) => Ok(Some(value)),
+                Err(error) => {
+                    if let Some((table, column, key, _)) = self.places.get(ticket) {
+                        failed_at(
+                            Location::of(&Binding::new(table, column, key.borrow())),
+                            &error,
+                        );
+                    }
+                    Err(error)
+                }
+            }
         }
+    }
+
+    tokio::task_local! {
+        /// Where the first value that failed in the scope of [`locating`] is.
+        static FAILED_AT: std::cell::RefCell<Option<Location>>;
+    }
+
+    /// Records (and logs) the location of a value that failed to decrypt.
+    fn failed_at(location: Location, error: &Error) {
+        tracing::warn!(
+            table = %location.table,
+            column = %location.column,
+            row_key = location.row_key.as_deref().unwrap_or("none"),
+            kind = error.kind().as_str(),
+            "a stored value failed to decrypt"
+        );
+        let _ = FAILED_AT.try_with(|cell| {
+            cell.borrow_mut().get_or_insert(location);
+        });
+    }
+
+    /// Runs `work`, returning its output and the location of the first value that failed to
+    /// decrypt in it (if any).
+    pub(crate) async fn locating<F: std::future::Future>(work: F) -> (F::Output, Option<Location>) {
+        FAILED_AT
+            .scope(std::cell::RefCell::new(None), async move {
+                let output = work.await;
+                let location = FAILED_AT.with(|cell| cell.borrow_mut().take());
+                (output, location)
+            })
+            .await
     }
 }

@@ -49,6 +49,9 @@
 //! with `json` (and its `Option`). Plain fields are copied as they are and must be `Clone`.
 
 mod ast;
+mod attr;
+mod check;
+mod ctxt;
 mod expand;
 
 use proc_macro::TokenStream;
@@ -63,8 +66,11 @@ pub fn derive_encrypted(input: TokenStream) -> TokenStream {
 fn derive(input: proc_macro2::TokenStream) -> proc_macro2::TokenStream {
     syn::parse2::<syn::DeriveInput>(input)
         .and_then(|input| {
-            let mut cx = ast::Ctxt::default();
+            let mut cx = ctxt::Ctxt::default();
             let container = ast::Container::from_ast(&mut cx, &input);
+            if let Some(c) = &container {
+                check::check(&mut cx, c);
+            }
             cx.finish()?;
             Ok(container.map(|c| expand::expand(&c)).unwrap_or_default())
         })

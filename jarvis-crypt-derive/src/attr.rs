@@ -213,7 +213,9 @@ fn search(
     let (mut column, mut normalize, mut bits) = (None::<Ident>, None::<LitStr>, None::<LitInt>);
     let mut seen = Vec::new();
     if meta.input.peek(syn::token::Paren) {
-        meta.parse_nested_meta(|inner| {
+        // A mistake inside `search(...)` is reported, and the field stays searchable: the
+        // fallback still generates its helpers.
+        let parsed = meta.parse_nested_meta(|inner| {
             let Some(k) = inner.path.get_ident().cloned() else {
                 return Err(inner.error("expected one of `column`, `normalize`, `bits`"));
             };
@@ -239,7 +241,10 @@ fn search(
                 )));
             }
             Ok(())
-        })?;
+        });
+        if let Err(e) = parsed {
+            cx.syn(e);
+        }
     }
     let mut out = SearchAttrs {
         span,

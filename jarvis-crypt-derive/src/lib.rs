@@ -47,6 +47,22 @@
 //!
 //! Field types: `String`, `Vec<u8>`, `Option` of these (nullable columns), any serde type
 //! with `json` (and its `Option`). Plain fields are copied as they are and must be `Clone`.
+//!
+//! # Nullability, checked at compile time
+//!
+//! The stored-form columns' nullability comes from the diesel `table!`, and must fit the field:
+//!
+//! - an `Option` field needs nullable stored-form columns (`Nullable<Binary>`): a `None` is
+//!   NULL in all four;
+//! - a `migrating_from` field needs nullable stored-form columns: rows not yet encrypted hold
+//!   NULL there;
+//! - the search-hash column of an `Option` field is nullable (a `None` has no hash);
+//! - a field that is not an `Option` may sit on nullable columns (a table whose columns become
+//!   NOT NULL later, or one being migrated): it is always written, and a row read back with
+//!   NULL columns is an invalid stored form.
+//!
+//! Each mismatch is one compile error at the field's type (or at `migrating_from`, or at
+//! `search`), saying which columns must change.
 
 mod ast;
 mod attr;

@@ -6,7 +6,7 @@
 #[test]
 fn ui() {
     let cases = trybuild::TestCases::new();
-    for folder in ["container", "shape", "field", "diesel", "hazmat", "fallback"] {
+    for folder in ["container", "shape", "field", "diesel", "hazmat", "fallback", "nullability"] {
         cases.compile_fail(format!("tests/ui/{folder}/*.rs"));
     }
     cases.pass("tests/ui/pass/*.rs");

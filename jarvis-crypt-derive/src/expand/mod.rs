@@ -1,8 +1,9 @@
 //! Code generation from the checked model, one file per generated part: the row struct and
 //! its column module (`row.rs`), the conversions of `Encrypted` (`convert.rs`), the search
 //! helpers and hashes (`search.rs`), the table description of `EncryptedTable`
-//! (`describe.rs`).
+//! (`describe.rs`), the nullability checks against the diesel table (`checks.rs`).
 
+mod checks;
 mod convert;
 mod describe;
 mod row;
@@ -75,6 +76,7 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
     let encrypted = convert::encrypted_impl(c, &names);
     let described = describe::table_impl(c, &names);
     let helpers = search::helpers(c, &names);
+    let checks = checks::checks(c, &names);
 
     quote! {
         #row_struct
@@ -82,6 +84,8 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
         const _: () = {
             use ::jarvis_crypt::__private as __jc;
             const __TABLE: &str = #table_name;
+
+            #checks
 
             #row_debug
 

@@ -538,4 +538,60 @@ pub(crate) mod support {
             })
             .await
     }
+
+    /// The SQL type of a column.
+    pub type SqlTypeOf<C> = <C as diesel::Expression>::SqlType;
+
+    /// The SQL types of the four stored-form columns of an `Option` field: all nullable.
+    #[diagnostic::on_unimplemented(
+        message = "an `Option` field needs nullable stored-form columns, but its columns have SQL types `{Self}`",
+        label = "this field is an `Option`: its ciphertext, IV, tag and data-key columns must be `Nullable<Binary>`",
+        note = "a `None` is stored as NULL in every stored-form column: make them nullable in the `table!` (and the database), or the field not an `Option`"
+    )]
+    pub trait OptionFieldColumns {}
+    impl OptionFieldColumns
+        for (
+            diesel::sql_types::Nullable<diesel::sql_types::Binary>,
+            diesel::sql_types::Nullable<diesel::sql_types::Binary>,
+            diesel::sql_types::Nullable<diesel::sql_types::Binary>,
+            diesel::sql_types::Nullable<diesel::sql_types::Binary>,
+        )
+    {
+    }
+
+    /// Compiles only when the four columns `T` of an `Option` field are nullable.
+    pub const fn option_field_columns<T: OptionFieldColumns>() {}
+
+    /// The SQL types of the four stored-form columns of a `migrating_from` field: all
+    /// nullable.
+    #[diagnostic::on_unimplemented(
+        message = "a `migrating_from` field needs nullable stored-form columns, but its columns have SQL types `{Self}`",
+        label = "rows not yet encrypted have NULL in the ciphertext, IV, tag and data-key columns: they must be `Nullable<Binary>`",
+        note = "make the stored-form columns nullable while the table is being migrated; when every row is encrypted, remove `migrating_from` and make them NOT NULL"
+    )]
+    pub trait MigratingFieldColumns {}
+    impl MigratingFieldColumns
+        for (
+            diesel::sql_types::Nullable<diesel::sql_types::Binary>,
+            diesel::sql_types::Nullable<diesel::sql_types::Binary>,
+            diesel::sql_types::Nullable<diesel::sql_types::Binary>,
+            diesel::sql_types::Nullable<diesel::sql_types::Binary>,
+        )
+    {
+    }
+
+    /// Compiles only when the four columns `T` of a `migrating_from` field are nullable.
+    pub const fn migrating_field_columns<T: MigratingFieldColumns>() {}
+
+    /// The SQL type of the search-hash column of an `Option` field: nullable.
+    #[diagnostic::on_unimplemented(
+        message = "the search-hash column of an `Option` field must be nullable, but it has SQL type `{Self}`",
+        label = "a `None` has no search hash: this field's hash column must be `Nullable<Binary>`",
+        note = "a search-hash column follows its field's nullability: make it nullable in the `table!` (and the database), or the field not an `Option`"
+    )]
+    pub trait OptionFieldHash {}
+    impl OptionFieldHash for diesel::sql_types::Nullable<diesel::sql_types::Binary> {}
+
+    /// Compiles only when the search-hash column `T` of an `Option` field is nullable.
+    pub const fn option_field_hash<T: OptionFieldHash>() {}
 }

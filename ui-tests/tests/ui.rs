@@ -6,7 +6,15 @@
 #[test]
 fn ui() {
     let cases = trybuild::TestCases::new();
-    for folder in ["container", "shape", "field", "diesel", "hazmat"] {
+    for folder in [
+        "container",
+        "shape",
+        "field",
+        "diesel",
+        "hazmat",
+        "fallback",
+        "nullability",
+    ] {
         cases.compile_fail(format!("tests/ui/{folder}/*.rs"));
     }
     cases.pass("tests/ui/pass/*.rs");

@@ -1,0 +1,23 @@
+mod schema {
+    diesel::table! {
+        users (id) {
+            id -> BigInt,
+            encrypted_email -> Binary,
+            email_iv -> Binary,
+            email_auth_tag -> Binary,
+            email_data_key -> Binary,
+            email -> Nullable<Text>,
+        }
+    }
+}
+
+use jarvis_crypt::Encrypted;
+
+#[derive(Encrypted)]
+#[encrypted(table = crate::schema::users, bind = id)]
+struct User {
+    id: i64,
+    #[encrypted(migrating_from = email)]
+    email: String,
+}
+fn main() {}

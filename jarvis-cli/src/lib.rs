@@ -11,7 +11,7 @@
 //!
 //! The stock `jarvis` binary is this builder with the seed's models (users, API keys, OAuth
 //! tokens) and their migrations (`.migrations(jarvis_models::migrations::SEED)`). Every
-//! command (`encrypt-existing`, `rotate`, `verify`, `retire-key`, `backup`) reads the
+//! command (`encrypt-existing`, `rotate`, `verify`, `retire-key`, `backup`, `schema`) reads the
 //! registered models' tables through their descriptions
 //! ([`EncryptedTable`]), beside the bookkeeping table of encrypted
 //! backups; `migrate` applies the bookkeeping migrations and the sets the binary adds.
@@ -42,12 +42,14 @@ mod backup;
 mod config;
 mod demo;
 mod encrypt_existing;
+mod generate;
 mod init;
 mod jobs;
 mod migrate;
 mod output;
 mod retire_key;
 mod rotate;
+mod schema;
 mod verify;
 
 use std::ffi::OsString;
@@ -102,6 +104,16 @@ enum Command {
     },
     /// The audit summary per table and operation.
     Audit(audit::AuditArgs),
+    /// Write out what a schema change needs: `generate field` prints the migration
+    /// (PostgreSQL and SQLite) and `table!` lines of a new encrypted field. No database.
+    Generate {
+        #[command(subcommand)]
+        command: generate::GenerateCommand,
+    },
+    /// The columns every registered model's stored form needs (names, SQL types,
+    /// nullability); `--check` compares them with the live database: exit 1 on drift,
+    /// naming each difference.
+    Schema(schema::SchemaArgs),
 }
 
 /// The crates a bare `RUST_LOG` level applies to.
@@ -329,7 +341,12 @@ impl Command {
             | Command::Verify(_)
             | Command::RetireKey(_) => true,
             Command::Backup { command } => command.reads_tables(),
-            Command::Demo | Command::Init(_) | Command::Migrate(_) | Command::Audit(_) => false,
+            Command::Demo
+            | Command::Init(_)
+            | Command::Migrate(_)
+            | Command::Audit(_)
+            | Command::Generate { .. }
+            | Command::Schema(_) => false,
         }
     }
 }
@@ -350,6 +367,8 @@ async fn run(jarvis: &Jarvis, cli: Cli) -> Result<ExitCode> {
             return backup::run(global, &jarvis.tables(), &jarvis.migrations, command).await;
         }
         Command::Audit(args) => audit::run(global, args).await?,
+        Command::Generate { command } => generate::run(command)?,
+        Command::Schema(args) => return schema::run(global, &jarvis.tables(), args).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,7 +12,9 @@
 //!   ([`schema`], [`migrations::BOOKKEEPING`], the stored search key of [`keys`], the
 //!   backup records of [`backups`]), the lifecycle jobs over any described table ([`jobs`]:
 //!   encrypt existing plaintext, rotate), [`verify`] and key usage, and the backup engine
-//!   ([`backup`]: dump, restore, SQLite snapshot). It knows no application's tables: every
+//!   ([`backup`]: dump, restore, SQLite snapshot), and schema help: the migration of a new
+//!   encrypted field ([`generate`]) and the registered tables against the live catalogue
+//!   ([`catalogue`]). It knows no application's tables: every
 //!   job takes the [`TableDescription`](jarvis_crypt::TableDescription)s of the models it
 //!   runs over, and builds its SQL from them alone.
 //! - `jarvis-models` is one application on top: the original system's schema, models and
@@ -49,9 +51,11 @@
 pub mod audit;
 pub mod backup;
 pub mod backups;
+pub mod catalogue;
 pub mod db;
 mod described;
 pub mod error;
+pub mod generate;
 pub mod jobs;
 pub mod keys;
 pub mod migrations;

@@ -359,3 +359,43 @@ fn inside_a_runtime_a_clear_error() -> Result<(), BoxError> {
     assert_eq!(enc.decrypt_row::<Patient>(row)?, model);
     Ok(())
 }
+
+/// An audit sink built with `build` (`DbAudit`, whose writer task runs where it is started)
+/// writes its events on the facade's runtime, between calls as well.
+#[test]
+fn db_audit_built_on_the_facade_runtime_writes_between_calls() -> Result<(), BoxError> {
+    use jarvis_crypt::{AuditEvent, AuditSink, Operation};
+    use jarvis_models::{Database, DbAudit};
+
+    let url = jarvis_tests::fresh_postgres_database("blocking_audit");
+    jarvis_models::migrations::run_pending_migrations_blocking(&url)?;
+    let mut sink = None;
+    let slot = &mut sink;
+    let enc = blocking::Encryptor::build(move || async move {
+        let db = Database::connect(&url, 2)
+            .await
+            .map_err(|e| jarvis_crypt::Error::Configuration(e.to_string()))?;
+        *slot = Some(DbAudit::start(db));
+        Ok(local_encryptor())
+    })?;
+    let audit = sink.ok_or("no sink")?;
+    let model = new_patient(1, "123-45-6789", "Ada");
+    let started = std::time::Instant::now();
+    let row = enc.encrypt_row(&model)?;
+    audit.record(
+        AuditEvent::new(Operation::Encrypt, Some("patients".to_owned()), started).records([1]),
+    );
+    // No facade call: the writer runs on the facade's worker thread.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while audit.written() < 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(audit.written(), 1);
+    assert_eq!(enc.decrypt_row::<Patient>(row)?, model);
+    enc.block_on(async {
+        audit.shutdown().await;
+        Ok::<_, jarvis_crypt::Error>(())
+    })?;
+    assert_eq!(audit.dropped(), 0);
+    Ok(())
+}

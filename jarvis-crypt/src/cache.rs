@@ -141,6 +141,9 @@ pub struct CacheStats {
     pub decrypt_hits: u64,
     /// Decrypts that needed an unwrap (several may share one provider call).
     pub decrypt_misses: u64,
+    /// Encrypts of a batch ([`Encryptor::batch_scope`](crate::Encryptor::batch_scope))
+    /// served by the data key the batch already leased, without a lease of their own.
+    pub batch_encrypts: u64,
     /// Data keys created (equals `generate_calls` unless a call failed).
     pub keys_created: u64,
     /// Unwrapped keys evicted from the decrypt side (expired, pushed out or cleared).
@@ -163,6 +166,7 @@ struct Counters {
     encrypt_misses: AtomicU64,
     decrypt_hits: AtomicU64,
     decrypt_misses: AtomicU64,
+    batch_encrypts: AtomicU64,
     keys_created: AtomicU64,
     evictions: AtomicU64,
 }
@@ -172,10 +176,31 @@ fn bump(counter: &AtomicU64) {
 }
 
 /// The data key and wrapped key that encrypt one value.
-#[derive(Debug)]
 pub(crate) struct Lease {
     pub(crate) key: DataKey,
     pub(crate) wrapped: WrappedKey,
+    /// The slot the key came from, for [`DataKeyCache::extend`].
+    slot: Slot,
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("key", &self.key)
+            .field("wrapped", &self.wrapped)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lease {
+    /// Another handle on the same key.
+    pub(crate) fn share(&self) -> Lease {
+        Lease {
+            key: self.key.share(),
+            wrapped: self.wrapped.clone(),
+            slot: Arc::clone(&self.slot),
+        }
+    }
 }
 
 struct ActiveKey {
@@ -459,6 +484,7 @@ impl DataKeyCache {
             encrypt_misses: load(&c.encrypt_misses),
             decrypt_hits: load(&c.decrypt_hits),
             decrypt_misses: load(&c.decrypt_misses),
+            batch_encrypts: load(&c.batch_encrypts),
             keys_created: load(&c.keys_created),
             evictions: load(&c.evictions),
         }
@@ -545,6 +571,7 @@ impl DataKeyCache {
             return Ok(Lease {
                 key: current.key.share(),
                 wrapped: current.wrapped.clone(),
+                slot: Arc::clone(&slot),
             });
         }
         bump(&self.shared.counters.encrypt_misses);
@@ -578,6 +605,7 @@ impl DataKeyCache {
         let lease = Lease {
             key: generated.key.share(),
             wrapped: generated.wrapped.clone(),
+            slot: Arc::clone(&slot),
         };
         let unwrap_deadline = now.saturating_add(shared.limits.unwrap_ttl);
         if len > shared.limits.max_bytes {
@@ -595,6 +623,26 @@ impl DataKeyCache {
             self.schedule(unwrap_deadline.min(now.saturating_add(shared.limits.max_age)));
         }
         Ok(lease)
+    }
+
+    /// The key of `held` for one more value of `len` bytes, its usage counted, if that key is
+    /// still its slot's active key and its limits admit the value; `None` otherwise (the
+    /// caller leases again). What the later encrypts of a batch use: no sweep, no slot
+    /// lookup, never a provider call.
+    pub(crate) async fn extend(&self, held: &Lease, len: usize) -> Option<Lease> {
+        let len = u64::try_from(len).unwrap_or(u64::MAX);
+        let shared = &*self.shared;
+        let mut active = held.slot.active.lock().await;
+        let current = active.as_mut()?;
+        if current.wrapped != held.wrapped
+            || !current.admits(&shared.limits, shared.clock.now(), len)
+        {
+            return None;
+        }
+        current.messages += 1;
+        current.bytes += len;
+        bump(&shared.counters.batch_encrypts);
+        Some(held.share())
     }
 
     /// The unwrapped data key of `wrapped`, from the cache or the provider.

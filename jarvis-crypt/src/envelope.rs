@@ -7,10 +7,10 @@
 //! unwraps each distinct data key of a batch once.
 
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::aad::Binding;
-use crate::cache::{CacheLimits, CacheStats, Clock, DataKeyCache, SystemClock};
+use crate::cache::{CacheLimits, CacheStats, Clock, DataKeyCache, Lease, SystemClock};
 use crate::cipher::{self, LEGACY_NONCE_LEN, NONCE_LEN};
 use crate::error::{Error, Result};
 use crate::keys::{DataKey, KeyEnvelope, KeyProvider, KeyPurpose, MasterKeyRef, ProviderKind};
@@ -21,6 +21,8 @@ use crate::stored::{AuthTag, Ciphertext, Nonce, SearchHash, StoredField, Wrapped
 #[derive(Clone)]
 pub struct Encryptor {
     inner: Arc<Inner>,
+    /// Set on a [`batch_scope`](Encryptor::batch_scope): the lease its encrypts share.
+    batch: Option<Arc<Mutex<Option<Lease>>>>,
 }
 
 struct Inner {
@@ -103,6 +105,7 @@ impl EncryptorBuilder {
                 hashers: RwLock::new(Vec::new()),
                 allow_legacy: self.allow_legacy,
             }),
+            batch: None,
         }
     }
 }
@@ -136,6 +139,22 @@ impl Encryptor {
                 hashers: RwLock::new(Vec::new()),
                 allow_legacy: inner.allow_legacy,
             }),
+            batch: None,
+        }
+    }
+
+    /// An encryptor like this one (same providers, cache and search key) for one batch of
+    /// writes: its first encrypt leases a data key from the cache as [`encrypt`] does, and
+    /// its later encrypts reuse that lease, counting their usage against the key's limits,
+    /// instead of leasing per value. When the key reaches a limit (or the cache drops it),
+    /// the next encrypt leases again. [`Encrypted::encrypt_rows`](crate::Encrypted::encrypt_rows)
+    /// encrypts its rows through one; drop it when the batch is written.
+    ///
+    /// [`encrypt`]: Encryptor::encrypt
+    pub fn batch_scope(&self) -> Encryptor {
+        Encryptor {
+            inner: Arc::clone(&self.inner),
+            batch: Some(Arc::default()),
         }
     }
 
@@ -173,15 +192,37 @@ impl Encryptor {
 
     /// Encrypts one value for its place.
     pub async fn encrypt(&self, binding: &Binding<'_>, plaintext: &[u8]) -> Result<StoredField> {
-        let lease = self
-            .inner
-            .cache
-            .lease(
-                self.inner.provider.as_ref(),
-                KeyPurpose::Field,
-                plaintext.len(),
-            )
-            .await?;
+        let held = self.batch.as_ref().and_then(|batch| {
+            batch
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .map(Lease::share)
+        });
+        let extended = match &held {
+            Some(held) => self.inner.cache.extend(held, plaintext.len()).await,
+            None => None,
+        };
+        let lease = match extended {
+            Some(lease) => lease,
+            None => {
+                let lease = self
+                    .inner
+                    .cache
+                    .lease(
+                        self.inner.provider.as_ref(),
+                        KeyPurpose::Field,
+                        plaintext.len(),
+                    )
+                    .await?;
+                if let Some(batch) = &self.batch {
+                    *batch
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lease.share());
+                }
+                lease
+            }
+        };
         seal(&lease.key, lease.wrapped, binding, plaintext)
     }
 

@@ -5,6 +5,7 @@ mod aad;
 pub mod audit;
 #[cfg(feature = "aws-kms")]
 pub mod aws;
+pub mod blocking;
 mod cache;
 pub mod cipher;
 mod envelope;

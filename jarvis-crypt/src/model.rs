@@ -62,6 +62,19 @@ pub trait Encrypted: Sized + Send + Sync {
     /// search hashes computed, plaintext columns of migrating fields cleared.
     async fn encrypt_row(&self, encryptor: &Encryptor) -> Result<Self::Row>;
 
+    /// The rows to write for many models, in order, as [`encrypt_row`](Self::encrypt_row)
+    /// makes each, through one [`Encryptor::batch_scope`]: the batch leases a data key from
+    /// the cache once, not once per row (again only when the key reaches a cache limit
+    /// during the batch). The first failure ends the batch with its error.
+    async fn encrypt_rows(models: &[Self], encryptor: &Encryptor) -> Result<Vec<Self::Row>> {
+        let batch = encryptor.batch_scope();
+        let mut rows = Vec::with_capacity(models.len());
+        for model in models {
+            rows.push(model.encrypt_row(&batch).await?);
+        }
+        Ok(rows)
+    }
+
     /// The model of a row read back.
     async fn decrypt_row(row: Self::Row, encryptor: &Encryptor) -> Result<Self> {
         let mut models = Self::decrypt_rows(vec![row], encryptor).await?;

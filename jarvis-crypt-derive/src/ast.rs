@@ -30,6 +30,8 @@ pub(crate) struct Container {
     /// row's values new data keys.
     pub(crate) rotation_count: Option<Ident>,
     pub(crate) bind: Bind,
+    /// `redact_debug`: generate a `Debug` that prints encrypted fields as `<redacted>`.
+    pub(crate) redact_debug: Option<proc_macro2::Span>,
     pub(crate) fields: Vec<Field>,
 }
 
@@ -139,6 +141,7 @@ impl Container {
             created_at: attrs.created_at,
             rotation_count: attrs.rotation_count,
             bind,
+            redact_debug: attrs.redact_debug,
             fields,
         })
     }

@@ -16,9 +16,10 @@ const AAD_TABLE: &str = "aad_table";
 const ROTATED_AT: &str = "rotated_at";
 const CREATED_AT: &str = "created_at";
 const ROTATION_COUNT: &str = "rotation_count";
+const REDACT_DEBUG: &str = "redact_debug";
 /// The container keys, as listed in errors.
 const CONTAINER_KEYS: &str =
-    "`table`, `bind`, `aad_table`, `rotated_at`, `created_at`, `rotation_count`";
+    "`table`, `bind`, `aad_table`, `rotated_at`, `created_at`, `rotation_count`, `redact_debug`";
 const CIPHERTEXT: &str = "ciphertext";
 const IV: &str = "iv";
 const TAG: &str = "tag";
@@ -57,6 +58,8 @@ pub(crate) struct ContainerAttrs {
     pub(crate) created_at: Option<Ident>,
     pub(crate) rotation_count: Option<Ident>,
     pub(crate) bind: Option<Bind>,
+    /// `redact_debug`: the key's span.
+    pub(crate) redact_debug: Option<Span>,
 }
 
 pub(crate) fn container(cx: &mut Ctxt, attrs: &[Attribute]) -> ContainerAttrs {
@@ -90,6 +93,10 @@ pub(crate) fn container(cx: &mut Ctxt, attrs: &[Attribute]) -> ContainerAttrs {
                         &mut out.rotation_count
                     };
                     *slot = Some(ident);
+                }
+            } else if key == REDACT_DEBUG {
+                if once(cx, &mut seen, &key) {
+                    out.redact_debug = Some(key.span());
                 }
             } else if key == BIND {
                 let ident: Ident = meta.value()?.parse()?;

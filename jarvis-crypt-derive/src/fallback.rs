@@ -24,6 +24,18 @@ pub(crate) fn expand(input: &DeriveInput, container: Option<&Container>) -> Toke
     }
     let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
     let helpers = container.map(helpers).unwrap_or_default();
+    // `redact_debug`: a `Debug` that prints nothing of the model.
+    let model_debug = match container {
+        Some(c) if c.redact_debug.is_some() => quote! {
+            #[automatically_derived]
+            impl #impl_generics ::core::fmt::Debug for #model #ty_generics #where_clause {
+                fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                    f.debug_struct(::core::stringify!(#model)).finish_non_exhaustive()
+                }
+            }
+        },
+        _ => TokenStream::new(),
+    };
     let doc_row = format!(
         "The stored row of [`{model}`]: a placeholder while `#[derive(Encrypted)]` reports an error."
     );
@@ -45,6 +57,8 @@ pub(crate) fn expand(input: &DeriveInput, container: Option<&Container>) -> Toke
                     f.debug_struct(::core::stringify!(#row)).finish_non_exhaustive()
                 }
             }
+
+            #model_debug
 
             #[automatically_derived]
             #[__jc::async_trait]

@@ -25,6 +25,15 @@
 //!   out. `created_at = column` (optional): the row's creation time, read instead of a NULL
 //!   `rotated_at`. `rotation_count = column` (optional): an integer column the jobs increment
 //!   on each re-encryption. The columns need not be fields of the model.
+//! - `#[encrypted(redact_debug)]` (optional): generate the model's `Debug`, printing each
+//!   encrypted field as `<redacted>` (an `Option` too: whether it holds a value is not
+//!   printed either) and the plain fields with their own `Debug`.
+//!
+//! **Do not `#[derive(Debug)]` on a model with encrypted fields**: the derived `Debug` prints
+//! the plaintext, which then reaches logs and error reports. Use `redact_debug` instead (a
+//! derived `Debug` beside it is a compile error, "conflicting implementations", at
+//! `redact_debug`), or write a `Debug` by hand. The generated row struct's `Debug` prints
+//! only its name.
 //!
 //! # Field attributes
 //!

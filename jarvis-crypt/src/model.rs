@@ -607,4 +607,13 @@ pub(crate) mod support {
 
     /// Compiles only when the search-hash column `T` of an `Option` field is nullable.
     pub const fn option_field_hash<T: OptionFieldHash>() {}
+
+    /// What a `redact_debug` model's `Debug` prints for an encrypted field: `<redacted>`,
+    /// whatever the value (or its absence).
+    pub struct Redacted;
+    impl std::fmt::Debug for Redacted {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("<redacted>")
+        }
+    }
 }

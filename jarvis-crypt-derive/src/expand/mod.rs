@@ -1,10 +1,12 @@
 //! Code generation from the checked model, one file per generated part: the row struct and
 //! its column module (`row.rs`), the conversions of `Encrypted` (`convert.rs`), the search
 //! helpers and hashes (`search.rs`), the table description of `EncryptedTable`
-//! (`describe.rs`), the nullability checks against the diesel table (`checks.rs`).
+//! (`describe.rs`), the nullability checks against the diesel table (`checks.rs`), the
+//! `redact_debug` model `Debug` (`debug.rs`).
 
 mod checks;
 mod convert;
+mod debug;
 mod describe;
 mod row;
 mod search;
@@ -77,6 +79,7 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
     let described = describe::table_impl(c, &names);
     let helpers = search::helpers(c, &names);
     let checks = checks::checks(c, &names);
+    let model_debug = debug::model_debug(c);
 
     quote! {
         #row_struct
@@ -88,6 +91,8 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
             #checks
 
             #row_debug
+
+            #model_debug
 
             #encrypted
 

@@ -71,6 +71,8 @@ pub(crate) struct Search {
     pub(crate) lowercase: bool,
     pub(crate) nfc: bool,
     pub(crate) bits: Option<u16>,
+    /// `normalize_with = path`: a `fn(&str) -> String` applied after the built-in ones.
+    pub(crate) normalize_with: Option<Path>,
 }
 
 impl Container {
@@ -235,6 +237,7 @@ impl Field {
             lowercase: s.lowercase,
             nfc: s.nfc,
             bits: s.bits,
+            normalize_with: s.normalize_with,
         });
 
         Some(Field {

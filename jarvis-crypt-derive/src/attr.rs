@@ -30,6 +30,7 @@ const MIGRATING_FROM: &str = "migrating_from";
 const COLUMN: &str = "column";
 const NORMALIZE: &str = "normalize";
 const BITS: &str = "bits";
+const NORMALIZE_WITH: &str = "normalize_with";
 
 fn is_attr(attr: &Attribute) -> bool {
     attr.path().is_ident(ENCRYPTED)
@@ -130,6 +131,8 @@ pub(crate) struct SearchAttrs {
     pub(crate) lowercase: bool,
     pub(crate) nfc: bool,
     pub(crate) bits: Option<u16>,
+    /// `normalize_with = path::to::function`.
+    pub(crate) normalize_with: Option<Path>,
 }
 
 /// A field's `#[encrypted(...)]`, as written.
@@ -218,13 +221,16 @@ fn search(
     span: Span,
 ) -> syn::Result<SearchAttrs> {
     let (mut column, mut normalize, mut bits) = (None::<Ident>, None::<LitStr>, None::<LitInt>);
+    let mut normalize_with = None::<Path>;
     let mut seen = Vec::new();
     if meta.input.peek(syn::token::Paren) {
         // A mistake inside `search(...)` is reported, and the field stays searchable: the
         // fallback still generates its helpers.
         let parsed = meta.parse_nested_meta(|inner| {
             let Some(k) = inner.path.get_ident().cloned() else {
-                return Err(inner.error("expected one of `column`, `normalize`, `bits`"));
+                return Err(inner.error(
+                    "expected one of `column`, `normalize`, `normalize_with`, `bits`",
+                ));
             };
             let fresh = once(cx, &mut seen, &k);
             if k == COLUMN {
@@ -237,6 +243,19 @@ fn search(
                 if fresh {
                     normalize = Some(v)
                 }
+            } else if k == NORMALIZE_WITH {
+                // Parsed as an expression first, so a value that is not a path is consumed
+                // and reported once.
+                let v: syn::Expr = inner.value()?.parse()?;
+                let syn::Expr::Path(syn::ExprPath { path, qself: None, .. }) = v else {
+                    return Err(syn::Error::new_spanned(
+                        v,
+                        "expected the path of a `fn(&str) -> String`, as in `normalize_with = crate::normalize::ssn`",
+                    ));
+                };
+                if fresh {
+                    normalize_with = Some(path)
+                }
             } else if k == BITS {
                 let v: LitInt = inner.value()?.parse()?;
                 if fresh {
@@ -244,7 +263,7 @@ fn search(
                 }
             } else {
                 return Err(inner.error(format!(
-                    "unknown key `{k}` in `search(...)`, expected one of `column`, `normalize`, `bits`"
+                    "unknown key `{k}` in `search(...)`, expected one of `column`, `normalize`, `normalize_with`, `bits`"
                 )));
             }
             Ok(())
@@ -260,6 +279,7 @@ fn search(
         lowercase: false,
         nfc: false,
         bits: None,
+        normalize_with,
     };
     if let Some(list) = &normalize {
         for name in list

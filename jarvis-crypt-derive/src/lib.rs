@@ -49,6 +49,16 @@
 //!   (load, decrypt, confirm), describes the field in `Encrypted::SEARCH_COLUMNS` and
 //!   recomputes its hash in `Encrypted::rehash_row` (for jobs that re-hash or check hashes).
 //!   Text fields only.
+//! - `search(normalize_with = path::to::function)`: a normalizer of the application's own, a
+//!   `fn(&str) -> String` applied after the built-in ones, whose output the built-in ones
+//!   normalize once more (e.g. the digits of an SSN written `123-45-6789` or `123456789`); a
+//!   function of another signature is a compile error at the path. The table description
+//!   carries it (`FieldDescription::normalize_with`, `FieldDescription::search_input`), so the
+//!   lookups, `rehash_row` and the lifecycle jobs (`verify`, `rotate --rehash`) all hash
+//!   through it. **Changing a normalizer changes every hash it made**: stop the writes and
+//!   lookups, deploy the new normalizer under a **new name** (say `ssn_digits_v2`: the name,
+//!   as the path is written, is what a re-hash run records), run `rotate --rehash` (same
+//!   search key: every hash of the changed columns recomputed) and `verify`.
 //! - `json`: any serde type, stored as its JSON.
 //! - `migrating_from = col`: the table still has the plaintext column `col`; the encrypted
 //!   columns are nullable, reads fall back to `col` while they are NULL, writes store

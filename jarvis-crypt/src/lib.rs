@@ -33,7 +33,9 @@ pub use keys::{
 };
 pub use local::{DEFAULT_KEY_FILE, KEY_FILE_VAR, LocalKeyProvider, MASTER_KEY_VAR};
 pub use model::{Encrypted, SearchColumn};
-pub use search::{ColumnHasher, Normalize, SearchKey, SearchKeyFingerprint, SearchSpec};
+pub use search::{
+    ColumnHasher, CustomNormalizer, Normalize, SearchKey, SearchKeyFingerprint, SearchSpec,
+};
 pub use stored::{
     AuthTag, Ciphertext, MAX_SEARCH_HASH_LEN, MAX_WRAPPED_KEY_LEN, Nonce, SearchHash, StoredField,
     WrappedKey,

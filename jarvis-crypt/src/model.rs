@@ -124,7 +124,8 @@ pub(crate) mod support {
     use crate::aad::{Binding, RowKey};
     use crate::envelope::Encryptor;
     use crate::error::{Error, Location, Result};
-    use crate::search::SearchSpec;
+    pub use crate::search::search_input;
+    use crate::search::{CustomNormalizer, SearchSpec};
     use crate::stored::{AuthTag, Ciphertext, Nonce, SearchHash, StoredField, WrappedKey};
     use crate::table::{
         FieldDescription, RowKeyKind, SearchDescription, TableDescription, ValueKind,
@@ -140,8 +141,10 @@ pub(crate) mod support {
         bound_column: &'static str,
         search: Option<SearchDescription>,
         migrating_from: Option<&'static str>,
+        normalize_with: Option<CustomNormalizer>,
     ) -> FieldDescription {
         FieldDescription {
+            normalize_with,
             field,
             kind,
             nullable,
@@ -323,11 +326,11 @@ pub(crate) mod support {
         encryptor: &Encryptor,
         table: &str,
         column: &str,
-        spec: SearchSpec,
+        (spec, custom): (SearchSpec, Option<CustomNormalizer>),
         value: Option<&str>,
     ) -> Result<Option<SearchHash>> {
         value
-            .map(|v| encryptor.search_hash(table, column, spec, v))
+            .map(|v| encryptor.search_hash(table, column, spec, &search_input(spec, custom, v)))
             .transpose()
     }
 
@@ -335,14 +338,19 @@ pub(crate) mod support {
     /// through a truncated search hash never returns a wrong row.
     pub fn confirm<M>(
         candidates: Vec<M>,
-        spec: SearchSpec,
+        (spec, custom): (SearchSpec, Option<CustomNormalizer>),
         value: &str,
         field: impl Fn(&M) -> Option<&str>,
     ) -> Vec<M> {
-        let wanted = spec.normalize.apply(value);
+        let normal = |v: &str| {
+            spec.normalize
+                .apply(&search_input(spec, custom, v))
+                .into_owned()
+        };
+        let wanted = normal(value);
         candidates
             .into_iter()
-            .filter(|m| field(m).is_some_and(|v| spec.normalize.apply(v) == wanted))
+            .filter(|m| field(m).is_some_and(|v| normal(v) == wanted))
             .collect()
     }
 

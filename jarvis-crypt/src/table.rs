@@ -77,6 +77,20 @@ pub struct FieldDescription {
     pub search: Option<SearchDescription>,
     /// The plaintext column of a field in the migrating state.
     pub migrating_from: Option<&'static str>,
+    /// The search hash's normalizer of the application's own (`normalize_with`), if any.
+    pub normalize_with: Option<crate::CustomNormalizer>,
+}
+
+impl FieldDescription {
+    /// What this field's search hash of `value` is computed over (`value` itself unless the
+    /// field has a [`normalize_with`](Self::normalize_with)): pass it to
+    /// [`Encryptor::search_hash`](crate::Encryptor::search_hash) with the search spec.
+    pub fn search_input<'a>(&self, value: &'a str) -> std::borrow::Cow<'a, str> {
+        match &self.search {
+            Some(search) => crate::search::search_input(search.spec, self.normalize_with, value),
+            None => std::borrow::Cow::Borrowed(value),
+        }
+    }
 }
 
 /// A model's table, as the derive describes it.

@@ -197,6 +197,7 @@ impl Hashes<'_> {
         value: &str,
     ) -> Option<SearchHash> {
         let search = field.search?;
+        let value = &*field.search_input(value);
         match self {
             Hashes::Off => None,
             Hashes::Encryptor(encryptor) => encryptor

@@ -28,11 +28,11 @@ pub(super) fn table_impl(c: &Container, names: &Names) -> TokenStream {
             Some(s) => {
                 let col = sql(&s.column);
                 let col_name = s.column.to_string();
-                let spec = search::spec(s);
+                let spec = search::spec(f);
                 quote!(::core::option::Option::Some(::jarvis_crypt::SearchDescription {
                     column: #col,
                     bound_column: #col_name,
-                    spec: #spec,
+                    spec: #spec.0,
                 }))
             }
             None => quote!(::core::option::Option::None),
@@ -41,6 +41,13 @@ pub(super) fn table_impl(c: &Container, names: &Names) -> TokenStream {
             Some(plain) => {
                 let plain = sql(plain);
                 quote!(::core::option::Option::Some(#plain))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        let custom = match &e.search {
+            Some(_) => {
+                let spec = search::spec(f);
+                quote!(#spec.1)
             }
             None => quote!(::core::option::Option::None),
         };
@@ -54,7 +61,7 @@ pub(super) fn table_impl(c: &Container, names: &Names) -> TokenStream {
             __jc::describe_field(
                 #name, #kind, #nullable,
                 [#ct_sql, #iv_sql, #tag_sql, #dk_sql],
-                #ct_name, #search, #migrating,
+                #ct_name, #search, #migrating, #custom,
             )
         });
     }

@@ -79,6 +79,7 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
     let described = describe::table_impl(c, &names);
     let helpers = search::helpers(c, &names);
     let checks = checks::checks(c, &names);
+    let specs = search::spec_consts(c);
     let model_debug = debug::model_debug(c);
 
     quote! {
@@ -87,6 +88,8 @@ pub(crate) fn expand(c: &Container) -> TokenStream {
         const _: () = {
             use ::jarvis_crypt::__private as __jc;
             const __TABLE: &str = #table_name;
+
+            #(#specs)*
 
             #checks
 

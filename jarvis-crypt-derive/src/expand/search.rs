@@ -2,24 +2,51 @@
 //! entry in `SEARCH_COLUMNS`, and the typed `<field>_search` / `<field>_find` helpers.
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
 
 use super::{Names, stored_type};
 use crate::ast::{Container, EncryptedField, Field, Search};
 
-/// The field's `SearchSpec`.
-pub(super) fn spec(s: &Search) -> TokenStream {
-    let (trim, lowercase, nfc) = (s.trim, s.lowercase, s.nfc);
-    let bits = match s.bits {
-        Some(b) => quote!(::core::option::Option::Some(#b)),
-        None => quote!(::core::option::Option::None),
-    };
-    quote! {
-        ::jarvis_crypt::SearchSpec {
-            normalize: ::jarvis_crypt::Normalize { trim: #trim, lowercase: #lowercase, nfc: #nfc },
-            bits: #bits,
-        }
-    }
+/// The constant holding the field's `(SearchSpec, Option<CustomNormalizer>)`, defined once by
+/// [`spec_consts`] (so that a `normalize_with` of the wrong type is one error, at its path)
+/// and named wherever the spec is used.
+pub(super) fn spec(f: &Field) -> TokenStream {
+    let name = format_ident!("__search_spec_{}", f.ident);
+    quote!(#name)
+}
+
+/// The spec constants of the searchable fields.
+pub(super) fn spec_consts(c: &Container) -> Vec<TokenStream> {
+    searchable(c)
+        .map(|(f, _, s)| {
+            let name = spec(f);
+            let (trim, lowercase, nfc) = (s.trim, s.lowercase, s.nfc);
+            let bits = match s.bits {
+                Some(b) => quote!(::core::option::Option::Some(#b)),
+                None => quote!(::core::option::Option::None),
+            };
+            let custom = match &s.normalize_with {
+                Some(path) => {
+                    let path_name = quote!(#path).to_string().replace(' ', "");
+                    quote_spanned!(path.span()=>
+                        ::core::option::Option::Some(::jarvis_crypt::CustomNormalizer::new(#path_name, #path))
+                    )
+                }
+                None => quote!(::core::option::Option::None),
+            };
+            quote! {
+                #[allow(non_upper_case_globals)]
+                const #name: (::jarvis_crypt::SearchSpec, ::core::option::Option<::jarvis_crypt::CustomNormalizer>) = (
+                    ::jarvis_crypt::SearchSpec {
+                        normalize: ::jarvis_crypt::Normalize { trim: #trim, lowercase: #lowercase, nfc: #nfc },
+                        bits: #bits,
+                    },
+                    #custom,
+                );
+            }
+        })
+        .collect()
 }
 
 /// `Some(&text)` of a searchable field of `owner` (`self` or a model).
@@ -40,7 +67,7 @@ pub(super) fn hash_of(
     owner: TokenStream,
 ) -> TokenStream {
     let col_name = s.column.to_string();
-    let spec = spec(s);
+    let spec = spec(f);
     let text = as_text(f, e, owner);
     quote!(__jc::search_hash(__enc, __TABLE, #col_name, #spec, #text)?)
 }
@@ -59,14 +86,14 @@ pub(super) fn search_columns(c: &Container) -> Vec<TokenStream> {
             let name = f.ident.to_string();
             let ct_name = e.ciphertext.to_string();
             let col_name = s.column.to_string();
-            let spec = spec(s);
+            let spec = spec(f);
             quote! {
                 ::jarvis_crypt::SearchColumn {
                     table: __TABLE,
                     field: #name,
                     ciphertext: #ct_name,
                     hash: #col_name,
-                    spec: #spec,
+                    spec: #spec.0,
                 }
             }
         })
@@ -105,7 +132,7 @@ pub(super) fn helpers(c: &Container, names: &Names) -> Vec<TokenStream> {
             let name = ident.to_string();
             let col = &s.column;
             let col_name = col.to_string();
-            let spec = spec(s);
+            let spec = spec(f);
             let search_fn = format_ident!("{}_search", ident);
             let find_fn = format_ident!("{}_find", ident);
             let model_text = as_text(f, e, quote!(__model));
@@ -122,7 +149,12 @@ pub(super) fn helpers(c: &Container, names: &Names) -> Vec<TokenStream> {
                     value: &str,
                 ) -> ::jarvis_crypt::Result<__jc::diesel::dsl::Eq<#alias::#col, ::jarvis_crypt::SearchHash>> {
                     use __jc::diesel::ExpressionMethods as _;
-                    let hash = encryptor.search_hash(__TABLE, #col_name, #spec, value)?;
+                    let hash = encryptor.search_hash(
+                        __TABLE,
+                        #col_name,
+                        #spec.0,
+                        &__jc::search_input(#spec.0, #spec.1, value),
+                    )?;
                     ::core::result::Result::Ok(#alias::#col.eq(hash))
                 }
 

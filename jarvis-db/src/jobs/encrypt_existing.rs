@@ -443,7 +443,7 @@ impl Job<'_> {
                     self.table.bound_name,
                     search.bound_column,
                     search.spec,
-                    text(plaintext, row.id)?,
+                    &field.search_input(text(plaintext, row.id)?),
                 )?),
                 None => None,
             };

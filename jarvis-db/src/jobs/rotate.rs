@@ -862,7 +862,14 @@ impl Hashers {
         let hashes: Vec<String> = tables
             .iter()
             .flat_map(|t| {
-                searchable(t).map(|(_, s)| format!("{}.{}:{}", t.name, s.column, spec_name(s.spec)))
+                searchable(t).map(|(f, s)| {
+                    format!(
+                        "{}.{}:{}",
+                        t.name,
+                        s.column,
+                        spec_name(s.spec, f.normalize_with)
+                    )
+                })
             })
             .collect();
         let state = format!(
@@ -877,13 +884,15 @@ impl Hashers {
     }
 }
 
-/// A search spec as text: its normalizers and width, e.g. `trim+lowercase/256`.
-fn spec_name(spec: SearchSpec) -> String {
+/// A search spec as text: its normalizers and width, e.g. `trim+lowercase/256`, with a
+/// normalizer of the application's own by its name (renaming it starts a new run).
+fn spec_name(spec: SearchSpec, custom: Option<jarvis_crypt::CustomNormalizer>) -> String {
     let n = spec.normalize;
-    let names: Vec<&str> = [(n.trim, "trim"), (n.lowercase, "lowercase"), (n.nfc, "nfc")]
+    let mut names: Vec<&str> = [(n.trim, "trim"), (n.lowercase, "lowercase"), (n.nfc, "nfc")]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
         .collect();
+    names.extend(custom.map(|custom| custom.name()));
     let names = if names.is_empty() {
         "none".to_owned()
     } else {
@@ -1462,7 +1471,7 @@ fn hash_of(
         table.bound_name,
         search.bound_column,
         search.spec,
-        text,
+        &field.search_input(text),
     )?))
 }
 
@@ -1488,10 +1497,24 @@ mod tests {
             bits,
         };
         assert_eq!(
-            spec_name(spec(true, true, false, None)),
+            spec_name(spec(true, true, false, None), None),
             "trim+lowercase/256"
         );
-        assert_eq!(spec_name(spec(false, false, false, Some(16))), "none/16");
-        assert_eq!(spec_name(spec(true, false, true, None)), "trim+nfc/256");
+        assert_eq!(
+            spec_name(spec(false, false, false, Some(16)), None),
+            "none/16"
+        );
+        assert_eq!(
+            spec_name(spec(true, false, true, None), None),
+            "trim+nfc/256"
+        );
+        fn digits(value: &str) -> String {
+            value.chars().filter(char::is_ascii_digit).collect()
+        }
+        let custom = jarvis_crypt::CustomNormalizer::new("crate::digits", digits);
+        assert_eq!(
+            spec_name(spec(true, false, false, None), Some(custom)),
+            "trim+crate::digits/256"
+        );
     }
 }

@@ -91,9 +91,13 @@ pub trait Encrypted: Sized + Send + Sync {
 
     /// One result per row, in order: the model, or a [`RowError`] naming the row's position
     /// and where its bad value is (table, column, row key; never the value). A listing can
-    /// show 999 rows and report the bad one. Each row is decrypted on its own (the data-key
-    /// cache still unwraps each distinct key once), so it costs more than
-    /// [`decrypt_rows`](Self::decrypt_rows) on large batches.
+    /// show 999 rows and report the bad one.
+    ///
+    /// `#[derive(Encrypted)]` generates it as one batch, like
+    /// [`decrypt_rows`](Self::decrypt_rows): the same cost, and a bad value (or a row whose
+    /// stored-form columns are partly NULL) fails its own row only. The provided default,
+    /// for a hand-written implementation, decrypts each row on its own through
+    /// `decrypt_rows` (the data-key cache still unwraps each distinct key once).
     async fn decrypt_rows_each(
         rows: Vec<Self::Row>,
         encryptor: &Encryptor,
@@ -116,6 +120,8 @@ pub trait Encrypted: Sized + Send + Sync {
     }
 }
 
+mod columns;
+
 pub(crate) mod support {
     //! Helpers for generated code. Not a public API.
 
@@ -126,7 +132,7 @@ pub(crate) mod support {
     use crate::error::{Error, Location, Result};
     pub use crate::search::search_input;
     use crate::search::{CustomNormalizer, SearchSpec};
-    use crate::stored::{AuthTag, Ciphertext, Nonce, SearchHash, StoredField, WrappedKey};
+    use crate::stored::{SearchHash, StoredField};
     use crate::table::{
         FieldDescription, RowKeyKind, SearchDescription, TableDescription, ValueKind,
     };
@@ -354,104 +360,41 @@ pub(crate) mod support {
             .collect()
     }
 
-    /// The four columns of a stored form, NOT NULL or nullable.
-    pub trait Columns: Sized {
-        /// Columns from a stored form (`None`: NULL columns, refused when NOT NULL).
-        fn from_stored(stored: Option<StoredField>, field: &'static str) -> Result<Self>;
-        /// The stored form of the columns (`None` when all are NULL).
-        fn into_stored(self, field: &'static str) -> Result<Option<StoredField>>;
+    pub use super::columns::{
+        BinarySqlType, Columns, HashColumn, Mistyped, StoredAs, StoredColumn, StoredSqlType,
+        binary_column,
+    };
+
+    /// Where the value of `column` in the row of `key` is.
+    pub fn locate(table: &'static str, column: &'static str, key: &OwnedRowKey) -> Location {
+        Location::of(&Binding::new(table, column, key.borrow()))
     }
 
-    impl Columns for (Ciphertext, Nonce, AuthTag, WrappedKey) {
-        fn from_stored(stored: Option<StoredField>, field: &'static str) -> Result<Self> {
-            let s = stored.ok_or_else(|| {
-                Error::Configuration(format!("`{field}` is NULL but its columns are NOT NULL"))
-            })?;
-            Ok((s.ciphertext, s.nonce, s.tag, s.data_key))
-        }
-        fn into_stored(self, _field: &'static str) -> Result<Option<StoredField>> {
-            Ok(Some(StoredField {
-                ciphertext: self.0,
-                nonce: self.1,
-                tag: self.2,
-                data_key: self.3,
-            }))
-        }
+    /// A row of `decrypt_rows_each` whose stored form does not stage: the value's location
+    /// and the error.
+    pub fn staging_failed<T>(
+        table: &'static str,
+        column: &'static str,
+        key: &OwnedRowKey,
+        error: Error,
+    ) -> std::result::Result<T, (Location, Error)> {
+        Err((locate(table, column, key), error))
     }
 
-    impl Columns
-        for (
-            Option<Ciphertext>,
-            Option<Nonce>,
-            Option<AuthTag>,
-            Option<WrappedKey>,
-        )
-    {
-        fn from_stored(stored: Option<StoredField>, _field: &'static str) -> Result<Self> {
-            Ok(match stored {
-                Some(s) => (
-                    Some(s.ciphertext),
-                    Some(s.nonce),
-                    Some(s.tag),
-                    Some(s.data_key),
-                ),
-                None => (None, None, None, None),
-            })
-        }
-        fn into_stored(self, field: &'static str) -> Result<Option<StoredField>> {
-            match self {
-                (Some(ciphertext), Some(nonce), Some(tag), Some(data_key)) => {
-                    Ok(Some(StoredField {
-                        ciphertext,
-                        nonce,
-                        tag,
-                        data_key,
-                    }))
-                }
-                (None, None, None, None) => Ok(None),
-                _ => Err(Error::stored(format!(
-                    "the columns of `{field}` are partly NULL"
-                ))),
-            }
-        }
+    /// A row of `decrypt_rows_each` whose value does not decrypt: its [`RowError`].
+    pub fn row_failed<T>(
+        index: usize,
+        table: &'static str,
+        column: &'static str,
+        key: &OwnedRowKey,
+        error: Error,
+    ) -> std::result::Result<T, crate::RowError> {
+        Err(crate::RowError::new(
+            index,
+            Some(locate(table, column, key)),
+            error,
+        ))
     }
-
-    /// A search-hash column, NOT NULL or nullable.
-    pub trait HashColumn: Sized {
-        /// The column's value for a hash (`None`: the field is NULL).
-        fn from_hash(hash: Option<SearchHash>, field: &'static str) -> Result<Self>;
-    }
-    impl HashColumn for SearchHash {
-        fn from_hash(hash: Option<SearchHash>, field: &'static str) -> Result<Self> {
-            hash.ok_or_else(|| {
-                Error::Configuration(format!("`{field}` is NULL but its hash column is NOT NULL"))
-            })
-        }
-    }
-    impl HashColumn for Option<SearchHash> {
-        fn from_hash(hash: Option<SearchHash>, _field: &'static str) -> Result<Self> {
-            Ok(hash)
-        }
-    }
-
-    /// SQL types a stored-form column may have, and the Rust type each holds.
-    #[diagnostic::on_unimplemented(
-        message = "a stored-form column has SQL type `{Self}`, but encrypted columns must be `Binary` or `Nullable<Binary>`",
-        label = "this column is not `Binary` in the diesel table"
-    )]
-    pub trait BinarySqlType {
-        /// `T` or `Option<T>`.
-        type Wrap<T>;
-    }
-    impl BinarySqlType for diesel::sql_types::Binary {
-        type Wrap<T> = T;
-    }
-    impl BinarySqlType for diesel::sql_types::Nullable<diesel::sql_types::Binary> {
-        type Wrap<T> = Option<T>;
-    }
-
-    /// The Rust type of column `C` holding `T`: `T` or `Option<T>` by the column's nullability.
-    pub type StoredAs<C, T> = <<C as diesel::Expression>::SqlType as BinarySqlType>::Wrap<T>;
 
     /// The value of a NOT NULL field.
     pub fn required<V>(value: Option<V>, field: &'static str) -> Result<V> {
@@ -560,6 +503,8 @@ pub(crate) mod support {
             .await
     }
 
+    use diesel::sql_types::Nullable;
+
     /// The SQL type of a column.
     pub type SqlTypeOf<C> = <C as diesel::Expression>::SqlType;
 
@@ -570,15 +515,9 @@ pub(crate) mod support {
         note = "a `None` is stored as NULL in every stored-form column: make them nullable in the `table!` (and the database), or the field not an `Option`"
     )]
     pub trait OptionFieldColumns {}
-    impl OptionFieldColumns
-        for (
-            diesel::sql_types::Nullable<diesel::sql_types::Binary>,
-            diesel::sql_types::Nullable<diesel::sql_types::Binary>,
-            diesel::sql_types::Nullable<diesel::sql_types::Binary>,
-            diesel::sql_types::Nullable<diesel::sql_types::Binary>,
-        )
-    {
-    }
+    // Nullable of any SQL type: a nullable column of the wrong type is `binary_column`'s error
+    // alone.
+    impl<C, I, A, D> OptionFieldColumns for (Nullable<C>, Nullable<I>, Nullable<A>, Nullable<D>) {}
 
     /// Compiles only when the four columns `T` of an `Option` field are nullable.
     pub const fn option_field_columns<T: OptionFieldColumns>() {}
@@ -591,15 +530,7 @@ pub(crate) mod support {
         note = "make the stored-form columns nullable while the table is being migrated; when every row is encrypted, remove `migrating_from` and make them NOT NULL"
     )]
     pub trait MigratingFieldColumns {}
-    impl MigratingFieldColumns
-        for (
-            diesel::sql_types::Nullable<diesel::sql_types::Binary>,
-            diesel::sql_types::Nullable<diesel::sql_types::Binary>,
-            diesel::sql_types::Nullable<diesel::sql_types::Binary>,
-            diesel::sql_types::Nullable<diesel::sql_types::Binary>,
-        )
-    {
-    }
+    impl<C, I, A, D> MigratingFieldColumns for (Nullable<C>, Nullable<I>, Nullable<A>, Nullable<D>) {}
 
     /// Compiles only when the four columns `T` of a `migrating_from` field are nullable.
     pub const fn migrating_field_columns<T: MigratingFieldColumns>() {}
@@ -611,7 +542,7 @@ pub(crate) mod support {
         note = "a search-hash column follows its field's nullability: make it nullable in the `table!` (and the database), or the field not an `Option`"
     )]
     pub trait OptionFieldHash {}
-    impl OptionFieldHash for diesel::sql_types::Nullable<diesel::sql_types::Binary> {}
+    impl<T> OptionFieldHash for Nullable<T> {}
 
     /// Compiles only when the search-hash column `T` of an `Option` field is nullable.
     pub const fn option_field_hash<T: OptionFieldHash>() {}

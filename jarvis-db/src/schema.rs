@@ -2,7 +2,7 @@
 //! summary, stored keys, jobs and their progress, settings), one definition for both backends.
 //!
 //! Hand-written to match the migrations (`migrations/bookkeeping/{postgres,sqlite}`);
-//! jarvis-models' test `tests/migrations.rs` compares it with the live catalogue of both
+//! jarvis-models' test `tests/it/migrations.rs` compares it with the live catalogue of both
 //! migrated databases (column names, SQL types, nullability) and fails when they drift apart.
 //! The rules below are the ones every jarvis table follows, the seed's tables included.
 //!

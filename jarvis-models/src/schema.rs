@@ -3,7 +3,7 @@
 //! [`jarvis_db::schema`] re-exported so that every table of a seed database is named here.
 //!
 //! Hand-written to match the migrations (`migrations/seed/{postgres,sqlite}`); the test
-//! `tests/migrations.rs` compares it with the live catalogue of both migrated databases
+//! `tests/it/migrations.rs` compares it with the live catalogue of both migrated databases
 //! (column names, SQL types, nullability) and fails when they drift apart. The column types,
 //! row ids and views follow the rules of [`jarvis_db::schema`].
 //!

@@ -1,6 +1,8 @@
 //! Compile-time checks of the model against the diesel table, each reported once with a
 //! message of its own (`#[diagnostic::on_unimplemented]` on traits over diesel's SQL types)
-//! and spanned at the user's tokens: an `Option` field, and a `migrating_from` field, need
+//! and spanned at the user's tokens: every stored-form column is `Binary` or
+//! `Nullable<Binary>` (a column of another SQL type holds a placeholder in the row struct, so
+//! this is the only error it causes); an `Option` field, and a `migrating_from` field, need
 //! nullable stored-form columns; the search hash of an `Option` field is nullable.
 
 use proc_macro2::{Span, TokenStream};
@@ -24,6 +26,16 @@ pub(super) fn checks(c: &Container, names: &Names) -> TokenStream {
     };
     for f in &c.fields {
         let Some(e) = &f.encrypted else { continue };
+        let stored = [&e.ciphertext, &e.iv, &e.tag, &e.data_key];
+        let hash = e.search.as_ref().map(|s| &s.column);
+        for col in stored.into_iter().chain(hash) {
+            check(
+                col.span(),
+                &format!("{col}_sql_type"),
+                sql(col),
+                format_ident!("binary_column"),
+            );
+        }
         let columns = [&e.ciphertext, &e.iv, &e.tag, &e.data_key].map(sql);
         let columns = quote!((#(#columns,)*));
         if e.nullable {

@@ -18,6 +18,12 @@ pub(super) fn encrypted_impl(c: &Container, names: &Names) -> TokenStream {
     let mut decrypt_steps = Vec::new();
     let mut batch_steps = Vec::new();
     let mut model_inits = Vec::new();
+    // The same steps for `decrypt_rows_each`, where a failure ends its row only: the staging
+    // of a row breaks out of `'row` with the failing value's location, a decryption with the
+    // row's `RowError`.
+    let mut batch_steps_each = Vec::new();
+    let mut decrypt_steps_each = Vec::new();
+    let mut model_inits_each = Vec::new();
 
     for f in &c.fields {
         let ident = &f.ident;
@@ -26,6 +32,7 @@ pub(super) fn encrypted_impl(c: &Container, names: &Names) -> TokenStream {
             destructure.push(quote!(#ident));
             pending.push(quote!(#ident));
             model_inits.push(quote!(#ident));
+            model_inits_each.push(quote!(#ident));
             continue;
         };
         let name = ident.to_string();
@@ -56,11 +63,33 @@ pub(super) fn encrypted_impl(c: &Container, names: &Names) -> TokenStream {
                 __jc::Columns::into_stored((#ct, #iv, #tag, #dk), #name)?,
             );
         });
+        batch_steps_each.push(quote! {
+            let #ticket = __batch.push(
+                __TABLE,
+                #ct_name,
+                &__key,
+                match __jc::Columns::into_stored((#ct, #iv, #tag, #dk), #name) {
+                    ::core::result::Result::Ok(__stored) => __stored,
+                    ::core::result::Result::Err(__error) => {
+                        break 'row __jc::staging_failed(__TABLE, #ct_name, &__key, __error)
+                    }
+                },
+            );
+        });
         pending.push(quote!(#ticket));
 
         let value = format_ident!("__value_{}", ident);
         decrypt_steps.push(quote! {
             let #value = __batch.take::<#codec>(#ticket)?;
+        });
+        let row_failed = quote!(__jc::row_failed(__index, __TABLE, #ct_name, &__key, __error));
+        decrypt_steps_each.push(quote! {
+            let #value = match __batch.take::<#codec>(#ticket) {
+                ::core::result::Result::Ok(__value) => __value,
+                ::core::result::Result::Err(__error) => {
+                    break 'row #row_failed
+                }
+            };
         });
 
         if let Some(s) = &e.search {
@@ -83,17 +112,27 @@ pub(super) fn encrypted_impl(c: &Container, names: &Names) -> TokenStream {
             destructure.push(quote!(#plain));
             pending.push(quote!(#plain));
             // Reads fall back to the plaintext column while the encrypted one is NULL.
-            decrypt_steps.push(quote! {
+            let fallback = quote! {
                 let #value = #value.or(#plain);
-            });
+            };
+            decrypt_steps.push(fallback.clone());
+            decrypt_steps_each.push(fallback);
         }
 
-        let init = if e.nullable {
-            quote!(#ident: #value)
+        if e.nullable {
+            model_inits.push(quote!(#ident: #value));
+            model_inits_each.push(quote!(#ident: #value));
         } else {
-            quote!(#ident: __jc::required(#value, #name)?)
-        };
-        model_inits.push(init);
+            model_inits.push(quote!(#ident: __jc::required(#value, #name)?));
+            model_inits_each.push(quote! {
+                #ident: match __jc::required(#value, #name) {
+                    ::core::result::Result::Ok(__value) => __value,
+                    ::core::result::Result::Err(__error) => {
+                        break 'row #row_failed
+                    }
+                }
+            });
+        }
     }
 
     let key_of = |owner: TokenStream| match &c.bind {
@@ -153,6 +192,41 @@ pub(super) fn encrypted_impl(c: &Container, names: &Names) -> TokenStream {
                     __models.push(Self { #(#model_inits,)* });
                 }
                 ::core::result::Result::Ok(__models)
+            }
+
+            async fn decrypt_rows_each(
+                __rows: ::std::vec::Vec<#row>,
+                __enc: &::jarvis_crypt::Encryptor,
+            ) -> ::std::vec::Vec<::core::result::Result<Self, ::jarvis_crypt::RowError>> {
+                let mut __batch = __jc::Batch::new();
+                let mut __pending = ::std::vec::Vec::with_capacity(__rows.len());
+                for __row in __rows {
+                    let #row { #(#destructure,)* } = __row;
+                    let __key = #key_of_row;
+                    let __staged = 'row: {
+                        #(#batch_steps_each)*
+                        ::core::result::Result::Ok((#(#pending,)*))
+                    };
+                    __pending.push((__key, __staged));
+                }
+                __batch.run(__enc).await;
+                let mut __models = ::std::vec::Vec::with_capacity(__pending.len());
+                for (__index, (__key, __staged)) in __pending.into_iter().enumerate() {
+                    __models.push(match __staged {
+                        ::core::result::Result::Err((__location, __error)) => {
+                            ::core::result::Result::Err(::jarvis_crypt::RowError::new(
+                                __index,
+                                ::core::option::Option::Some(__location),
+                                __error,
+                            ))
+                        }
+                        ::core::result::Result::Ok((#(#pending,)*)) => 'row: {
+                            #(#decrypt_steps_each)*
+                            ::core::result::Result::Ok(Self { #(#model_inits_each,)* })
+                        }
+                    });
+                }
+                __models
             }
         }
     }

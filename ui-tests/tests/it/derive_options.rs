@@ -41,16 +41,16 @@ fn ssn_digits(value: &str) -> String {
 }
 
 #[derive(Debug, Clone, PartialEq, Encrypted)]
-#[encrypted(table = crate::schema::patients, bind = id)]
+#[encrypted(table = crate::derive_options::schema::patients, bind = id)]
 struct Patient {
     id: i64,
-    #[encrypted(search(normalize = "trim", normalize_with = crate::ssn_digits))]
+    #[encrypted(search(normalize = "trim", normalize_with = crate::derive_options::ssn_digits))]
     ssn: String,
     name: String,
 }
 
 #[derive(Clone, PartialEq, Encrypted)]
-#[encrypted(table = crate::schema::secrets, bind = id, redact_debug)]
+#[encrypted(table = crate::derive_options::schema::secrets, bind = id, redact_debug)]
 struct Secret {
     id: i64,
     label: String,
@@ -145,7 +145,7 @@ async fn the_description_carries_the_normalizer_to_every_hash() {
     let field = &table.fields[0];
     let search = field.search.expect("searchable");
     let custom = field.normalize_with.expect("a custom normalizer");
-    assert_eq!(custom.name(), "crate::ssn_digits");
+    assert_eq!(custom.name(), "crate::derive_options::ssn_digits");
     assert_eq!(search.spec, Patient::SEARCH_COLUMNS[0].spec);
     assert_eq!(field.search_input(" 555-12-3456"), "555123456");
     let job_hash = enc

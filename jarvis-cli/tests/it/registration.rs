@@ -43,7 +43,7 @@ mod schema {
 
 /// A composite primary key.
 #[derive(Encrypted)]
-#[encrypted(table = crate::schema::memberships, bind = none)]
+#[encrypted(table = crate::registration::schema::memberships, bind = none)]
 #[allow(dead_code)]
 struct Membership {
     group_id: i64,
@@ -54,7 +54,7 @@ struct Membership {
 
 /// A text primary key, bound as the row key.
 #[derive(Encrypted)]
-#[encrypted(table = crate::schema::devices, bind = serial)]
+#[encrypted(table = crate::registration::schema::devices, bind = serial)]
 #[allow(dead_code)]
 struct Device {
     serial: String,
@@ -64,7 +64,7 @@ struct Device {
 
 /// Two models over one table.
 #[derive(Encrypted)]
-#[encrypted(table = crate::schema::notes, bind = id)]
+#[encrypted(table = crate::registration::schema::notes, bind = id)]
 #[allow(dead_code)]
 struct Note {
     id: i64,
@@ -73,7 +73,7 @@ struct Note {
 }
 
 #[derive(Encrypted)]
-#[encrypted(table = crate::schema::notes, bind = id)]
+#[encrypted(table = crate::registration::schema::notes, bind = id)]
 #[allow(dead_code)]
 struct NoteAgain {
     id: i64,

@@ -1,5 +1,5 @@
 //! Errors that say where: a bad value among good ones is found by table, column and row key,
-//! the other rows still decrypt one by one, and the all-or-nothing call fails as before.
+//! the other rows of the batch still decrypt, and the all-or-nothing call fails as before.
 
 use std::sync::Arc;
 
@@ -22,7 +22,7 @@ mod schema {
 }
 
 #[derive(Encrypted, Clone, PartialEq)]
-#[encrypted(table = crate::schema::patients, bind = id)]
+#[encrypted(table = crate::located::schema::patients, bind = id)]
 struct Patient {
     id: i64,
     #[encrypted]
@@ -112,6 +112,54 @@ async fn a_row_with_partly_null_columns_is_reported_by_field() {
     assert_eq!(error.index(), 1);
     assert_eq!(error.kind(), ErrorKind::InvalidStoredForm);
     assert!(error.to_string().contains("notes"), "{error}");
+    let location = error.location().expect("a location");
+    assert_eq!(
+        (
+            location.table.as_str(),
+            location.column.as_str(),
+            location.row_key.as_deref()
+        ),
+        ("patients", "encrypted_notes", Some("2"))
+    );
+}
+
+#[tokio::test]
+async fn bad_rows_of_both_kinds_fail_alone_in_one_batch() {
+    let encryptor = encryptor();
+    let models = patients(6);
+    let mut rows = rows(&encryptor, &models).await;
+    rows[1].notes_data_key = None;
+    rows[4].ssn_auth_tag = flip_tag(&rows[4].ssn_auth_tag);
+    let results = Patient::decrypt_rows_each(rows, &encryptor).await;
+    let failed: Vec<(usize, ErrorKind, String)> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .map(|e| {
+            let location = e.location().expect("a location");
+            (e.index(), e.kind(), location.column.clone())
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        vec![
+            (
+                1,
+                ErrorKind::InvalidStoredForm,
+                "encrypted_notes".to_owned()
+            ),
+            (
+                4,
+                ErrorKind::AuthenticationFailed,
+                "encrypted_ssn".to_owned()
+            ),
+        ]
+    );
+    for i in [0, 2, 3, 5] {
+        let Ok(model) = &results[i] else {
+            panic!("row {i} decrypts");
+        };
+        assert!(*model == models[i], "row {i} round-trips");
+    }
 }
 
 #[tokio::test]

@@ -1048,14 +1048,14 @@ fn one_gib_stream_in_constant_memory() {
         return memory_child();
     }
     let started = std::time::Instant::now();
+    // The test's name in its binary: `stream::one_gib_stream_in_constant_memory`.
+    let name = module_path!()
+        .split_once("::")
+        .map_or("", |(_, module)| module)
+        .to_owned()
+        + "::one_gib_stream_in_constant_memory";
     let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "one_gib_stream_in_constant_memory",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
+        .args(["--exact", &name, "--nocapture", "--test-threads", "1"])
         .env(CHILD_VAR, "1")
         .output()
         .expect("child");

@@ -8,16 +8,16 @@
 //! - `retire-key` refused while rows need the key, accepted after `rotate --to-key`;
 //! - `backup create`, `restore` into a fresh database, and `verify` of what came back.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::{assert_ok, text};
 use clinic::schema::{patients, visits};
 use clinic::{Patient, Visit};
-use common::{assert_ok, text};
 use diesel::sqlite::SqliteConnection;
 use diesel::{QueryDsl, QueryableByName, SelectableHelper};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;

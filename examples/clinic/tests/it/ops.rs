@@ -3,15 +3,15 @@
 //! the models do not know): verify (clean, then one tampered row named by table, id and column),
 //! and an encrypted backup whose manifest lists the keys the clinic's rows need.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 
+use crate::common::{assert_ok, text};
 use clinic::schema::{patients, staff, visits};
 use clinic::{Patient, Staff, Visit};
-use common::{assert_ok, text};
 use diesel::sqlite::SqliteConnection;
 use diesel::{ExpressionMethods, QueryDsl};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;

@@ -35,8 +35,8 @@ use schema::patients;
 
 /// The README's model.
 #[derive(Debug, Clone, PartialEq, Encrypted)]
-#[encrypted(table = crate::schema::patients, bind = id)]
-pub struct Patient {
+#[encrypted(table = crate::blocking::schema::patients, bind = id)]
+pub(crate) struct Patient {
     /// The primary key, bound into each value's associated data.
     pub id: i64,
     /// Stored encrypted, found through `ssn_hash`.

@@ -2,12 +2,12 @@
 //! primary key, a primary key not named `id`, PostgreSQL-only column types beside the stored
 //! forms): clean after `migrate`, a domain over `bytea` accepted, a renamed row key named.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Output;
 
-use common::{assert_ok, text};
+use crate::common::{assert_ok, text};
 use diesel_async::SimpleAsyncConnection;
 use jarvis_db::{Database, with_conn};
 

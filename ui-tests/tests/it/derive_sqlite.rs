@@ -46,7 +46,7 @@ mod schema {
 }
 
 #[derive(Debug, Clone, PartialEq, Encrypted)]
-#[encrypted(table = crate::schema::users, bind = id)]
+#[encrypted(table = crate::derive_sqlite::schema::users, bind = id)]
 struct User {
     id: i64,
     #[encrypted(search(normalize = "email"), migrating_from = email)]
@@ -61,7 +61,7 @@ struct Scopes {
 }
 
 #[derive(Debug, Clone, PartialEq, Encrypted)]
-#[encrypted(table = crate::schema::api_keys, bind = id)]
+#[encrypted(table = crate::derive_sqlite::schema::api_keys, bind = id)]
 struct ApiKey {
     id: i64,
     service_name: String,
@@ -273,7 +273,7 @@ async fn truncated_hashes_never_return_a_wrong_row() {
 /// The same table as `users`, with the table bound into the associated data named explicitly,
 /// as a schema-qualified table would be.
 #[derive(Debug, Clone, PartialEq, Encrypted)]
-#[encrypted(table = crate::schema::users, bind = id, aad_table = "accounts.users")]
+#[encrypted(table = crate::derive_sqlite::schema::users, bind = id, aad_table = "accounts.users")]
 struct QualifiedUser {
     id: i64,
     #[encrypted(search(normalize = "email"), migrating_from = email)]
@@ -446,7 +446,7 @@ mod described {
 }
 
 #[derive(Debug, Clone, PartialEq, Encrypted)]
-#[encrypted(table = crate::described::patients, bind = mrn)]
+#[encrypted(table = crate::derive_sqlite::described::patients, bind = mrn)]
 struct Patient {
     patient_id: i64,
     mrn: String,
@@ -455,7 +455,7 @@ struct Patient {
 }
 
 #[derive(Debug, Clone, PartialEq, Encrypted)]
-#[encrypted(table = crate::described::visits, bind = none)]
+#[encrypted(table = crate::derive_sqlite::described::visits, bind = none)]
 struct Visit {
     patient_id: i64,
     seq: i32,

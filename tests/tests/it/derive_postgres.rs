@@ -39,7 +39,7 @@ struct Prefs {
 }
 
 #[derive(Debug, Clone, PartialEq, Encrypted)]
-#[encrypted(table = crate::schema::people, bind = id)]
+#[encrypted(table = crate::derive_postgres::schema::people, bind = id)]
 struct Person {
     id: i64,
     #[encrypted(search(normalize = "email", bits = 8), migrating_from = email)]

@@ -33,12 +33,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::keys::{DataKey, KeyProvider, KeyPurpose, MasterKeyRef};
+use crate::keys::{DataKey, GeneratedDataKey, KeyProvider, KeyPurpose, MasterKeyRef};
 use crate::stored::WrappedKey;
 
 /// A source of monotonic time, so tests can control the cache's notion of age.
@@ -550,16 +551,23 @@ impl DataKeyCache {
     }
 
     /// A data key to encrypt one value of `len` bytes, with its usage already counted.
-    pub(crate) async fn lease(
+    /// `generate` makes a new key when the active one is spent: the provider's, or (with a key
+    /// vault) one already stored in the vault, whose `wrapped` is its reference.
+    pub(crate) async fn lease<G, F>(
         &self,
-        provider: &dyn KeyProvider,
+        master_key: MasterKeyRef,
         purpose: KeyPurpose,
         len: usize,
-    ) -> Result<Lease> {
+        generate: G,
+    ) -> Result<Lease>
+    where
+        G: FnOnce() -> F,
+        F: Future<Output = Result<GeneratedDataKey>>,
+    {
         let len = u64::try_from(len).unwrap_or(u64::MAX);
         let shared = &*self.shared;
         shared.sweep_if_due(shared.clock.now()).await;
-        let slot = self.slot(provider.master_key(), purpose);
+        let slot = self.slot(master_key, purpose);
         let failures_seen = slot.failures.load(Ordering::SeqCst);
         let mut active = slot.active.lock().await;
         if let Some(current) = active.as_mut()
@@ -585,7 +593,7 @@ impl DataKeyCache {
         {
             return Err(error);
         }
-        let generated = match provider.generate_data_key(purpose).await {
+        let generated = match generate().await {
             Ok(generated) => generated,
             Err(error) => {
                 *lock(&slot.last_failure) = Some(error.clone());
@@ -736,6 +744,15 @@ impl DataKeyCache {
         // The semaphore is never closed, so acquiring cannot fail.
         let _permit = permits.acquire().await.ok();
         self.unwrap(provider, wrapped, purpose).await
+    }
+
+    /// Whether the unwrapped key of `wrapped` is cached: what a page read checks before it
+    /// asks the key vault for the keys it lacks. An entry past its time to live still counts;
+    /// its unwrap then asks the vault for that key alone.
+    pub(crate) fn holds(&self, wrapped: &[u8], purpose: KeyPurpose) -> bool {
+        self.shared
+            .unwrapped
+            .contains_key(&(wrapped.to_vec(), purpose))
     }
 
     /// Counts a re-wrap call made outside the cache.

@@ -6,16 +6,23 @@
 //! provider by the master key named in the wrapped key. [`Encryptor::decrypt_many`]
 //! unwraps each distinct data key of a batch once.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
 
 use crate::aad::Binding;
 use crate::cache::{CacheLimits, CacheStats, Clock, DataKeyCache, Lease, SystemClock};
 use crate::cipher::{self, LEGACY_NONCE_LEN, NONCE_LEN};
 use crate::error::{Error, Result};
-use crate::keys::{DataKey, KeyEnvelope, KeyProvider, KeyPurpose, MasterKeyRef, ProviderKind};
+use crate::keys::{
+    DataKey, GeneratedDataKey, KeyContext, KeyEnvelope, KeyProvider, KeyPurpose, MasterKeyRef,
+    ProviderKind,
+};
 use crate::search::{ColumnHasher, SearchKey, SearchSpec};
 use crate::stored::{AuthTag, Ciphertext, Nonce, SearchHash, StoredField, WrappedKey};
+use crate::vault::{DataKeyId, KeyVault, VaultKey};
 
 /// Encrypts and decrypts column values. Cheap to clone (shared state).
 #[derive(Clone)]
@@ -36,6 +43,7 @@ struct Inner {
     /// allocations a map key would cost on every hash.
     hashers: RwLock<Vec<(String, String, SearchSpec, ColumnHasher)>>,
     allow_legacy: bool,
+    vault: Option<Arc<dyn KeyVault>>,
 }
 
 impl fmt::Debug for Encryptor {
@@ -46,6 +54,7 @@ impl fmt::Debug for Encryptor {
             .field("cache", &self.inner.cache)
             .field("search_key", &self.inner.search_key.as_ref().map(|_| "set"))
             .field("allow_legacy", &self.inner.allow_legacy)
+            .field("vault", &self.inner.vault)
             .finish()
     }
 }
@@ -59,9 +68,20 @@ pub struct EncryptorBuilder {
     clock: Arc<dyn Clock>,
     search_key: Option<SearchKey>,
     allow_legacy: bool,
+    vault: Option<Arc<dyn KeyVault>>,
 }
 
 impl EncryptorBuilder {
+    /// Keep new data keys in `vault` and write 20-byte references to them (see
+    /// [`KeyVault`]); read references through it. Without a vault the encryptor writes inline
+    /// envelopes, and a reference it reads is a configuration error. Through a provider that
+    /// does not bind data-key ids ([`KeyProvider::binds_data_key_ids`]) it keeps writing
+    /// inline envelopes.
+    pub fn key_vault(mut self, vault: Arc<dyn KeyVault>) -> Self {
+        self.vault = Some(vault);
+        self
+    }
+
     /// Another provider for decrypting and re-wrapping values under its master keys (during
     /// a migration from one provider or master key to another).
     pub fn decrypt_with(mut self, provider: Arc<dyn KeyProvider>) -> Self {
@@ -104,6 +124,7 @@ impl EncryptorBuilder {
                 search_key: self.search_key.map(Arc::new),
                 hashers: RwLock::new(Vec::new()),
                 allow_legacy: self.allow_legacy,
+                vault: self.vault,
             }),
             batch: None,
         }
@@ -120,6 +141,7 @@ impl Encryptor {
             clock: Arc::new(SystemClock::default()),
             search_key: None,
             allow_legacy: false,
+            vault: None,
         }
     }
 
@@ -138,6 +160,7 @@ impl Encryptor {
                 search_key: inner.search_key.clone(),
                 hashers: RwLock::new(Vec::new()),
                 allow_legacy: inner.allow_legacy,
+                vault: inner.vault.clone(),
             }),
             batch: None,
         }
@@ -210,9 +233,10 @@ impl Encryptor {
                     .inner
                     .cache
                     .lease(
-                        self.inner.provider.as_ref(),
+                        self.inner.provider.master_key(),
                         KeyPurpose::Field,
                         plaintext.len(),
+                        || self.generate(KeyPurpose::Field),
                     )
                     .await?;
                 if let Some(batch) = &self.batch {
@@ -229,7 +253,8 @@ impl Encryptor {
     /// Decrypts one value read from its place.
     pub async fn decrypt(&self, binding: &Binding<'_>, stored: &StoredField) -> Result<Vec<u8>> {
         self.check_form(stored)?;
-        let provider = self.provider_for(&stored.data_key)?;
+        let resolver = VaultResolver::on_demand(self);
+        let provider = self.provider_or_vault(&stored.data_key, &resolver)?;
         let key = self
             .inner
             .cache
@@ -253,10 +278,12 @@ impl Encryptor {
             .filter(|(_, form)| form.is_ok())
             .map(|((_, stored), _)| (&stored.data_key, KeyPurpose::Field))
             .collect();
+        // The vault's keys this page references and the cache lacks: one query.
+        let resolver = self.resolver_for_page(&wrapped).await;
         let (keys, order) = self
             .inner
             .cache
-            .unwrap_many(|w| self.provider_for(w), &wrapped)
+            .unwrap_many(|w| self.provider_or_vault(w, &resolver), &wrapped)
             .await;
         let mut order = order.into_iter();
         // One associated-data buffer for the whole batch, rewritten per value.
@@ -388,7 +415,83 @@ impl Encryptor {
         }
     }
 
+    /// A new data key for `purpose`: with a vault (and a provider that binds ids), stored in
+    /// the vault, committed, before anything is sealed under it, and handed out as its
+    /// reference; otherwise the provider's inline envelope.
+    async fn generate(&self, purpose: KeyPurpose) -> Result<GeneratedDataKey> {
+        let provider = self.inner.provider.as_ref();
+        let Some(vault) = self
+            .inner
+            .vault
+            .as_ref()
+            .filter(|_| provider.binds_data_key_ids())
+        else {
+            return provider.generate_data_key(purpose).await;
+        };
+        let id = DataKeyId::generate()?;
+        let generated = provider
+            .generate_data_key_in(&KeyContext::in_vault(purpose, id))
+            .await?;
+        vault
+            .store(&VaultKey::new(id, purpose, generated.wrapped))
+            .await?;
+        Ok(GeneratedDataKey {
+            key: generated.key,
+            wrapped: WrappedKey::reference(id),
+        })
+    }
+
+    /// The vault's keys that `wrapped` references and the cache lacks, fetched in one query.
+    async fn resolver_for_page(&self, wrapped: &[(&WrappedKey, KeyPurpose)]) -> VaultResolver<'_> {
+        let mut resolver = VaultResolver::on_demand(self);
+        let Some(vault) = &self.inner.vault else {
+            return resolver;
+        };
+        let mut ids: Vec<DataKeyId> = wrapped
+            .iter()
+            .filter(|(w, purpose)| !self.inner.cache.holds(w.as_bytes(), *purpose))
+            .filter_map(|(w, _)| w.data_key_id())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return resolver;
+        }
+        resolver.prefetched = Some(
+            vault
+                .fetch(&ids)
+                .await
+                .map(|keys| keys.into_iter().map(|k| (k.id, k)).collect()),
+        );
+        resolver
+    }
+
+    /// The provider for `wrapped`, or for a reference the resolver that unwraps it through
+    /// the vault.
+    fn provider_or_vault<'a>(
+        &'a self,
+        wrapped: &WrappedKey,
+        resolver: &'a VaultResolver<'a>,
+    ) -> Result<&'a dyn KeyProvider> {
+        if wrapped.data_key_id().is_some() {
+            if self.inner.vault.is_none() {
+                return Err(no_vault());
+            }
+            return Ok(resolver);
+        }
+        self.provider_for(wrapped)
+    }
+
     fn provider_for(&self, wrapped: &WrappedKey) -> Result<&dyn KeyProvider> {
+        if wrapped.data_key_id().is_some() {
+            return Err(match self.inner.vault {
+                None => no_vault(),
+                Some(_) => Error::Configuration(
+                    "a data-key reference has no wrapped key of its own: use the key vault's"
+                        .into(),
+                ),
+            });
+        }
         let providers = std::iter::once(&self.inner.provider).chain(self.inner.others.iter());
         match wrapped.envelope()? {
             KeyEnvelope::Jarvis { master_key, .. } => providers
@@ -405,6 +508,95 @@ impl Encryptor {
                         .into(),
                 }),
         }
+    }
+}
+
+fn no_vault() -> Error {
+    Error::Configuration(
+        "a value references a data key in a key vault, but this encryptor has none: build it with `EncryptorBuilder::key_vault`".into(),
+    )
+}
+
+/// Unwraps the data keys that values reference: the vault's wrapped key (prefetched for a
+/// page, or fetched alone), through the provider that holds its master key, with the id bound.
+/// A [`KeyProvider`] so that the data-key cache unwraps (and coalesces) references as it does
+/// inline envelopes.
+struct VaultResolver<'a> {
+    encryptor: &'a Encryptor,
+    /// The page's keys, when fetched for it (`Err`: the vault query failed).
+    prefetched: Option<Result<HashMap<DataKeyId, VaultKey>>>,
+}
+
+impl<'a> VaultResolver<'a> {
+    fn on_demand(encryptor: &'a Encryptor) -> Self {
+        VaultResolver {
+            encryptor,
+            prefetched: None,
+        }
+    }
+
+    async fn entry(&self, id: DataKeyId) -> Result<VaultKey> {
+        let found = match &self.prefetched {
+            Some(Ok(keys)) => keys.get(&id).cloned(),
+            Some(Err(error)) => return Err(error.clone()),
+            None => {
+                let vault = self.encryptor.inner.vault.as_ref().ok_or_else(no_vault)?;
+                vault.fetch(&[id]).await?.into_iter().find(|k| k.id == id)
+            }
+        };
+        found.ok_or_else(|| Error::UnknownDataKey {
+            id: id.to_hex(),
+            revoked: false,
+        })
+    }
+}
+
+impl fmt::Debug for VaultResolver<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VaultResolver").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl KeyProvider for VaultResolver<'_> {
+    fn kind(&self) -> ProviderKind {
+        self.encryptor.inner.provider.kind()
+    }
+
+    fn master_key(&self) -> MasterKeyRef {
+        self.encryptor.inner.provider.master_key()
+    }
+
+    async fn generate_data_key(&self, _purpose: KeyPurpose) -> Result<GeneratedDataKey> {
+        Err(Error::Configuration(
+            "the key vault resolves references; it does not generate keys".into(),
+        ))
+    }
+
+    async fn unwrap_data_key(&self, wrapped: &WrappedKey, purpose: KeyPurpose) -> Result<DataKey> {
+        let id = wrapped
+            .data_key_id()
+            .ok_or_else(|| Error::stored("not a data-key reference"))?;
+        let entry = self.entry(id).await?;
+        let inline = entry.wrapped.ok_or_else(|| Error::UnknownDataKey {
+            id: id.to_hex(),
+            revoked: true,
+        })?;
+        let provider = self.encryptor.provider_for(&inline)?;
+        provider
+            .unwrap_data_key_in(&inline, &KeyContext::in_vault(purpose, id))
+            .await
+    }
+
+    async fn rewrap_data_key(
+        &self,
+        _wrapped: &WrappedKey,
+        _purpose: KeyPurpose,
+        _to: &MasterKeyRef,
+    ) -> Result<WrappedKey> {
+        Err(Error::Configuration(
+            "a data-key reference is re-wrapped in the key vault, not in its value".into(),
+        ))
     }
 }
 

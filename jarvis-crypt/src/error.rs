@@ -37,6 +37,17 @@ pub enum Error {
         key_id: String,
     },
 
+    /// A value references a data key (by its id) that the key vault does not hold, or holds
+    /// revoked: the vault row was deleted, or the reference was forged. Nothing else is tried
+    /// in its place.
+    #[error("unknown data key `{id}`: the key vault does not hold it{}", if *revoked { " (revoked)" } else { "" })]
+    UnknownDataKey {
+        /// The referenced id, in hex (not a secret).
+        id: String,
+        /// The vault holds the id, revoked (its wrapped bytes erased).
+        revoked: bool,
+    },
+
     /// The master key exists but is disabled or pending deletion.
     #[error("master key `{key_id}` is disabled or pending deletion")]
     MasterKeyDisabled {
@@ -93,6 +104,7 @@ impl Error {
             Error::InvalidStoredForm(_) => ErrorKind::InvalidStoredForm,
             Error::LegacyNotAllowed => ErrorKind::LegacyNotAllowed,
             Error::UnknownMasterKey { .. } => ErrorKind::UnknownMasterKey,
+            Error::UnknownDataKey { .. } => ErrorKind::UnknownDataKey,
             Error::MasterKeyDisabled { .. } => ErrorKind::MasterKeyDisabled,
             Error::AccessDenied(_) => ErrorKind::AccessDenied,
             Error::Throttled { .. } => ErrorKind::Throttled,
@@ -147,6 +159,8 @@ pub enum ErrorKind {
     LegacyNotAllowed,
     /// See [`Error::UnknownMasterKey`].
     UnknownMasterKey,
+    /// See [`Error::UnknownDataKey`].
+    UnknownDataKey,
     /// See [`Error::MasterKeyDisabled`].
     MasterKeyDisabled,
     /// See [`Error::AccessDenied`].
@@ -173,6 +187,7 @@ impl ErrorKind {
             ErrorKind::InvalidStoredForm => "invalid_stored_form",
             ErrorKind::LegacyNotAllowed => "legacy_not_allowed",
             ErrorKind::UnknownMasterKey => "unknown_master_key",
+            ErrorKind::UnknownDataKey => "unknown_data_key",
             ErrorKind::MasterKeyDisabled => "master_key_disabled",
             ErrorKind::AccessDenied => "access_denied",
             ErrorKind::Throttled => "throttled",

@@ -36,6 +36,7 @@ use secrecy::{ExposeSecret, SecretBox};
 use crate::cipher::{self, KEY_LEN};
 use crate::error::{Error, Result};
 use crate::stored::WrappedKey;
+use crate::vault::DataKeyId;
 
 /// Magic prefix of the wrapped-key envelope.
 pub const WRAPPED_KEY_MAGIC: [u8; 3] = [0xEC, 0x4A, 0x4B];
@@ -246,6 +247,72 @@ impl KeyPurpose {
     }
 }
 
+/// What a provider binds to a wrapped data key: its [`KeyPurpose`] and, for a key kept in a
+/// [`KeyVault`](crate::KeyVault), its [`DataKeyId`] (so a vault row cannot be swapped for
+/// another id's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct KeyContext {
+    /// What the key is for.
+    pub purpose: KeyPurpose,
+    /// The key's id in the vault (`None`: an inline envelope).
+    pub data_key_id: Option<DataKeyId>,
+}
+
+/// Name of the data key's id in the encryption context of a key kept in a vault.
+pub const CONTEXT_DATA_KEY_ID: &str = "data_key_id";
+
+impl KeyContext {
+    /// The context of a key of `purpose` stored inline.
+    pub fn new(purpose: KeyPurpose) -> Self {
+        KeyContext {
+            purpose,
+            data_key_id: None,
+        }
+    }
+
+    /// The context of a key of `purpose` kept in a vault under `id`.
+    pub fn in_vault(purpose: KeyPurpose, id: DataKeyId) -> Self {
+        KeyContext {
+            purpose,
+            data_key_id: Some(id),
+        }
+    }
+
+    /// The encryption context: the purpose's (see [`KeyPurpose::encryption_context`]) and,
+    /// for a key in a vault, `data_key_id = <hex>`.
+    pub fn encryption_context(&self) -> Vec<(&'static str, String)> {
+        let mut context: Vec<(&'static str, String)> = self
+            .purpose
+            .encryption_context()
+            .iter()
+            .map(|(k, v)| (*k, (*v).to_owned()))
+            .collect();
+        if let Some(id) = self.data_key_id {
+            context.push((CONTEXT_DATA_KEY_ID, id.to_hex()));
+        }
+        context
+    }
+
+    /// The context encoded canonically, for use as associated data: the purpose's bytes as
+    /// before, then the id's pair.
+    pub(crate) fn context_bytes(&self) -> Vec<u8> {
+        let mut out = self.purpose.context_bytes();
+        if let Some(id) = self.data_key_id {
+            crate::aad::put_bytes(&mut out, CONTEXT_DATA_KEY_ID.as_bytes());
+            crate::aad::put_bytes(&mut out, id.to_hex().as_bytes());
+        }
+        out
+    }
+}
+
+fn ids_not_bound(provider: &(impl KeyProvider + ?Sized)) -> Error {
+    Error::Configuration(format!(
+        "the {} key provider does not bind data-key ids: build the encryptor without a key vault",
+        provider.kind()
+    ))
+}
+
 /// A data key just generated: the plaintext key and the same key wrapped by its provider.
 #[derive(Debug)]
 pub struct GeneratedDataKey {
@@ -431,6 +498,50 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
         purpose: KeyPurpose,
         to: &MasterKeyRef,
     ) -> Result<WrappedKey>;
+
+    /// Whether this provider binds a data key's vault id to its wrapped key (the `_in`
+    /// methods below). An encryptor with a [`KeyVault`](crate::KeyVault) writes references
+    /// only through a provider that does; through another it keeps writing inline envelopes.
+    /// `false` unless a provider says otherwise.
+    fn binds_data_key_ids(&self) -> bool {
+        false
+    }
+
+    /// [`generate_data_key`](Self::generate_data_key) with the whole context bound. The
+    /// default serves contexts without an id and refuses the others.
+    async fn generate_data_key_in(&self, context: &KeyContext) -> Result<GeneratedDataKey> {
+        match context.data_key_id {
+            None => self.generate_data_key(context.purpose).await,
+            Some(_) => Err(ids_not_bound(self)),
+        }
+    }
+
+    /// [`unwrap_data_key`](Self::unwrap_data_key) with the whole context bound. The default
+    /// serves contexts without an id and refuses the others.
+    async fn unwrap_data_key_in(
+        &self,
+        wrapped: &WrappedKey,
+        context: &KeyContext,
+    ) -> Result<DataKey> {
+        match context.data_key_id {
+            None => self.unwrap_data_key(wrapped, context.purpose).await,
+            Some(_) => Err(ids_not_bound(self)),
+        }
+    }
+
+    /// [`rewrap_data_key`](Self::rewrap_data_key) with the whole context bound (the same
+    /// before and after). The default serves contexts without an id and refuses the others.
+    async fn rewrap_data_key_in(
+        &self,
+        wrapped: &WrappedKey,
+        context: &KeyContext,
+        to: &MasterKeyRef,
+    ) -> Result<WrappedKey> {
+        match context.data_key_id {
+            None => self.rewrap_data_key(wrapped, context.purpose, to).await,
+            Some(_) => Err(ids_not_bound(self)),
+        }
+    }
 }
 
 #[cfg(test)]

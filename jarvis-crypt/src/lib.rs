@@ -17,6 +17,7 @@ pub mod search;
 mod stored;
 pub mod stream;
 mod table;
+mod vault;
 
 pub use aad::{AAD_VERSION, Binding, RowKey};
 pub use audit::{AuditEvent, AuditSink, MemoryAudit, NoAudit, Operation};
@@ -27,9 +28,9 @@ pub use envelope::{Encryptor, EncryptorBuilder};
 pub use error::{Error, ErrorKind, Location, Result, RowError};
 pub use jarvis_crypt_derive::Encrypted;
 pub use keys::{
-    CONTEXT_APPLICATION, DataKey, GeneratedDataKey, KeyEnvelope, KeyProvider, KeyPurpose,
-    MAX_KEY_ID_LEN, MasterKeyRef, ProviderKind, WRAPPED_KEY_MAGIC, WRAPPED_KEY_VERSION, WipeWatch,
-    envelope_header,
+    CONTEXT_APPLICATION, CONTEXT_DATA_KEY_ID, DataKey, GeneratedDataKey, KeyContext, KeyEnvelope,
+    KeyProvider, KeyPurpose, MAX_KEY_ID_LEN, MasterKeyRef, ProviderKind, WRAPPED_KEY_MAGIC,
+    WRAPPED_KEY_VERSION, WipeWatch, envelope_header,
 };
 pub use local::{DEFAULT_KEY_FILE, KEY_FILE_VAR, LocalKeyProvider, MASTER_KEY_VAR};
 pub use model::{Encrypted, SearchColumn};
@@ -45,6 +46,7 @@ pub use table::{
     BindingProblem, EncryptedTable, FieldDescription, RowKeyKind, SearchDescription,
     TableDescription, ValueKind,
 };
+pub use vault::{DATA_KEY_ID_LEN, DataKeyId, KeyVault, REFERENCE_LEN, REFERENCE_VERSION, VaultKey};
 
 /// Re-exports for the code that `#[derive(Encrypted)]` generates. Not a public API.
 #[doc(hidden)]

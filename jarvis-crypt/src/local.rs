@@ -64,8 +64,8 @@ use zeroize::Zeroizing;
 use crate::cipher::{self, KEY_LEN, NONCE_LEN, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::keys::{
-    DataKey, GeneratedDataKey, KeyEnvelope, KeyProvider, KeyPurpose, MasterKeyRef, ProviderKind,
-    envelope_header,
+    DataKey, GeneratedDataKey, KeyContext, KeyEnvelope, KeyProvider, KeyPurpose, MasterKeyRef,
+    ProviderKind, envelope_header,
 };
 use crate::stored::WrappedKey;
 
@@ -296,11 +296,11 @@ impl LocalKeyProvider {
             })
     }
 
-    fn wrap(&self, key: &DataKey, to: &MasterKeyRef, purpose: KeyPurpose) -> Result<WrappedKey> {
+    fn wrap(&self, key: &DataKey, to: &MasterKeyRef, context: &KeyContext) -> Result<WrappedKey> {
         let master = self.master_key_version(to)?;
         let header = envelope_header(to)?;
         let mut aad = header.clone();
-        aad.extend_from_slice(&purpose.context_bytes());
+        aad.extend_from_slice(&context.context_bytes());
         let (nonce, ct, tag) =
             cipher::seal_random(master.expose_secret(), &aad, key.expose_secret())?;
         let ct = Zeroizing::new(ct);
@@ -331,12 +331,39 @@ impl KeyProvider for LocalKeyProvider {
     }
 
     async fn generate_data_key(&self, purpose: KeyPurpose) -> Result<GeneratedDataKey> {
-        let key = DataKey::try_generate()?;
-        let wrapped = self.wrap(&key, &self.master_key(), purpose)?;
-        Ok(GeneratedDataKey { key, wrapped })
+        self.generate_data_key_in(&KeyContext::new(purpose)).await
     }
 
     async fn unwrap_data_key(&self, wrapped: &WrappedKey, purpose: KeyPurpose) -> Result<DataKey> {
+        self.unwrap_data_key_in(wrapped, &KeyContext::new(purpose))
+            .await
+    }
+
+    async fn rewrap_data_key(
+        &self,
+        wrapped: &WrappedKey,
+        purpose: KeyPurpose,
+        to: &MasterKeyRef,
+    ) -> Result<WrappedKey> {
+        self.rewrap_data_key_in(wrapped, &KeyContext::new(purpose), to)
+            .await
+    }
+
+    fn binds_data_key_ids(&self) -> bool {
+        true
+    }
+
+    async fn generate_data_key_in(&self, context: &KeyContext) -> Result<GeneratedDataKey> {
+        let key = DataKey::try_generate()?;
+        let wrapped = self.wrap(&key, &self.master_key(), context)?;
+        Ok(GeneratedDataKey { key, wrapped })
+    }
+
+    async fn unwrap_data_key_in(
+        &self,
+        wrapped: &WrappedKey,
+        context: &KeyContext,
+    ) -> Result<DataKey> {
         let (master_key, header, payload) = match wrapped.envelope()? {
             KeyEnvelope::Jarvis {
                 master_key,
@@ -357,21 +384,21 @@ impl KeyProvider for LocalKeyProvider {
             )));
         }
         let mut aad = header.to_vec();
-        aad.extend_from_slice(&purpose.context_bytes());
+        aad.extend_from_slice(&context.context_bytes());
         let (nonce, rest) = payload.split_at(NONCE_LEN);
         let (ct, tag) = rest.split_at(KEY_LEN);
         let key = Zeroizing::new(cipher::open(master.expose_secret(), nonce, &aad, ct, tag)?);
         DataKey::try_from_slice(&key).ok_or_else(|| Error::stored("data key is not 32 bytes"))
     }
 
-    async fn rewrap_data_key(
+    async fn rewrap_data_key_in(
         &self,
         wrapped: &WrappedKey,
-        purpose: KeyPurpose,
+        context: &KeyContext,
         to: &MasterKeyRef,
     ) -> Result<WrappedKey> {
-        let key = self.unwrap_data_key(wrapped, purpose).await?;
-        self.wrap(&key, to, purpose)
+        let key = self.unwrap_data_key_in(wrapped, context).await?;
+        self.wrap(&key, to, context)
     }
 }
 

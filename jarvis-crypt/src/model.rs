@@ -361,8 +361,8 @@ pub(crate) mod support {
     }
 
     pub use super::columns::{
-        BinarySqlType, Columns, HashColumn, Mistyped, StoredAs, StoredColumn, StoredSqlType,
-        binary_column,
+        BinarySqlType, Columns, HashColumn, HashFilter, HashSqlType, Mistyped, StoredAs,
+        StoredColumn, StoredSqlType, binary_column, hash_filter,
     };
 
     /// Where the value of `column` in the row of `key` is.
@@ -517,6 +517,7 @@ pub(crate) mod support {
     pub trait OptionFieldColumns {}
     // Nullable of any SQL type: a nullable column of the wrong type is `binary_column`'s error
     // alone.
+    #[diagnostic::do_not_recommend]
     impl<C, I, A, D> OptionFieldColumns for (Nullable<C>, Nullable<I>, Nullable<A>, Nullable<D>) {}
 
     /// Compiles only when the four columns `T` of an `Option` field are nullable.
@@ -530,6 +531,7 @@ pub(crate) mod support {
         note = "make the stored-form columns nullable while the table is being migrated; when every row is encrypted, remove `migrating_from` and make them NOT NULL"
     )]
     pub trait MigratingFieldColumns {}
+    #[diagnostic::do_not_recommend]
     impl<C, I, A, D> MigratingFieldColumns for (Nullable<C>, Nullable<I>, Nullable<A>, Nullable<D>) {}
 
     /// Compiles only when the four columns `T` of a `migrating_from` field are nullable.
@@ -542,6 +544,7 @@ pub(crate) mod support {
         note = "a search-hash column follows its field's nullability: make it nullable in the `table!` (and the database), or the field not an `Option`"
     )]
     pub trait OptionFieldHash {}
+    #[diagnostic::do_not_recommend]
     impl<T> OptionFieldHash for Nullable<T> {}
 
     /// Compiles only when the search-hash column `T` of an `Option` field is nullable.

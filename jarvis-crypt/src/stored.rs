@@ -10,7 +10,7 @@
 //! | [`Ciphertext`] | `encrypted_<field>` | any (the plaintext's length; tag not included) |
 //! | [`Nonce`] | `<field>_iv` | 12 bytes (16 accepted: legacy rows) |
 //! | [`AuthTag`] | `<field>_auth_tag` | 16 bytes |
-//! | [`WrappedKey`] | `<field>_data_key` | 1 to 8192 bytes, an envelope or a legacy blob |
+//! | [`WrappedKey`] | `<field>_data_key` | 1 to 8192 bytes, an envelope, a 20-byte data-key reference or a legacy blob |
 //! | [`SearchHash`] | `<field>_hash` | 1 to 32 bytes |
 
 use std::fmt;
@@ -147,7 +147,10 @@ binary_column!(
                 bytes.len()
             )));
         }
-        KeyEnvelope::check(bytes)
+        match crate::vault::check_reference(bytes) {
+            Some(reference) => reference.map(|_| ()),
+            None => KeyEnvelope::check(bytes),
+        }
     }
 );
 
@@ -167,6 +170,18 @@ impl WrappedKey {
     /// values built before a format change).
     pub fn envelope(&self) -> Result<KeyEnvelope<'_>> {
         KeyEnvelope::parse(&self.0)
+    }
+
+    /// The reference to the key vault's data key `id`, as stored in a `<field>_data_key`
+    /// column by an encryptor with a [`KeyVault`](crate::KeyVault).
+    pub fn reference(id: crate::DataKeyId) -> WrappedKey {
+        WrappedKey(crate::vault::reference_bytes(id))
+    }
+
+    /// The id this value references, when it is a data-key reference rather than a wrapped
+    /// key.
+    pub fn data_key_id(&self) -> Option<crate::DataKeyId> {
+        crate::vault::check_reference(&self.0).and_then(Result::ok)
     }
 
     /// Whether this is a bare KMS blob of the earlier implementation.

@@ -147,15 +147,14 @@ pub(super) fn helpers(c: &Container, names: &Names) -> Vec<TokenStream> {
                 #vis fn #search_fn(
                     encryptor: &::jarvis_crypt::Encryptor,
                     value: &str,
-                ) -> ::jarvis_crypt::Result<__jc::diesel::dsl::Eq<#alias::#col, ::jarvis_crypt::SearchHash>> {
-                    use __jc::diesel::ExpressionMethods as _;
+                ) -> ::jarvis_crypt::Result<__jc::HashFilter<#alias::#col>> {
                     let hash = encryptor.search_hash(
                         __TABLE,
                         #col_name,
                         #spec.0,
                         &__jc::search_input(#spec.0, #spec.1, value),
                     )?;
-                    ::core::result::Result::Ok(#alias::#col.eq(hash))
+                    ::core::result::Result::Ok(__jc::hash_filter(#alias::#col, hash))
                 }
 
                 #[doc = #doc_find]
@@ -165,7 +164,7 @@ pub(super) fn helpers(c: &Container, names: &Names) -> Vec<TokenStream> {
                     load: __F,
                 ) -> ::core::result::Result<::std::vec::Vec<Self>, __E>
                 where
-                    __F: ::core::ops::FnOnce(__jc::diesel::dsl::Eq<#alias::#col, ::jarvis_crypt::SearchHash>) -> __Fut,
+                    __F: ::core::ops::FnOnce(__jc::HashFilter<#alias::#col>) -> __Fut,
                     __Fut: ::core::future::Future<Output = ::core::result::Result<::std::vec::Vec<#row>, __E>>,
                     __E: ::core::convert::From<::jarvis_crypt::Error>,
                 {

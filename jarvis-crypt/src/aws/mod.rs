@@ -63,8 +63,8 @@ use zeroize::Zeroize;
 
 use crate::error::{Error, Result};
 use crate::keys::{
-    DataKey, GeneratedDataKey, KeyEnvelope, KeyProvider, KeyPurpose, MasterKeyRef, ProviderKind,
-    envelope_header,
+    DataKey, GeneratedDataKey, KeyContext, KeyEnvelope, KeyProvider, KeyPurpose, MasterKeyRef,
+    ProviderKind, envelope_header,
 };
 use crate::stored::WrappedKey;
 
@@ -595,11 +595,11 @@ fn data_key_from_blob(blob: Option<&Blob>) -> Result<DataKey> {
         .ok_or_else(|| Error::stored("KMS returned a data key that is not 32 bytes"))
 }
 
-fn context_of(purpose: KeyPurpose) -> std::collections::HashMap<String, String> {
-    purpose
+fn context_of(context: &KeyContext) -> std::collections::HashMap<String, String> {
+    context
         .encryption_context()
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
         .collect()
 }
 
@@ -618,13 +618,36 @@ impl KeyProvider for AwsKms {
     }
 
     async fn generate_data_key(&self, purpose: KeyPurpose) -> Result<GeneratedDataKey> {
+        self.generate_data_key_in(&KeyContext::new(purpose)).await
+    }
+
+    async fn unwrap_data_key(&self, wrapped: &WrappedKey, purpose: KeyPurpose) -> Result<DataKey> {
+        self.unwrap_data_key_in(wrapped, &KeyContext::new(purpose))
+            .await
+    }
+
+    async fn rewrap_data_key(
+        &self,
+        wrapped: &WrappedKey,
+        purpose: KeyPurpose,
+        to: &MasterKeyRef,
+    ) -> Result<WrappedKey> {
+        self.rewrap_data_key_in(wrapped, &KeyContext::new(purpose), to)
+            .await
+    }
+
+    fn binds_data_key_ids(&self) -> bool {
+        true
+    }
+
+    async fn generate_data_key_in(&self, context: &KeyContext) -> Result<GeneratedDataKey> {
         let out = call(
             self.connection
                 .client()
                 .generate_data_key()
                 .key_id(&self.key_arn)
                 .key_spec(DataKeySpec::Aes256)
-                .set_encryption_context(Some(context_of(purpose)))
+                .set_encryption_context(Some(context_of(context)))
                 .send(),
         )
         .await?;
@@ -644,7 +667,11 @@ impl KeyProvider for AwsKms {
         master_key.provider == ProviderKind::AwsKms && self.allows(&master_key.key_id)
     }
 
-    async fn unwrap_data_key(&self, wrapped: &WrappedKey, purpose: KeyPurpose) -> Result<DataKey> {
+    async fn unwrap_data_key_in(
+        &self,
+        wrapped: &WrappedKey,
+        context: &KeyContext,
+    ) -> Result<DataKey> {
         let client = self.connection.client();
         let out = match wrapped.envelope()? {
             KeyEnvelope::Jarvis {
@@ -658,7 +685,7 @@ impl KeyProvider for AwsKms {
                         .decrypt()
                         .key_id(key_arn)
                         .ciphertext_blob(Blob::new(payload))
-                        .set_encryption_context(Some(context_of(purpose)))
+                        .set_encryption_context(Some(context_of(context)))
                         .send(),
                 )
                 .await?;
@@ -691,10 +718,10 @@ impl KeyProvider for AwsKms {
 
     /// Re-wraps under `to`, which the caller chose (the operator's `rotate --to-key`); the
     /// source must be one of the provider's allowed keys.
-    async fn rewrap_data_key(
+    async fn rewrap_data_key_in(
         &self,
         wrapped: &WrappedKey,
-        purpose: KeyPurpose,
+        context: &KeyContext,
         to: &MasterKeyRef,
     ) -> Result<WrappedKey> {
         if to.provider != ProviderKind::AwsKms {
@@ -707,7 +734,7 @@ impl KeyProvider for AwsKms {
             client
                 .re_encrypt()
                 .destination_key_id(&to.key_id)
-                .set_destination_encryption_context(Some(context_of(purpose)))
+                .set_destination_encryption_context(Some(context_of(context)))
         };
         let out = match wrapped.envelope()? {
             KeyEnvelope::Jarvis {
@@ -720,7 +747,7 @@ impl KeyProvider for AwsKms {
                     request()
                         .source_key_id(key_arn)
                         .ciphertext_blob(Blob::new(payload))
-                        .set_source_encryption_context(Some(context_of(purpose)))
+                        .set_source_encryption_context(Some(context_of(context)))
                         .send(),
                 )
                 .await?;

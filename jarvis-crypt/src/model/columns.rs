@@ -58,6 +58,18 @@ macro_rules! mistyped {
         impl StoredSqlType for Nullable<$ty> {
             type Wrap<T> = Mistyped<T>;
         }
+        impl HashSqlType for $ty {
+            type Filter<C: Expression<SqlType = Self>> = Mistyped<C>;
+            fn filter<C: Expression<SqlType = Self>>(_: C, _: SearchHash) -> Mistyped<C> {
+                Mistyped(PhantomData)
+            }
+        }
+        impl HashSqlType for Nullable<$ty> {
+            type Filter<C: Expression<SqlType = Self>> = Mistyped<C>;
+            fn filter<C: Expression<SqlType = Self>>(_: C, _: SearchHash) -> Mistyped<C> {
+                Mistyped(PhantomData)
+            }
+        }
     )*};
 }
 mistyped!(
@@ -78,6 +90,43 @@ mistyped!(
     st::Uuid,
     st::Timestamptz,
 );
+
+/// The SQL types a search-hash column may have, and the filter of a lookup on one.
+#[diagnostic::on_unimplemented(
+    message = "a search-hash column has SQL type `{Self}`, but it must be `Binary` or `Nullable<Binary>`",
+    label = "this column is not `Binary` in the diesel table"
+)]
+pub trait HashSqlType: Sized {
+    /// `diesel::dsl::Eq<C, SearchHash>`, or [`Mistyped<C>`].
+    type Filter<C: Expression<SqlType = Self>>;
+    /// `column = hash`.
+    fn filter<C: Expression<SqlType = Self>>(column: C, hash: SearchHash) -> Self::Filter<C>;
+}
+impl HashSqlType for st::Binary {
+    type Filter<C: Expression<SqlType = Self>> = diesel::dsl::Eq<C, SearchHash>;
+    fn filter<C: Expression<SqlType = Self>>(column: C, hash: SearchHash) -> Self::Filter<C> {
+        diesel::ExpressionMethods::eq(column, hash)
+    }
+}
+impl HashSqlType for Nullable<st::Binary> {
+    type Filter<C: Expression<SqlType = Self>> = diesel::dsl::Eq<C, SearchHash>;
+    fn filter<C: Expression<SqlType = Self>>(column: C, hash: SearchHash) -> Self::Filter<C> {
+        diesel::ExpressionMethods::eq(column, hash)
+    }
+}
+
+/// The filter of a lookup on the search-hash column `C`: `C = hash`, which is
+/// `diesel::dsl::Eq<C, SearchHash>` for a `Binary` column.
+pub type HashFilter<C> = <<C as Expression>::SqlType as HashSqlType>::Filter<C>;
+
+/// `column = hash`.
+pub fn hash_filter<C>(column: C, hash: SearchHash) -> HashFilter<C>
+where
+    C: Expression,
+    C::SqlType: HashSqlType,
+{
+    <C::SqlType as HashSqlType>::filter(column, hash)
+}
 
 /// The Rust type of column `C` holding `T`: `T` or `Option<T>` by the column's nullability.
 pub type StoredAs<C, T> = <<C as Expression>::SqlType as StoredSqlType>::Wrap<T>;

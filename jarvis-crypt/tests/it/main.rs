@@ -10,4 +10,5 @@ mod located;
 mod no_secrets_in_debug;
 mod secret_hygiene;
 mod stream;
+mod vault;
 mod wycheproof;

@@ -645,3 +645,31 @@ async fn legacy_blobs_are_tried_under_each_allowed_key_and_remembered() {
         Err(Error::AuthenticationFailed)
     ));
 }
+
+/// The data key's vault id is part of the KMS encryption context: the key unwraps with its
+/// own id only, and without one it does not unwrap at all.
+#[tokio::test]
+async fn a_vault_key_id_is_bound_into_the_encryption_context() {
+    use jarvis_crypt::{DataKeyId, KeyContext};
+    let connection = direct().await;
+    let arn = fresh_key(&connection).await;
+    let kms = AwsKms::new(connection, &arn).await.expect("provider");
+    assert!(kms.binds_data_key_ids());
+    let id = DataKeyId::from_bytes([3; 16]);
+    let context = KeyContext::in_vault(KeyPurpose::Field, id);
+    let generated = kms.generate_data_key_in(&context).await.expect("generate");
+    kms.unwrap_data_key_in(&generated.wrapped, &context)
+        .await
+        .expect("its own id");
+    let other = KeyContext::in_vault(KeyPurpose::Field, DataKeyId::from_bytes([4; 16]));
+    let err = kms
+        .unwrap_data_key_in(&generated.wrapped, &other)
+        .await
+        .expect_err("another id");
+    assert!(matches!(err, Error::AuthenticationFailed), "{err}");
+    let err = kms
+        .unwrap_data_key(&generated.wrapped, KeyPurpose::Field)
+        .await
+        .expect_err("no id");
+    assert!(matches!(err, Error::AuthenticationFailed), "{err}");
+}

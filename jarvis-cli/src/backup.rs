@@ -211,6 +211,11 @@ async fn restore(
         "restored {label} in {:.1}s",
         started.elapsed().as_secs_f64()
     );
+    eprintln!(
+        "note: the restored key vault (jarvis_data_keys) holds the data keys of the backup's \
+         time; stop the application's writers for a restore (one that kept running may hold \
+         a newer data key than the backup), restart them after it, then run `verify`"
+    );
     Ok(ExitCode::SUCCESS)
 }
 

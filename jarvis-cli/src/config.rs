@@ -9,7 +9,7 @@ use jarvis_crypt::{
     AwsKms, CacheLimits, Encryptor, KeyProvider, KmsConnection, KmsOptions, LocalKeyProvider,
     MasterKeyRef, SearchKey,
 };
-use jarvis_db::{Backups, Database, DbAudit};
+use jarvis_db::{Backups, Database, DbAudit, DbKeyVault};
 
 /// Which key provider holds the master key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -65,6 +65,11 @@ pub(crate) struct Global {
     /// value).
     #[arg(long, global = true, env = "JARVIS_DATA_KEY_MAX_VALUES", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) data_key_max_values: Option<u64>,
+
+    /// The binary keeps data keys in the key vault (`Jarvis::key_vault`): not an option of the
+    /// command line, a choice of the application that builds it.
+    #[arg(skip)]
+    pub(crate) key_vault: bool,
 }
 
 impl std::fmt::Debug for Global {
@@ -76,6 +81,7 @@ impl std::fmt::Debug for Global {
             .field("kms_key_id", &self.kms_key_id)
             .field("kms_decrypt_key_ids", &self.kms_decrypt_key_ids)
             .field("search_key_file", &self.search_key_file)
+            .field("key_vault", &self.key_vault)
             .finish_non_exhaustive()
     }
 }
@@ -210,6 +216,9 @@ impl Global {
                 max_messages,
                 ..CacheLimits::default()
             });
+        }
+        if self.key_vault {
+            builder = builder.key_vault(Arc::new(DbKeyVault::connect(url).await?));
         }
         let encryptor = builder.allow_legacy(options.allow_legacy).build();
         let audit = DbAudit::start(db.clone());

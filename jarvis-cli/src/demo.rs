@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use jarvis_crypt::{Encryptor, KeyEnvelope, LocalKeyProvider};
+use jarvis_crypt::{Encryptor, KeyEnvelope, KeyVault, LocalKeyProvider};
 use jarvis_models::{Database, DbAudit, NewApiKey, NewOAuthToken, Store};
 
 pub(crate) async fn run() -> Result<()> {
@@ -37,8 +37,11 @@ pub(crate) async fn run() -> Result<()> {
 
     let search_key = jarvis_db::keys::stored_search_key(&db, provider.as_ref()).await?;
     out!("search key       generated, stored wrapped in jarvis_keys");
+    // Data keys in the key vault (jarvis_data_keys): each value holds a 20-byte reference.
+    let vault = jarvis_db::DbKeyVault::connect(&url).await?;
     let encryptor = Encryptor::builder(provider.clone())
         .search_key(search_key)
+        .key_vault(Arc::new(vault.clone()))
         .build();
     let audit = DbAudit::start(db.clone());
     let store = Store::new(db.clone(), encryptor.clone(), Arc::new(audit.clone()));
@@ -135,8 +138,15 @@ pub(crate) async fn run() -> Result<()> {
             "NULL"
         },
     );
-    if let Some(Ok(KeyEnvelope::Jarvis { master_key, .. })) =
-        row.email_data_key.as_ref().map(|k| k.envelope())
+    let wrapped = match row.email_data_key.as_ref().and_then(|k| k.data_key_id()) {
+        Some(id) => {
+            let held = vault.fetch(&[id]).await?;
+            out!("  email_data_key is a reference to data key {id} of jarvis_data_keys");
+            held.into_iter().find_map(|key| key.wrapped)
+        }
+        None => row.email_data_key.clone(),
+    };
+    if let Some(Ok(KeyEnvelope::Jarvis { master_key, .. })) = wrapped.as_ref().map(|k| k.envelope())
     {
         out!("  data key wrapped under {master_key}");
     }

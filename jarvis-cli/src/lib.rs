@@ -160,6 +160,8 @@ pub struct Jarvis {
     /// the jobs cannot page by); `migrate`, `init`, `audit` and `backup restore/verify/list`
     /// still run.
     table_problems: Vec<String>,
+    /// New data keys go to the key vault (`jarvis_data_keys`), values hold references.
+    key_vault: bool,
 }
 
 impl Default for Jarvis {
@@ -169,6 +171,7 @@ impl Default for Jarvis {
             migrations: vec![jarvis_db::migrations::BOOKKEEPING],
             problems: Vec::new(),
             table_problems: Vec::new(),
+            key_vault: false,
         }
     }
 }
@@ -248,6 +251,24 @@ impl Jarvis {
         self
     }
 
+    /// Keeps data keys in the key vault, the bookkeeping table `jarvis_data_keys`
+    /// ([`jarvis_db::DbKeyVault`]): the values the commands write (`encrypt-existing`,
+    /// `rotate --reencrypt`, backup records) hold a 20-byte reference to their data key
+    /// instead of the wrapped key itself; `rotate --to-key` re-wraps the vault's keys without
+    /// rewriting a data row, and `rotate --compact` turns older inline values into references.
+    /// Without it the commands write inline envelopes, and a reference they read is a
+    /// configuration error.
+    ///
+    /// Opt in together with the application's own encryptor
+    /// (`EncryptorBuilder::key_vault(Arc::new(DbKeyVault::connect(url).await?))`): an
+    /// encryptor without a vault cannot read what a binary with one writes. The stock
+    /// `jarvis` binary opts in.
+    #[must_use]
+    pub fn key_vault(mut self) -> Self {
+        self.key_vault = true;
+        self
+    }
+
     /// What [`main`](Self::main) refuses, one message per problem, each naming its model: a
     /// primary key of several columns, a second model over a table (refused by every command),
     /// a primary key that is not an integer (refused by the commands that page through the
@@ -302,10 +323,11 @@ impl Jarvis {
             .name(shown)
             .bin_name(name)
             .get_matches_from(args);
-        let cli = match Cli::from_arg_matches(&matches) {
+        let mut cli = match Cli::from_arg_matches(&matches) {
             Ok(cli) => cli,
             Err(e) => e.exit(),
         };
+        cli.global.key_vault = self.key_vault;
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

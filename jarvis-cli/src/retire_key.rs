@@ -82,8 +82,13 @@ async fn retire_key(
     let unreadable_refuse = !ignore_unreadable_backups && !backups.unreadable.is_empty();
     if !usage.is_unused() || !backups.needing.is_empty() || unreadable_refuse {
         eprintln!("refused: {arn} is still needed by");
-        for ((table, column), n) in &usage.columns {
-            if *n > 0 {
+        for (&(table, column), n) in &usage.columns {
+            if *n > 0 && (table, column) == jarvis_db::verify::VAULT_COLUMN {
+                eprintln!(
+                    "  {n} data keys of the key vault ({table}), referenced by values or held \
+                     by a writer (`rotate --to-key` re-wraps them)"
+                );
+            } else if *n > 0 {
                 eprintln!("  {n} values in {table}.{column}");
             }
         }

@@ -164,6 +164,18 @@ pub(crate) async fn run(
             report.keys_rewrapped,
             report.stored_keys_rewrapped
         );
+        if report.vault_keys_rewrapped > 0 {
+            out!(
+                "{} of them in the key vault (jarvis_data_keys): no data row written for them",
+                report.vault_keys_rewrapped
+            );
+        }
+    }
+    if report.vault_keys_revoked > 0 {
+        out!(
+            "{} replaced data keys revoked in the key vault (no value references them)",
+            report.vault_keys_revoked
+        );
     }
     if let Some((old, new)) = &report.search_key_fingerprints {
         match (report.finished, report.dry_run) {

@@ -225,11 +225,24 @@ impl ActiveKey {
 #[derive(Default)]
 struct SlotState {
     active: tokio::sync::Mutex<Option<ActiveKey>>,
+    /// Keys made ahead of use by [`DataKeyCache::prepare`], oldest first: a lease that finds
+    /// the active key spent takes the next one instead of calling the provider. Touched only
+    /// under `active`'s lock (and by the sweeper, which drops the expired ones).
+    prepared: Mutex<std::collections::VecDeque<Prepared>>,
     /// Counts failed provider calls; a caller that sees it move while it waited for the lock
     /// returns `last_failure` instead of calling the provider again.
     failures: AtomicU64,
     last_failure: Mutex<Option<Error>>,
 }
+
+/// A key made ahead of use, and when.
+struct Prepared {
+    generated: GeneratedDataKey,
+    created: Duration,
+}
+
+/// The most keys one slot holds ready ([`DataKeyCache::prepare`]).
+pub(crate) const MAX_PREPARED_KEYS: usize = 1024;
 
 type Slot = Arc<SlotState>;
 type UnwrapKey = (Vec<u8>, KeyPurpose);
@@ -350,6 +363,16 @@ impl Shared {
         let mut next = None;
         let slots: Vec<Slot> = lock(&self.active).values().map(Arc::clone).collect();
         for slot in slots {
+            {
+                let mut prepared = lock(&slot.prepared);
+                prepared.retain(|p| now < p.created.saturating_add(self.limits.max_age));
+                if let Some(first) = prepared.front() {
+                    next = earliest(
+                        next,
+                        Some(first.created.saturating_add(self.limits.max_age)),
+                    );
+                }
+            }
             let deadline = match slot.active.try_lock() {
                 Ok(mut active) => match active.as_ref() {
                     Some(key) => {
@@ -499,7 +522,9 @@ impl DataKeyCache {
             .map(|(_, slot)| slot)
             .collect();
         for slot in slots {
-            slot.active.lock().await.take();
+            let mut active = slot.active.lock().await;
+            active.take();
+            lock(&slot.prepared).clear();
         }
         self.shared.unwrapped.invalidate_all();
         self.shared.unwrapped.run_pending_tasks().await;
@@ -585,31 +610,44 @@ impl DataKeyCache {
         bump(&self.shared.counters.encrypt_misses);
         // The slot stays locked during the provider call: concurrent misses wait for this
         // key instead of asking for keys of their own.
-        bump(&self.shared.counters.generate_calls);
         // The call this caller waited for failed: share its error rather than queue another
         // call behind each waiter (during an outage, N waiters would wait N timeouts).
-        if slot.failures.load(Ordering::SeqCst) != failures_seen
-            && let Some(error) = lock(&slot.last_failure).clone()
-        {
-            return Err(error);
-        }
-        let generated = match generate().await {
-            Ok(generated) => generated,
-            Err(error) => {
-                *lock(&slot.last_failure) = Some(error.clone());
-                slot.failures.fetch_add(1, Ordering::SeqCst);
-                return Err(error);
+        let ready = {
+            let now = shared.clock.now();
+            let mut prepared = lock(&slot.prepared);
+            prepared.retain(|p| now < p.created.saturating_add(shared.limits.max_age));
+            prepared.pop_front()
+        };
+        let (generated, now) = match ready {
+            // Made ahead (and counted then): no provider call, no vault write now.
+            Some(ready) => (ready.generated, ready.created),
+            None => {
+                bump(&self.shared.counters.generate_calls);
+                if slot.failures.load(Ordering::SeqCst) != failures_seen
+                    && let Some(error) = lock(&slot.last_failure).clone()
+                {
+                    return Err(error);
+                }
+                let generated = match generate().await {
+                    Ok(generated) => generated,
+                    Err(error) => {
+                        *lock(&slot.last_failure) = Some(error.clone());
+                        slot.failures.fetch_add(1, Ordering::SeqCst);
+                        return Err(error);
+                    }
+                };
+                bump(&self.shared.counters.keys_created);
+                let now = shared.clock.now();
+                shared
+                    .unwrapped
+                    .insert(
+                        (generated.wrapped.as_bytes().to_vec(), purpose),
+                        Unwrapped::new(&generated.key, now),
+                    )
+                    .await;
+                (generated, now)
             }
         };
-        bump(&self.shared.counters.keys_created);
-        let now = shared.clock.now();
-        shared
-            .unwrapped
-            .insert(
-                (generated.wrapped.as_bytes().to_vec(), purpose),
-                Unwrapped::new(&generated.key, now),
-            )
-            .await;
         let lease = Lease {
             key: generated.key.share(),
             wrapped: generated.wrapped.clone(),
@@ -631,6 +669,65 @@ impl DataKeyCache {
             self.schedule(unwrap_deadline.min(now.saturating_add(shared.limits.max_age)));
         }
         Ok(lease)
+    }
+
+    /// Makes the keys ready that the next `values` encrypts of (master key, purpose) need,
+    /// beyond what the active key (with at least half its age, at most a minute, still
+    /// ahead) and the keys already made ahead admit: `ceil(missing / max_messages)` calls of
+    /// `generate`, at most [`MAX_PREPARED_KEYS`] keys held ready. Byte limits are not
+    /// foreseen. Returns how many keys it made.
+    pub(crate) async fn prepare<G, F>(
+        &self,
+        master_key: MasterKeyRef,
+        purpose: KeyPurpose,
+        values: u64,
+        generate: G,
+    ) -> Result<usize>
+    where
+        G: Fn() -> F,
+        F: Future<Output = Result<GeneratedDataKey>>,
+    {
+        let shared = &*self.shared;
+        let limits = &shared.limits;
+        let per_key = limits.max_messages.max(1);
+        let slot = self.slot(master_key, purpose);
+        // Leases wait while keys are made, as they wait for a provider call.
+        let active = slot.active.lock().await;
+        let now = shared.clock.now();
+        let margin = (limits.max_age / 2).min(Duration::from_secs(60));
+        let mut capacity = match active.as_ref() {
+            Some(key) if key.admits(limits, now.saturating_add(margin), 0) => {
+                per_key.saturating_sub(key.messages)
+            }
+            _ => 0,
+        };
+        let held = {
+            let mut prepared = lock(&slot.prepared);
+            prepared
+                .retain(|p| now.saturating_add(margin) < p.created.saturating_add(limits.max_age));
+            prepared.len()
+        };
+        capacity = capacity.saturating_add(per_key.saturating_mul(held as u64));
+        let missing = values.saturating_sub(capacity);
+        let wanted = usize::try_from(missing.div_ceil(per_key)).unwrap_or(usize::MAX);
+        let make = wanted.min(MAX_PREPARED_KEYS.saturating_sub(held));
+        for _ in 0..make {
+            bump(&shared.counters.generate_calls);
+            let generated = generate().await?;
+            bump(&shared.counters.keys_created);
+            let created = shared.clock.now();
+            shared
+                .unwrapped
+                .insert(
+                    (generated.wrapped.as_bytes().to_vec(), purpose),
+                    Unwrapped::new(&generated.key, created),
+                )
+                .await;
+            self.schedule(created.saturating_add(limits.unwrap_ttl.min(limits.max_age)));
+            lock(&slot.prepared).push_back(Prepared { generated, created });
+        }
+        drop(active);
+        Ok(make)
     }
 
     /// The key of `held` for one more value of `len` bytes, its usage counted, if that key is

@@ -250,6 +250,43 @@ impl Encryptor {
         seal(&lease.key, lease.wrapped, binding, plaintext)
     }
 
+    /// Makes ready, ahead of use, the data keys that the next `values` encrypts will need,
+    /// so that they find them in the cache: with a key vault, each new key is stored in the
+    /// vault now rather than during the encrypt. Call it before a write transaction that
+    /// seals `values` values (the repositories and jobs of jarvis-db do): on SQLite, whose
+    /// one writer the transaction holds, a vault insert made inside it would wait for the
+    /// transaction itself. Counts the active key (when at least half its age, at most a
+    /// minute, is still ahead) and keys made ahead earlier; makes at most
+    /// `ceil(missing / max_messages)` keys, and holds at most 1,024 ready per master key.
+    /// Byte limits are not foreseen (a value beyond `max_bytes` still gets a key of its own
+    /// when it is sealed). Returns how many keys it made; without a vault it makes none, since
+    /// a key made during the encrypt waits on nothing the transaction holds.
+    pub async fn prepare_data_keys(&self, values: usize) -> Result<usize> {
+        if values == 0 || !self.writes_references() {
+            return Ok(0);
+        }
+        self.inner
+            .cache
+            .prepare(
+                self.inner.provider.master_key(),
+                KeyPurpose::Field,
+                u64::try_from(values).unwrap_or(u64::MAX),
+                || self.generate(KeyPurpose::Field),
+            )
+            .await
+    }
+
+    /// Whether new values get 20-byte references to keys in a vault (a vault is configured
+    /// and the provider binds data-key ids), rather than inline envelopes.
+    pub fn writes_references(&self) -> bool {
+        self.inner.vault.is_some() && self.inner.provider.binds_data_key_ids()
+    }
+
+    /// The key vault, if the encryptor has one.
+    pub fn key_vault(&self) -> Option<&Arc<dyn KeyVault>> {
+        self.inner.vault.as_ref()
+    }
+
     /// Decrypts one value read from its place.
     pub async fn decrypt(&self, binding: &Binding<'_>, stored: &StoredField) -> Result<Vec<u8>> {
         self.check_form(stored)?;
@@ -319,6 +356,22 @@ impl Encryptor {
         self.inner.cache.count_rewrap();
         provider
             .rewrap_data_key(wrapped, KeyPurpose::Field, to)
+            .await
+    }
+
+    /// Re-wraps a key of the vault under `to`, through the provider that holds its current
+    /// master key, binding its id and purpose as when it was generated: what re-wrapping a
+    /// master key does to the vault (`rotate --to-key`), whose references in the data rows
+    /// stay as they are. A revoked key is [`Error::UnknownDataKey`].
+    pub async fn rewrap_vault_key(&self, key: &VaultKey, to: &MasterKeyRef) -> Result<WrappedKey> {
+        let wrapped = key.wrapped.as_ref().ok_or_else(|| Error::UnknownDataKey {
+            id: key.id.to_hex(),
+            revoked: true,
+        })?;
+        let provider = self.provider_for(wrapped)?;
+        self.inner.cache.count_rewrap();
+        provider
+            .rewrap_data_key_in(wrapped, &KeyContext::in_vault(key.purpose, key.id), to)
             .await
     }
 

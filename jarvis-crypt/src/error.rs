@@ -48,6 +48,11 @@ pub enum Error {
         revoked: bool,
     },
 
+    /// The key vault could not be read or written (its database failed or could not be
+    /// reached). No value was sealed under a key the vault did not store.
+    #[error("the key vault is unavailable: {0}")]
+    VaultUnavailable(String),
+
     /// The master key exists but is disabled or pending deletion.
     #[error("master key `{key_id}` is disabled or pending deletion")]
     MasterKeyDisabled {
@@ -105,6 +110,7 @@ impl Error {
             Error::LegacyNotAllowed => ErrorKind::LegacyNotAllowed,
             Error::UnknownMasterKey { .. } => ErrorKind::UnknownMasterKey,
             Error::UnknownDataKey { .. } => ErrorKind::UnknownDataKey,
+            Error::VaultUnavailable(_) => ErrorKind::VaultUnavailable,
             Error::MasterKeyDisabled { .. } => ErrorKind::MasterKeyDisabled,
             Error::AccessDenied(_) => ErrorKind::AccessDenied,
             Error::Throttled { .. } => ErrorKind::Throttled,
@@ -161,6 +167,8 @@ pub enum ErrorKind {
     UnknownMasterKey,
     /// See [`Error::UnknownDataKey`].
     UnknownDataKey,
+    /// See [`Error::VaultUnavailable`].
+    VaultUnavailable,
     /// See [`Error::MasterKeyDisabled`].
     MasterKeyDisabled,
     /// See [`Error::AccessDenied`].
@@ -188,6 +196,7 @@ impl ErrorKind {
             ErrorKind::LegacyNotAllowed => "legacy_not_allowed",
             ErrorKind::UnknownMasterKey => "unknown_master_key",
             ErrorKind::UnknownDataKey => "unknown_data_key",
+            ErrorKind::VaultUnavailable => "vault_unavailable",
             ErrorKind::MasterKeyDisabled => "master_key_disabled",
             ErrorKind::AccessDenied => "access_denied",
             ErrorKind::Throttled => "throttled",

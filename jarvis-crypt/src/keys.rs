@@ -227,6 +227,13 @@ impl KeyPurpose {
         }
     }
 
+    /// The purpose whose [`as_str`](Self::as_str) is `name` (as a key vault stores it).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [KeyPurpose::Field, KeyPurpose::Backup, KeyPurpose::SearchKey]
+            .into_iter()
+            .find(|purpose| purpose.as_str() == name)
+    }
+
     /// The encryption context of this purpose: `application = jarvis-crypt` and
     /// `purpose = <as_str>`, in key order.
     pub fn encryption_context(self) -> [(&'static str, &'static str); 2] {

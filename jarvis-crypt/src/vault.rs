@@ -55,6 +55,12 @@ impl DataKeyId {
         bytes.try_into().ok().map(DataKeyId)
     }
 
+    /// The id a data-key reference (`<field>_data_key` bytes: magic, version 02, id) holds;
+    /// `None` for anything else (an inline envelope, a legacy blob, a malformed reference).
+    pub fn from_reference(bytes: &[u8]) -> Option<Self> {
+        check_reference(bytes).and_then(Result::ok)
+    }
+
     /// The id's bytes.
     pub fn as_bytes(&self) -> &[u8; DATA_KEY_ID_LEN] {
         &self.0

@@ -627,7 +627,11 @@ pub async fn restore(
         RestoreSource::Recorded { name, catalog_url } => {
             let db = Database::connect(&catalog_url, 2).await?;
             let audit = DbAudit::start(db.clone());
-            let encryptor = jarvis_crypt::Encryptor::builder(provider.clone()).build();
+            // The record's stored bytes may reference the catalog's key vault.
+            let vault = crate::vault::DbKeyVault::connect(&catalog_url).await?;
+            let encryptor = jarvis_crypt::Encryptor::builder(provider.clone())
+                .key_vault(Arc::new(vault))
+                .build();
             let backups = Backups::new(db, encryptor, Arc::new(audit.clone()));
             let record = backups
                 .find_by_name(&name)

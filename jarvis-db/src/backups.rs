@@ -180,7 +180,10 @@ impl Backups {
         let started = Instant::now();
         let enc = self.encryptor.clone();
         let keys = serde_json::Value::from(rows_master_key_ids).to_string();
-        let result = repo::write(&self.db, move |conn| {
+        let values = <EncryptedBackup as jarvis_crypt::EncryptedTable>::table()
+            .fields
+            .len();
+        let result = repo::write_sealing(&self.db, &self.encryptor, values, move |conn| {
             Box::pin(async move {
                 let id = repo::reserve_ids(conn, "encrypted_backups", 1).await?[0];
                 let at = Utc::now().naive_utc();

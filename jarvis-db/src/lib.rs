@@ -62,6 +62,7 @@ pub mod migrations;
 pub mod models;
 pub mod repo;
 pub mod schema;
+pub mod vault;
 pub mod verify;
 
 pub use audit::DbAudit;
@@ -69,6 +70,7 @@ pub use backups::{BackupKeys, Backups, NewBackup};
 pub use db::Database;
 pub use error::ModelError;
 pub use models::EncryptedBackup;
+pub use vault::DbKeyVault;
 
 #[doc(hidden)]
 pub mod __private {

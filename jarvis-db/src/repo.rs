@@ -144,6 +144,23 @@ where
     }
 }
 
+/// [`write()`] of work that seals `values` values with `encryptor`: their data keys are made
+/// ready first, outside the transaction ([`Encryptor::prepare_data_keys`]), so that with a
+/// key vault no vault insert happens while the transaction holds its locks (on SQLite, the
+/// database's one writer: the insert would wait for the transaction itself).
+pub async fn write_sealing<T, F>(
+    db: &Database,
+    encryptor: &Encryptor,
+    values: usize,
+    work: F,
+) -> Result<T>
+where
+    F: for<'c> FnOnce(&'c mut Conn) -> futures::future::BoxFuture<'c, Result<T>>,
+{
+    encryptor.prepare_data_keys(values).await?;
+    write(db, work).await
+}
+
 #[derive(QueryableByName)]
 struct Id {
     #[diesel(sql_type = BigInt)]

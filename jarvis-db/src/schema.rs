@@ -203,6 +203,30 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// The key vault: wrapped data keys that values reference by id (see
+    /// [`jarvis_crypt::KeyVault`] and [`crate::vault`]). Append-only; a revoked key keeps its id
+    /// and loses its wrapped bytes.
+    jarvis_data_keys (id) {
+        /// The data key's 16-byte id, as the 20-byte references in the data columns hold it.
+        id -> Binary,
+        /// What the key is for (`field`, `backup`, ...), bound into the wrap with the id.
+        purpose -> Text,
+        /// The inline envelope of the wrapped key (provider, master key, payload); NULL once
+        /// revoked.
+        wrapped -> Nullable<Binary>,
+        /// The master key that wraps it; NULL once revoked.
+        master_key_id -> Nullable<Text>,
+        /// When the key was stored (UTC).
+        created_at -> Timestamp,
+        /// When `rotate --to-key` last re-wrapped it (UTC).
+        rewrapped_at -> Nullable<Timestamp>,
+        /// When it was revoked (UTC): replaced by `rotate --reencrypt` and no longer
+        /// referenced.
+        revoked_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
     /// View: encryption operations of the last 24 hours per table and operation.
     /// Read-only; `(table_name, operation_type)` is its row key.
     encryption_audit_summary (table_name, operation_type) {
@@ -230,6 +254,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     jarvis_jobs,
     jarvis_job_progress,
     jarvis_settings,
+    jarvis_data_keys,
     encryption_audit_summary,
 );
 
@@ -282,6 +307,7 @@ bookkeeping_tables_accept_application_tables!(
     jarvis_jobs,
     jarvis_job_progress,
     jarvis_settings,
+    jarvis_data_keys,
     encryption_audit_summary,
 );
 
@@ -314,7 +340,8 @@ macro_rules! allow_bookkeeping_tables_in_same_query {
             impl $crate::schema::ApplicationTable for $table::table {}
             $crate::__application_table_accepts_bookkeeping_tables!(
                 $table: encrypted_backups, encryption_audit_log, jarvis_keys, jarvis_jobs,
-                jarvis_job_progress, jarvis_settings, encryption_audit_summary
+                jarvis_job_progress, jarvis_settings, jarvis_data_keys,
+                encryption_audit_summary
             );
         )+
     };

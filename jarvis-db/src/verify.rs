@@ -30,6 +30,7 @@ use jarvis_crypt::{
 use crate::db::Database;
 use crate::described::{self, Form, StoredRow};
 use crate::error::ModelError;
+use crate::vault::VaultLookup;
 use crate::with_conn;
 
 const PAGE: i64 = 1000;
@@ -138,6 +139,7 @@ pub async fn verify_tables(
         search_hashes_checked: !matches!(hashes, Hashes::Off),
         ..VerifyReport::default()
     };
+    let mut vault = VaultLookup::default();
     for table in tables {
         for field in &table.fields {
             report
@@ -150,7 +152,8 @@ pub async fn verify_tables(
             let (entries, last) = page(db, table, after).await?;
             let Some(last) = last else { break };
             after = last;
-            check(encryptor, &mut hashes, entries, &mut report).await;
+            vault.resolve(db, stored_keys(&entries)).await?;
+            check(encryptor, &mut hashes, &vault, entries, &mut report).await;
         }
     }
     Ok(report)
@@ -239,9 +242,17 @@ async fn page(
     Ok((entries, last))
 }
 
+/// The wrapped keys (and references) of a page's stored values.
+fn stored_keys(entries: &[Entry]) -> impl Iterator<Item = &[u8]> {
+    entries
+        .iter()
+        .filter_map(|entry| entry.value().data_key.as_deref())
+}
+
 async fn check(
     encryptor: &Encryptor,
     hashes: &mut Hashes<'_>,
+    vault: &VaultLookup,
     entries: Vec<Entry>,
     report: &mut VerifyReport,
 ) {
@@ -297,9 +308,9 @@ async fn check(
                         error_kind: kind,
                     });
                 }
-                let key = match stored.data_key.envelope() {
-                    Ok(KeyEnvelope::Jarvis { master_key, .. }) => master_key.to_string(),
-                    _ => "unknown".to_owned(),
+                let key = match vault.master_key(&stored.data_key) {
+                    Some(master_key) => master_key.to_string(),
+                    None => "unknown".to_owned(),
                 };
                 *counts.by_master_key.entry(key).or_default() += 1;
             }
@@ -358,21 +369,25 @@ impl KeyUsage {
 }
 
 /// Counts what still needs the master key `key_id` (an id or ARN as stored in wrapped keys)
-/// in `tables`, the stored search key and the recorded backups, reading the envelopes only:
-/// nothing is decrypted and no provider is called.
+/// in `tables`, the key vault, the stored search key and the recorded backups, reading the
+/// envelopes only: nothing is decrypted and no provider is called. A value that references a
+/// vault key counts under its column when that key is wrapped under `key_id`; the vault's live
+/// keys under `key_id`, referenced or not, count under [`VAULT_COLUMN`]. Revoked keys need no
+/// master key and are not counted.
 pub async fn key_usage_in(
     db: &Database,
     tables: &[&'static TableDescription],
     key_id: &str,
 ) -> Result<KeyUsage, ModelError> {
     let mut usage = KeyUsage::default();
-    each_value(db, tables, |entry, form| {
+    each_value(db, tables, |entry, form, vault| {
         let Form::Stored(stored) = form else { return };
         if stored.is_legacy() {
             usage.legacy += 1;
         }
-        if matches!(stored.data_key.envelope(),
-            Ok(KeyEnvelope::Jarvis { master_key, .. }) if master_key.key_id == key_id)
+        if vault
+            .master_key(&stored.data_key)
+            .is_some_and(|master_key| master_key.key_id == key_id)
         {
             *usage
                 .columns
@@ -381,6 +396,12 @@ pub async fn key_usage_in(
         }
     })
     .await?;
+    // The vault's live keys under the key, referenced or not: a writer may still hold one
+    // as its active key.
+    let vault_keys = crate::vault::live_keys_under(db, key_id).await?;
+    if vault_keys > 0 {
+        usage.columns.insert(VAULT_COLUMN, vault_keys);
+    }
     usage.search_keys = stored_search_keys(db)
         .await?
         .iter()
@@ -397,21 +418,27 @@ pub async fn key_usage_in(
     Ok(usage)
 }
 
-/// Calls `f` with every value of every row of `tables`.
+/// The (table, column) under which [`KeyUsage::columns`] counts the key vault's live keys
+/// wrapped under the master key.
+pub const VAULT_COLUMN: (&str, &str) = ("jarvis_data_keys", "wrapped");
+
+/// Calls `f` with every value of every row of `tables`, and the vault keys of its page.
 async fn each_value(
     db: &Database,
     tables: &[&'static TableDescription],
-    mut f: impl FnMut(&Entry, Form),
+    mut f: impl FnMut(&Entry, Form, &VaultLookup),
 ) -> Result<(), ModelError> {
+    let mut vault = VaultLookup::default();
     for table in tables {
         let mut after = i64::MIN;
         loop {
             let (entries, last) = page(db, table, after).await?;
             let Some(last) = last else { break };
             after = last;
+            vault.resolve(db, stored_keys(&entries)).await?;
             for entry in entries {
                 let form = entry.value().form();
-                f(&entry, form);
+                f(&entry, form, &vault);
             }
         }
     }
@@ -427,7 +454,8 @@ async fn stored_search_keys(db: &Database) -> Result<Vec<Vec<u8>>, ModelError> {
 }
 
 /// The master keys that the rows of `tables` need: every master key named by a wrapped data
-/// key of an encrypted column or by the stored search key (`jarvis_keys`).
+/// key of an encrypted column, by a live key of the key vault (`jarvis_data_keys`, referenced
+/// or not) or by the stored search key (`jarvis_keys`).
 ///
 /// Like [`key_usage_in`], it reads the envelopes only: nothing is decrypted and no provider
 /// is called. Legacy values (bare KMS blobs) name no key and are not counted. A backup's
@@ -437,14 +465,15 @@ pub async fn master_keys_in_use_in(
     tables: &[&'static TableDescription],
 ) -> Result<BTreeSet<MasterKeyRef>, ModelError> {
     let mut keys = BTreeSet::new();
-    each_value(db, tables, |_, form| {
+    each_value(db, tables, |_, form, vault| {
         if let Form::Stored(stored) = form
-            && let Ok(KeyEnvelope::Jarvis { master_key, .. }) = stored.data_key.envelope()
+            && let Some(master_key) = vault.master_key(&stored.data_key)
         {
             keys.insert(master_key);
         }
     })
     .await?;
+    keys.extend(crate::vault::master_keys(db).await?);
     for bytes in &stored_search_keys(db).await? {
         if let Ok(KeyEnvelope::Jarvis { master_key, .. }) = KeyEnvelope::parse(bytes) {
             keys.insert(master_key);

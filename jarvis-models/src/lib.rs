@@ -20,7 +20,7 @@ pub mod schema;
 pub mod store;
 pub mod verify;
 
-pub use jarvis_db::{audit, error, keys};
+pub use jarvis_db::{audit, error, keys, vault};
 pub use jarvis_db::{insert_all, with_conn};
 
 /// Pooled connections to PostgreSQL or SQLite ([`jarvis_db::db`]), and [`migrate`](db::migrate)
@@ -44,3 +44,4 @@ pub use db::Database;
 pub use error::ModelError;
 pub use models::{ApiKey, EncryptedBackup, OAuthToken, User};
 pub use store::{BackupKeys, NewApiKey, NewBackup, NewOAuthToken, Store};
+pub use vault::DbKeyVault;

@@ -15,8 +15,8 @@
 //! `PRAGMA foreign_keys = ON`.
 
 pub use jarvis_db::schema::{
-    encrypted_backups, encryption_audit_log, encryption_audit_summary, jarvis_job_progress,
-    jarvis_jobs, jarvis_keys, jarvis_settings,
+    encrypted_backups, encryption_audit_log, encryption_audit_summary, jarvis_data_keys,
+    jarvis_job_progress, jarvis_jobs, jarvis_keys, jarvis_settings,
 };
 
 diesel::table! {

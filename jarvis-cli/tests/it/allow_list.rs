@@ -428,10 +428,15 @@ async fn the_search_key_is_checked_against_the_recorded_fingerprint() {
         .expect_err("a wrong search key");
     assert_eq!(err.crypto_kind(), Some(ErrorKind::Configuration), "{err}");
     assert!(wrong.create_user("b@example.net").await.is_err());
+    // The stock jarvis keeps its data keys in the key vault: so does the reader.
+    let vault = jarvis_models::DbKeyVault::connect(&url)
+        .await
+        .expect("vault");
     let right = Store::new(
         db.clone(),
         Encryptor::builder(provider)
             .search_key(SearchKey::new(SALT.as_bytes().to_vec()).expect("key"))
+            .key_vault(Arc::new(vault))
             .build(),
         Arc::new(NoAudit),
     );

@@ -1437,3 +1437,76 @@ async fn retire_key_counts_the_keys_a_backups_rows_need() {
         text(&accepted)
     );
 }
+
+/// A database whose values reference the key vault: the backup carries `jarvis_data_keys`
+/// (a table of the database), its manifest names the vault's master key, and the restored
+/// copy reads and verifies through its own vault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_carries_the_key_vault() {
+    let env = Env::new();
+    let source = env.path("vault.db");
+    let source_url = source.display().to_string();
+    assert_ok(&env.jarvis(&["migrate"], Some(&source_url)), "migrate");
+    let vault_rows = "SELECT COUNT(*) AS n FROM jarvis_data_keys";
+    {
+        let db = Database::connect(&source_url, 1).await.expect("db");
+        let provider: Arc<dyn KeyProvider> =
+            Arc::new(LocalKeyProvider::from_file(&env.key_file).expect("key file"));
+        let vault = jarvis_models::DbKeyVault::connect(&source_url)
+            .await
+            .expect("vault");
+        let encryptor = Encryptor::builder(provider)
+            .search_key(SearchKey::new(SALT.as_bytes().to_vec()).expect("salt"))
+            .cache_limits(jarvis_crypt::CacheLimits {
+                max_messages: 100,
+                ..jarvis_crypt::CacheLimits::default()
+            })
+            .key_vault(Arc::new(vault))
+            .build();
+        let store = Store::new(db.clone(), encryptor, Arc::new(NoAudit));
+        let emails: Vec<String> = (0..500).map(|i| format!("vault{i}@example.net")).collect();
+        let users = store.create_users(emails).await.expect("users");
+        seed_extras(&store, users[0].id).await;
+        let row = store.stored_user(users[0].id).await.expect("row");
+        assert_eq!(
+            row.email_data_key.expect("data key").as_bytes().len(),
+            jarvis_crypt::REFERENCE_LEN
+        );
+    }
+    let keys_before = sqlite_count(&source_url, vault_rows).await;
+    assert!(keys_before >= 5, "{keys_before}");
+    let expected = sqlite_fingerprint(&source).await;
+
+    let file = env.path("vault.jvbk");
+    create_backup(&env, &source_url, &file, "vault");
+    let target = env.path("vault-restored.db");
+    let target_url = target.display().to_string();
+    let restored = restore(&env, &file, &target_url, &[]);
+    assert_ok(&restored, "restore");
+    assert!(
+        text(&restored).contains("stop the application's writers"),
+        "{}",
+        text(&restored)
+    );
+    assert_eq!(sqlite_fingerprint(&target).await, expected);
+    assert_eq!(sqlite_count(&target_url, vault_rows).await, keys_before);
+    let verified = env.jarvis(&["verify", "--json"], Some(&target_url));
+    assert_ok(&verified, "verify of the restored database");
+    let report: serde_json::Value = serde_json::from_slice(&verified.stdout).expect("verify json");
+    assert_eq!(report["clean"], true, "{report}");
+}
+
+async fn sqlite_count(url: &str, sql: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let db = Database::connect(url, 1).await.expect("db");
+    let mut conn = db.get().await.expect("conn");
+    let rows: Vec<Count> = with_conn!(&mut conn, |c| diesel::sql_query(sql)
+        .load(c)
+        .await
+        .expect(sql));
+    rows[0].n
+}

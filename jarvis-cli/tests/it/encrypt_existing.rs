@@ -256,6 +256,19 @@ async fn retire_key_is_refused_while_rows_need_the_key() {
         .execute(c)
         .await
         .expect("delete"));
+    // The rows are gone, but the key vault's data key is still wrapped under the key (a
+    // writer may hold it as its active key): still refused, naming the vault.
+    let refused = kms(&["retire-key", &key_id]).output().expect("retire-key");
+    assert_eq!(refused.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        why.contains("1 data keys of the key vault (jarvis_data_keys)"),
+        "{why}"
+    );
+    with_conn!(&mut conn, |c| sql_query("DELETE FROM jarvis_data_keys")
+        .execute(c)
+        .await
+        .expect("delete"));
     let accepted = kms(&["retire-key", &key_id, "--pending-days", "7"])
         .output()
         .expect("retire-key");

@@ -465,7 +465,9 @@ async fn legacy_rows_are_reported_by_verify_and_upgraded_by_rotate_legacy() {
     let provider: Arc<dyn KeyProvider> =
         Arc::new(AwsKms::new(connection.clone(), &arn).await.expect("key"));
     let search = SearchKey::new(SALT.as_bytes().to_vec()).expect("salt");
-    let store = store(&db, provider, search);
+    // `rotate --legacy` of the stock jarvis writes references to its key vault: the store
+    // reads them through it.
+    let store = vault_store(&url, &db, provider, search, 1 << 20).await;
     seed(&store, 10).await;
 
     // Rows as the earlier implementation wrote them: a data key from GenerateDataKey without
@@ -652,7 +654,10 @@ async fn older_than_and_local_key_versions_on_sqlite() {
     assert_eq!(v2, format!("{v1}#v2"));
     let moved = stdout(&run(dir.path(), &["rotate", "--to-key", "2"], &vars));
     assert!(
-        moved.contains("to-key users: 50 of 50 rows done"),
+        // The rows `rotate --older-than` re-encrypted reference the key vault, whose keys are
+        // re-wrapped instead; the others' inline keys are re-wrapped in place.
+        moved.contains("to-key users: 43 of 43 rows done")
+            && moved.contains("of them in the key vault (jarvis_data_keys)"),
         "{moved}"
     );
     let report = verify_json(dir.path(), &vars);
@@ -1032,4 +1037,219 @@ async fn verify_checks_search_hashes_and_plaintext_left_beside_ciphertext() {
     assert!(unchecked.status.success());
     let report: serde_json::Value = serde_json::from_slice(&unchecked.stdout).expect("json");
     assert_eq!(report["search_hashes_checked"], false, "{report}");
+}
+
+/// A store of the seed's tables whose data keys go to the key vault, `max_values` values per
+/// data key.
+async fn vault_store(
+    url: &str,
+    db: &Database,
+    provider: Arc<dyn KeyProvider>,
+    search: SearchKey,
+    max_values: u64,
+) -> Store {
+    let vault = jarvis_models::DbKeyVault::connect(url)
+        .await
+        .expect("vault");
+    let encryptor = Encryptor::builder(provider)
+        .search_key(search)
+        .cache_limits(jarvis_crypt::CacheLimits {
+            max_messages: max_values,
+            ..jarvis_crypt::CacheLimits::default()
+        })
+        .key_vault(Arc::new(vault))
+        .build();
+    Store::new(db.clone(), encryptor, Arc::new(NoAudit))
+}
+
+const VAULT_KEYS: &str = "SELECT COUNT(*) AS n FROM jarvis_data_keys";
+const REFERENCES: &str = "SELECT COUNT(*) AS n FROM users WHERE length(email_data_key) = 20";
+
+/// `rotate --to-key` over values that reference the key vault re-wraps the vault's keys, one
+/// KMS call each, and writes no data row; the old key then retires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn to_key_rewraps_the_vault_and_writes_no_data_row() {
+    let keys = TwoKeys::new(
+        "vault-to-key",
+        Some(jarvis_tests::fresh_postgres_database("cli_vault_to_key")),
+    )
+    .await;
+    let (dir, db) = (&keys.dir, keys.db.clone());
+    let (old, new) = (keys.old.clone(), keys.new.clone());
+    let (vars_old, vars_new) = (keys.vars(&old, &[]), keys.vars(&new, &[]));
+    let provider = keys.old_provider().await;
+    let search = jarvis_models::keys::stored_search_key(&db, provider.as_ref())
+        .await
+        .expect("search key");
+    seed(
+        &vault_store(&keys.url, &db, provider, search, 100).await,
+        1_200,
+    )
+    .await;
+    let vault_keys = count(&db, VAULT_KEYS).await;
+    assert!(vault_keys >= 12, "{vault_keys} vault keys");
+    assert_eq!(count(&db, REFERENCES).await, 1_200);
+    let before = users(&db).await;
+
+    let rotated = run(
+        dir.path(),
+        &["rotate", "--to-key", &new, "--batch-size", "500"],
+        &vars_old,
+    );
+    let out = stdout(&rotated);
+    assert!(
+        out.contains(&format!(
+            "{vault_keys} data keys re-wrapped, 1 stored keys re-wrapped"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{vault_keys} of them in the key vault")),
+        "{out}"
+    );
+    // Every data row is byte for byte as it was.
+    assert_eq!(users(&db).await, before);
+    // The re-wrap is recorded, in the vault and in jarvis_jobs.
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) AS n FROM jarvis_data_keys WHERE rewrapped_at IS NOT NULL"
+        )
+        .await,
+        vault_keys
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) AS n FROM jarvis_jobs WHERE kind = 'rotate-to-key-vault' \
+             AND finished_at IS NOT NULL"
+        )
+        .await,
+        1
+    );
+    // verify reads the vault: every value under the new key.
+    let report = verify_json(dir.path(), &vars_new);
+    assert_eq!(report["clean"], true, "{report}");
+    for (column, current, _, by_key) in columns(&report) {
+        let keys: Vec<&String> = by_key.as_object().expect("keys").keys().collect();
+        assert!(
+            current == 0 || keys == vec![&new],
+            "{column} under {keys:?}, not only {new}"
+        );
+    }
+    // A second run has nothing to do.
+    let again = stdout(&run(dir.path(), &["rotate", "--to-key", &new], &vars_old));
+    assert!(
+        again.contains("0 data keys re-wrapped, 0 stored keys re-wrapped"),
+        "{again}"
+    );
+    // Nothing needs the old key: it retires.
+    let retired = run(
+        dir.path(),
+        &["retire-key", &old, "--pending-days", "7"],
+        &vars_new,
+    );
+    assert!(
+        stdout(&retired).contains("PendingDeletion"),
+        "{}",
+        stdout(&retired)
+    );
+}
+
+/// `rotate --reencrypt --to-key NEW` gives every value a fresh data key under NEW and revokes
+/// the keys it replaced once nothing references them: a replayed old value then reads as a
+/// revoked key, and `retire-key OLD` is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reencrypt_revokes_the_replaced_keys_and_the_old_key_retires() {
+    let keys = TwoKeys::new(
+        "vault-revoke",
+        Some(jarvis_tests::fresh_postgres_database("cli_vault_revoke")),
+    )
+    .await;
+    let (dir, db) = (&keys.dir, keys.db.clone());
+    let (old, new) = (keys.old.clone(), keys.new.clone());
+    let vars_old = keys.vars(&old, &[]);
+    let vars_new = keys.vars(&new, &[]);
+    let provider = keys.old_provider().await;
+    let search = jarvis_models::keys::stored_search_key(&db, provider.as_ref())
+        .await
+        .expect("search key");
+    seed(
+        &vault_store(&keys.url, &db, provider, search, 100).await,
+        300,
+    )
+    .await;
+    let old_keys = count(&db, VAULT_KEYS).await;
+    // The replaced keys are older than the writers' cache window.
+    execute(
+        &db,
+        "UPDATE jarvis_data_keys SET created_at = created_at - INTERVAL '1 hour'",
+    )
+    .await;
+    let replayed = users(&db).await.into_iter().next().expect("a user");
+
+    // While the old key wraps live vault keys, it cannot be retired.
+    let refused = jarvis(dir.path(), &["retire-key", &old], &vars_new)
+        .output()
+        .expect("retire-key");
+    assert_eq!(refused.status.code(), Some(1), "{}", stdout(&refused));
+
+    let out = stdout(&run(
+        dir.path(),
+        &["rotate", "--reencrypt", "--to-key", &new],
+        &vars_old,
+    ));
+    assert!(
+        out.contains(&format!(
+            "{old_keys} replaced data keys revoked in the key vault"
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) AS n FROM jarvis_data_keys WHERE revoked_at IS NOT NULL \
+             AND wrapped IS NULL AND master_key_id IS NULL"
+        )
+        .await,
+        old_keys
+    );
+    assert_eq!(count(&db, REFERENCES).await, 300);
+    let report = verify_json(dir.path(), &vars_new);
+    assert_eq!(report["clean"], true, "{report}");
+
+    // A value written back by hand under a revoked key does not read.
+    execute(
+        &db,
+        &format!(
+            "UPDATE users SET encrypted_email = '\\x{}', email_data_key = '\\x{}' WHERE id = {}",
+            hex(replayed.ciphertext.as_deref().expect("ciphertext")),
+            hex(replayed.data_key.as_deref().expect("data key")),
+            replayed.id
+        ),
+    )
+    .await;
+    let verified = jarvis(dir.path(), &["verify", "--json"], &vars_new)
+        .output()
+        .expect("verify");
+    assert_eq!(verified.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&verified.stdout).expect("json");
+    assert_eq!(report["clean"], false, "{report}");
+    assert!(report.to_string().contains("unknown_data_key"), "{report}");
+
+    // Revoked keys need no master key: the old one retires.
+    let retired = run(
+        dir.path(),
+        &["retire-key", &old, "--pending-days", "7"],
+        &vars_new,
+    );
+    assert!(
+        stdout(&retired).contains("PendingDeletion"),
+        "{}",
+        stdout(&retired)
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

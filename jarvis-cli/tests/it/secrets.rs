@@ -187,12 +187,30 @@ async fn jobs_at_trace_level_print_and_audit_no_secret() {
     .await
     .expect("data keys"));
     let provider = LocalKeyProvider::from_file(&key_file).expect("key file");
+    let vault = jarvis_models::DbKeyVault::connect(&url)
+        .await
+        .expect("vault");
     for key in wrapped {
         let wrapped = WrappedKey::new(key.key).expect("wrapped");
-        let data_key = provider
-            .unwrap_data_key(&wrapped, KeyPurpose::Field)
-            .await
-            .expect("unwrap");
+        // The stock jarvis writes references to its key vault: the key is the vault's.
+        let data_key = match wrapped.data_key_id() {
+            Some(id) => {
+                let held = jarvis_crypt::KeyVault::fetch(&vault, &[id])
+                    .await
+                    .expect("vault")
+                    .pop()
+                    .and_then(|k| k.wrapped)
+                    .expect("in the vault");
+                provider
+                    .unwrap_data_key_in(
+                        &held,
+                        &jarvis_crypt::KeyContext::in_vault(KeyPurpose::Field, id),
+                    )
+                    .await
+            }
+            None => provider.unwrap_data_key(&wrapped, KeyPurpose::Field).await,
+        }
+        .expect("unwrap");
         secrets.extend(renderings(data_key.expose_secret()));
     }
     // The scan reads real output: the jobs logged at debug level and named the public key id.

@@ -398,6 +398,12 @@ impl Job<'_> {
     }
 
     async fn batch_in_transaction(&self, ids: &mut Vec<i64>) -> Result<u64> {
+        // The batch's data keys are stored in the key vault (if any) before its transaction
+        // takes the rows' locks (on SQLite, the database's one writer).
+        self.cx
+            .encryptor()
+            .prepare_data_keys(self.options.batch_size)
+            .await?;
         let mut tx = Transaction::begin(self.cx.database()).await?;
         match self.encrypt_batch(tx.conn()?, ids).await {
             Ok(rows) => {

@@ -103,9 +103,9 @@ use chrono::{NaiveDateTime, Utc};
 use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
 use diesel_async::RunQueryDsl;
 use jarvis_crypt::{
-    AuditEvent, AuditSink, Encryptor, FieldDescription, MasterKeyRef, Operation, SearchDescription,
-    SearchHash, SearchKey, SearchKeyFingerprint, SearchSpec, StoredField, TableDescription,
-    WrappedKey, envelope_header,
+    AuditEvent, AuditSink, Encryptor, FieldDescription, MasterKeyRef, Operation, REFERENCE_LEN,
+    REFERENCE_VERSION, SearchDescription, SearchHash, SearchKey, SearchKeyFingerprint, SearchSpec,
+    StoredField, TableDescription, WRAPPED_KEY_MAGIC, WrappedKey, envelope_header,
 };
 use secrecy::zeroize::Zeroizing;
 use tokio::sync::OnceCell;
@@ -307,8 +307,16 @@ pub struct RotateReport {
     pub dry_run: bool,
     /// Per table, in the order done.
     pub tables: Vec<TableReport>,
-    /// Distinct data keys re-wrapped (`to-key`): one provider call each.
+    /// Distinct data keys re-wrapped (`to-key`), the vault's included: one provider call each.
     pub keys_rewrapped: u64,
+    /// Keys of the key vault (`jarvis_data_keys`) re-wrapped (`to-key`): one provider call
+    /// each, and no data row written for the values that reference them.
+    pub vault_keys_rewrapped: u64,
+    /// Keys of the key vault revoked by a finished `reencrypt` run over every table: keys
+    /// created [`REVOKE_GRACE`](crate::vault::REVOKE_GRACE) or more before the run began that
+    /// no value references any more (see
+    /// [`revoke_unreferenced_keys`](crate::vault::revoke_unreferenced_keys)).
+    pub vault_keys_revoked: u64,
     /// Keys of `jarvis_keys` (the stored search key) re-wrapped under the master key the
     /// whole database moved to (`to-key`, or `reencrypt` under a new master key).
     pub stored_keys_rewrapped: u64,
@@ -426,6 +434,8 @@ pub async fn rotate(
         dry_run: options.dry_run,
         tables: Vec::new(),
         keys_rewrapped: 0,
+        vault_keys_rewrapped: 0,
+        vault_keys_revoked: 0,
         stored_keys_rewrapped: 0,
         stopped: false,
         started_at,
@@ -462,6 +472,13 @@ pub async fn rotate(
     if options.dry_run {
         report.duration = started.elapsed();
         return Ok(report);
+    }
+    if let RotateMode::ToKey(to) = &options.mode {
+        // The vault first: one re-wrap per key, however many rows reference it, and no data
+        // row written.
+        report.vault_keys_rewrapped =
+            crate::vault::rewrap_vault_keys(db, cx.encryptor(), to).await?;
+        report.keys_rewrapped += report.vault_keys_rewrapped;
     }
 
     let job = Job {
@@ -502,7 +519,7 @@ pub async fn rotate(
                 entry.batches += batches.batches();
                 done += batches.rows_done();
                 rows_this_round += batches.rows_done();
-                report.keys_rewrapped = job.keys_rewrapped();
+                report.keys_rewrapped = report.vault_keys_rewrapped + job.keys_rewrapped();
                 if let Err(error) = result {
                     break Err(error);
                 }
@@ -582,6 +599,14 @@ pub async fn rotate(
                 "rotate: every search hash is under the new search key; its fingerprint is recorded"
             );
         }
+        if options.mode == RotateMode::Reencrypt && options.table.is_none() {
+            // Every value is under a fresh data key now: the keys it replaced are revoked
+            // once nothing references them.
+            let before = run.started_at
+                - chrono::Duration::from_std(crate::vault::REVOKE_GRACE).unwrap_or_default();
+            report.vault_keys_revoked =
+                crate::vault::revoke_unreferenced_keys(db, &tables, before).await?;
+        }
         run.finish(db).await?;
     }
     report.duration = started.elapsed();
@@ -618,6 +643,8 @@ fn already_done(
             })
             .collect(),
         keys_rewrapped: 0,
+        vault_keys_rewrapped: 0,
+        vault_keys_revoked: 0,
         stored_keys_rewrapped: 0,
         stopped: false,
         started_at: now,
@@ -946,18 +973,44 @@ impl Predicate {
                 Backend::Sqlite => format!("'{text}'"),
             }
         };
-        let not_under = |to: &MasterKeyRef| -> Result<String> {
+        let bytes = |bytes: &[u8]| match backend {
+            Backend::Postgres => format!("'\\x{}'::bytea", hex(bytes)),
+            Backend::Sqlite => format!("x'{}'", hex(bytes)),
+        };
+        let mut reference_prefix = WRAPPED_KEY_MAGIC.to_vec();
+        reference_prefix.push(REFERENCE_VERSION);
+        let reference = |f: &FieldDescription| {
+            format!(
+                "(length({dk}) = {REFERENCE_LEN} AND substr({dk}, 1, 4) = {prefix})",
+                dk = quote(f.data_key),
+                prefix = bytes(&reference_prefix)
+            )
+        };
+        // A current value whose data key is not under `to`: an inline envelope whose header
+        // names another master key or, with `vault`, a reference to a vault key whose does
+        // (a revoked or missing key counts as not under it).
+        let not_under = |to: &MasterKeyRef, vault: bool| -> Result<String> {
             let header = envelope_header(to)?;
-            let literal = match backend {
-                Backend::Postgres => format!("'\\x{}'::bytea", hex(&header)),
-                Backend::Sqlite => format!("x'{}'", hex(&header)),
-            };
+            let literal = bytes(&header);
             let n = header.len();
             Ok(any(&|f| {
+                let dk = quote(f.data_key);
+                let inline = format!(
+                    "(NOT {reference} AND substr({dk}, 1, {n}) <> {literal})",
+                    reference = reference(f)
+                );
+                let referenced = if vault {
+                    format!(
+                        " OR ({reference} AND NOT EXISTS (SELECT 1 FROM jarvis_data_keys k \
+                         WHERE k.id = substr({dk}, 5, 16) AND substr(k.wrapped, 1, {n}) = {literal}))",
+                        reference = reference(f)
+                    )
+                } else {
+                    String::new()
+                };
                 format!(
-                    "(COALESCE(length({iv}), 0) = 12 AND substr({dk}, 1, {n}) <> {literal})",
-                    iv = quote(f.iv),
-                    dk = quote(f.data_key)
+                    "(COALESCE(length({iv}), 0) = 12 AND ({inline}{referenced}))",
+                    iv = quote(f.iv)
                 )
             }))
         };
@@ -1011,14 +1064,15 @@ impl Predicate {
             }
             RotateMode::Reencrypt => Predicate {
                 not_done: Some(not_done.clone()),
-                ..in_current_form(format!("({} OR {not_done})", not_under(writer)?))
+                ..in_current_form(format!("({} OR {not_done})", not_under(writer, true)?))
             },
             RotateMode::Rehash => Predicate {
                 not_done: Some(not_done.clone()),
                 ..in_current_form(not_done)
             },
+            // References are not pending: their keys are re-wrapped in the vault.
             RotateMode::ToKey(to) => Predicate {
-                pending: format!("{} AND NOT {legacy}", not_under(to)?),
+                pending: format!("{} AND NOT {legacy}", not_under(to, false)?),
                 skipped: Some(legacy.clone()),
                 not_done: None,
                 pk: pk.clone(),
@@ -1175,6 +1229,12 @@ impl Job<'_> {
         position: &mut Option<i64>,
         ids: &mut Vec<i64>,
     ) -> Result<(u64, u64)> {
+        if !matches!(self.options.mode, RotateMode::ToKey(_) | RotateMode::Rehash) {
+            // The batch's new data keys are stored in the key vault (if any) before its
+            // transaction takes the rows' locks (on SQLite, the database's one writer).
+            let values = self.options.batch_size.saturating_mul(table.fields.len());
+            self.writer.prepare_data_keys(values).await?;
+        }
         let mut tx = Transaction::begin(self.cx.database()).await?;
         match self
             .rotate_batch(tx.conn()?, table, predicate, position, ids)

@@ -33,6 +33,7 @@ impl Store {
         create_one!(
             self,
             self.encryptor.clone(),
+            ApiKey,
             api_keys,
             "encrypted_key",
             Operation::Encrypt,
@@ -113,8 +114,11 @@ impl Store {
         let started = Instant::now();
         let enc = self.encryptor.clone();
         let key = key.to_owned();
+        let values = <ApiKey as jarvis_crypt::EncryptedTable>::table()
+            .fields
+            .len();
         let result = self
-            .write(move |conn| {
+            .write_sealing(&self.encryptor, values, move |conn| {
                 Box::pin(async move {
                     let row: ApiKeyRow = first_for_update!(
                         conn,

@@ -76,14 +76,18 @@ macro_rules! find_by_id {
 }
 
 /// Creates one row of `$table`: reserves its id, builds the model from `$id` and the time
-/// `$at`, encrypts it with `$enc` and inserts it, in one transaction; the write is audited.
+/// `$at`, encrypts it with `$enc` (whose data keys are made ready before the transaction) and
+/// inserts it, in one transaction; the write is audited.
 macro_rules! create_one {
-    ($self:ident, $enc:expr, $table:ident, $column:literal, $operation:expr,
+    ($self:ident, $enc:expr, $model:ty, $table:ident, $column:literal, $operation:expr,
      |$id:ident, $at:ident| $build:expr) => {{
         let started = Instant::now();
         let enc = $enc;
+        let values = <$model as jarvis_crypt::EncryptedTable>::table()
+            .fields
+            .len();
         let result = $self
-            .write(move |conn| {
+            .write_sealing(&enc.clone(), values, move |conn| {
                 Box::pin(async move {
                     let $id = Self::reserve_ids(conn, stringify!($table), 1).await?[0];
                     let $at = now();
@@ -199,12 +203,13 @@ impl Store {
         }
     }
 
-    /// Runs `work` in a write transaction ([`jarvis_db::repo::write`]).
-    async fn write<T, F>(&self, work: F) -> Result<T>
+    /// Runs `work`, which seals `values` values with `encryptor`, in a write transaction
+    /// ([`jarvis_db::repo::write_sealing`]: the data keys are made ready first).
+    async fn write_sealing<T, F>(&self, encryptor: &Encryptor, values: usize, work: F) -> Result<T>
     where
         F: for<'c> FnOnce(&'c mut Conn) -> futures::future::BoxFuture<'c, Result<T>>,
     {
-        jarvis_db::repo::write(&self.db, work).await
+        jarvis_db::repo::write_sealing(&self.db, encryptor, values, work).await
     }
 
     /// Reserves `n` new ids of `table` ([`jarvis_db::repo::reserve_ids`]).

@@ -36,6 +36,7 @@ impl Store {
         create_one!(
             self,
             self.encryptor.with_fresh_data_key(),
+            OAuthToken,
             oauth_tokens,
             "encrypted_access_token",
             Operation::Encrypt,
@@ -112,8 +113,11 @@ impl Store {
         let fresh = self.encryptor.with_fresh_data_key();
         let access_token = access_token.to_owned();
         let refresh_token = refresh_token.map(str::to_owned);
+        let values = <OAuthToken as jarvis_crypt::EncryptedTable>::table()
+            .fields
+            .len();
         let result = self
-            .write(move |conn| {
+            .write_sealing(&fresh.clone(), values, move |conn| {
                 Box::pin(async move {
                     let row: OAuthTokenRow = first_for_update!(
                         conn,

@@ -18,7 +18,7 @@ impl Store {
         let started = Instant::now();
         let enc = self.encryptor.clone();
         let result = self
-            .write(move |conn| {
+            .write_sealing(&self.encryptor, emails.len(), move |conn| {
                 Box::pin(async move {
                     let ids = Self::reserve_ids(conn, "users", emails.len()).await?;
                     let at = now();
@@ -260,7 +260,7 @@ impl Store {
         let enc = self.encryptor.clone();
         let email = email.to_owned();
         let result = self
-            .write(move |conn| {
+            .write_sealing(&self.encryptor, 1, move |conn| {
                 Box::pin(async move {
                     let row: UserRow =
                         first_for_update!(conn, users::table.find(id).select(UserRow::as_select()))

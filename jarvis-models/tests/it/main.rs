@@ -6,3 +6,4 @@ mod migrations;
 mod rotate;
 mod soak;
 mod store;
+mod vault;

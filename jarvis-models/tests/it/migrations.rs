@@ -21,8 +21,8 @@ use jarvis_models::migrations::{
 };
 use jarvis_models::schema::{
     active_api_keys_summary, api_keys, encrypted_backups, encryption_audit_log,
-    encryption_audit_summary, jarvis_job_progress, jarvis_jobs, jarvis_keys, jarvis_settings,
-    oauth_tokens, oauth_tokens_summary, users,
+    encryption_audit_summary, jarvis_data_keys, jarvis_job_progress, jarvis_jobs, jarvis_keys,
+    jarvis_settings, oauth_tokens, oauth_tokens_summary, users,
 };
 use serde_json::json;
 use tempfile::TempDir;
@@ -142,9 +142,9 @@ both_backends!(
 // ---------------------------------------------------------------------------------------------
 
 /// The embedded migrations of each backend.
-const MIGRATION_COUNT: usize = 11;
+const MIGRATION_COUNT: usize = 12;
 
-const TABLES: [&str; 9] = [
+const TABLES: [&str; 10] = [
     "users",
     "api_keys",
     "oauth_tokens",
@@ -154,6 +154,7 @@ const TABLES: [&str; 9] = [
     "jarvis_jobs",
     "jarvis_job_progress",
     "jarvis_settings",
+    "jarvis_data_keys",
 ];
 const VIEWS: [&str; 3] = [
     "active_api_keys_summary",
@@ -507,7 +508,7 @@ fn declared_schema() -> BTreeMap<&'static str, (bool, Vec<DeclaredColumn>)> {
     }
     relations!(
         users, api_keys, oauth_tokens, encrypted_backups, encryption_audit_log, jarvis_keys,
-        jarvis_jobs, jarvis_job_progress, jarvis_settings;
+        jarvis_jobs, jarvis_job_progress, jarvis_settings, jarvis_data_keys;
         active_api_keys_summary, oauth_tokens_summary, encryption_audit_summary
     )
 }
@@ -1362,8 +1363,12 @@ fn ids_can_be_reserved_before_the_first_write(backend: Backend) {
     let mut conn = db.migrate();
     match &mut conn {
         Db::Pg(c) => {
-            // every table's id is backed by `<table>_id_seq` (jarvis_settings is keyed by name)
-            for table in TABLES.into_iter().filter(|t| *t != "jarvis_settings") {
+            // every table's id is backed by `<table>_id_seq` (jarvis_settings is keyed by
+            // name, jarvis_data_keys by the data key's random id)
+            for table in TABLES
+                .into_iter()
+                .filter(|t| !["jarvis_settings", "jarvis_data_keys"].contains(t))
+            {
                 let rows: Vec<SequenceName> = diesel::sql_query(format!(
                     "SELECT pg_get_serial_sequence('{table}', 'id') AS sequence"
                 ))
@@ -1586,8 +1591,11 @@ fn apply_released(db: &TestDatabase) {
             .map(|v| v.len()),
     }
     .expect("the released migrations");
-    assert_eq!(applied, MIGRATION_COUNT);
+    assert_eq!(applied, RELEASED_COUNT);
 }
+
+/// How many migrations the released set has.
+const RELEASED_COUNT: usize = 11;
 
 async fn upgrade_from_the_released_set(backend: Backend) {
     use std::sync::Arc;
@@ -1631,11 +1639,17 @@ async fn upgrade_from_the_released_set(backend: Backend) {
     .await
     .expect("catalogue");
 
-    // The upgrade applies nothing: both sets' versions are there.
+    // The upgrade applies what came after the release (the key vault), and nothing again:
+    // both sets' released versions are there.
     let applied = migrations::run_pending_migrations(&url)
         .await
         .expect("upgrade");
-    assert!(applied.is_empty(), "re-applied: {applied:?}");
+    let names: Vec<&str> = applied.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["2026-12-07-000012_data_keys"],
+        "applied again or missing"
+    );
     let status = migrations::migration_status(&url).await.expect("status");
     assert!(
         status.is_up_to_date() && status.unknown.is_empty(),
@@ -1673,7 +1687,17 @@ async fn upgrade_from_the_released_set(backend: Backend) {
     })
     .await
     .expect("catalogues");
-    assert_eq!(before, after, "the upgrade changed the schema");
+    // The upgrade added the key vault and changed nothing else.
+    assert!(
+        before.iter().all(|entry| after.contains(entry)),
+        "the upgrade changed the released schema"
+    );
+    let added: Vec<_> = after.iter().filter(|e| !before.contains(e)).collect();
+    assert!(!added.is_empty());
+    assert!(
+        added.iter().all(|e| e.contains("jarvis_data_keys")),
+        "{added:?}"
+    );
     assert!(upgraded_problems.is_empty(), "{upgraded_problems:?}");
     // The two sets build what the released set built.
     assert_eq!(
@@ -1733,6 +1757,7 @@ async fn the_bookkeeping_set_alone_has_no_seed_tables() {
     for table in [
         "jarvis_keys",
         "jarvis_settings",
+        "jarvis_data_keys",
         "jarvis_jobs",
         "jarvis_job_progress",
         "encryption_audit_log",

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use diesel::{ExpressionMethods, QueryDsl};
 use diesel_async::RunQueryDsl;
 use jarvis_crypt::{
-    AuditSink, CacheLimits, DataKey, Encryptor, GeneratedDataKey, KeyProvider, KeyPurpose,
-    LocalKeyProvider, MasterKeyRef, ProviderKind, SearchKey, WrappedKey,
+    AuditSink, CacheLimits, DataKey, Encryptor, GeneratedDataKey, KeyContext, KeyProvider,
+    KeyPurpose, LocalKeyProvider, MasterKeyRef, ProviderKind, SearchKey, WrappedKey,
 };
 use jarvis_models::db::{self, Conn, Database};
 use jarvis_models::schema::{encryption_audit_log, users};
@@ -52,11 +52,37 @@ impl KeyProvider for Counting {
     ) -> jarvis_crypt::Result<WrappedKey> {
         self.inner.rewrap_data_key(wrapped, purpose, to).await
     }
+    fn binds_data_key_ids(&self) -> bool {
+        true
+    }
+    async fn generate_data_key_in(
+        &self,
+        context: &KeyContext,
+    ) -> jarvis_crypt::Result<GeneratedDataKey> {
+        self.inner.generate_data_key_in(context).await
+    }
+    async fn unwrap_data_key_in(
+        &self,
+        wrapped: &WrappedKey,
+        context: &KeyContext,
+    ) -> jarvis_crypt::Result<DataKey> {
+        self.unwraps.fetch_add(1, Ordering::SeqCst);
+        self.inner.unwrap_data_key_in(wrapped, context).await
+    }
+    async fn rewrap_data_key_in(
+        &self,
+        wrapped: &WrappedKey,
+        context: &KeyContext,
+        to: &MasterKeyRef,
+    ) -> jarvis_crypt::Result<WrappedKey> {
+        self.inner.rewrap_data_key_in(wrapped, context, to).await
+    }
 }
 
 const MASTER: &str = "2b7e151628aed2a6abf7158809cf4f3c2b7e151628aed2a6abf7158809cf4f3c";
 
 struct Fixture {
+    url: String,
     db: Database,
     store: Store,
     audit: DbAudit,
@@ -82,13 +108,17 @@ async fn fixture(backend: &str, limits: CacheLimits) -> Fixture {
     let search = jarvis_models::keys::stored_search_key(&db, provider.as_ref())
         .await
         .expect("search key");
+    // The seed's application keeps its data keys in the key vault.
+    let vault = jarvis_db::DbKeyVault::connect(&url).await.expect("vault");
     let encryptor = Encryptor::builder(provider.clone())
         .search_key(search)
         .cache_limits(limits)
+        .key_vault(Arc::new(vault))
         .build();
     let audit = DbAudit::start(db.clone());
     let store = Store::new(db.clone(), encryptor, Arc::new(audit.clone()));
     Fixture {
+        url,
         db,
         store,
         audit,
@@ -442,8 +472,11 @@ async fn listing_unwraps_each_data_key_once(backend: &str) {
         .map(|i| format!("user{i}@example.com"))
         .collect();
     f.store.create_users(emails).await.expect("create");
-    // A cold reader over the same master key and database.
-    let reader = Encryptor::builder(f.provider.clone()).build();
+    // A cold reader over the same master key, database and key vault.
+    let vault = jarvis_db::DbKeyVault::connect(&f.url).await.expect("vault");
+    let reader = Encryptor::builder(f.provider.clone())
+        .key_vault(Arc::new(vault))
+        .build();
     let store = Store::new(f.db.clone(), reader, Arc::new(jarvis_crypt::NoAudit));
     let before = AtomicUsize::load(&f.provider.unwraps, Ordering::SeqCst);
     let users = store.list_users(20_000, 0).await.expect("list");

@@ -1,0 +1,1 @@
+DROP TABLE jarvis_data_keys;

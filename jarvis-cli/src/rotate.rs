@@ -17,7 +17,7 @@ use crate::jobs::{ProgressView, stop_on_ctrl_c};
     clap::ArgGroup::new("mode")
         .required(true)
         .multiple(true)
-        .args(["older_than", "to_key", "reencrypt", "legacy", "rehash"])
+        .args(["older_than", "to_key", "reencrypt", "legacy", "rehash", "compact"])
 ))]
 pub(crate) struct RotateArgs {
     /// Only this table (a registered model's, for example `users`).
@@ -47,6 +47,11 @@ pub(crate) struct RotateArgs {
     /// table; stop the applications' lookups and writes meanwhile.
     #[arg(long, conflicts_with = "table")]
     rehash: bool,
+    /// Move the data keys of values written inline into the key vault: one vault row and one
+    /// provider call per distinct inline key, and each value's envelope replaced by its
+    /// 20-byte reference (ciphertexts untouched). Needs a binary with the key vault.
+    #[arg(long, conflicts_with_all = ["older_than", "to_key", "reencrypt", "legacy", "rehash"])]
+    compact: bool,
     /// Rows per batch (one transaction each).
     #[arg(long, default_value_t = RotateOptions::DEFAULT_BATCH_SIZE)]
     batch_size: usize,
@@ -86,6 +91,7 @@ pub(crate) async fn run(
     // The target of --to-key is allowed for decryption for this run: re-wrapped keys are
     // verified under it.
     let (mode, write_under, decrypt_also) = match modes {
+        _ if args.compact => (RotateMode::Compact, None, None),
         (Some(age), None, false, false, false) => {
             (RotateMode::OlderThan(parse_age(age)?), None, None)
         }
@@ -95,7 +101,7 @@ pub(crate) async fn run(
         (None, None, false, false, true) => (RotateMode::Rehash, None, None),
         _ => anyhow::bail!(
             "choose one of --older-than AGE, --to-key KEY, --reencrypt [--to-key KEY], \
-             --legacy, --rehash"
+             --legacy, --rehash, --compact"
         ),
     };
     let rehash_key = match (&mode, new_search_key) {
@@ -170,6 +176,12 @@ pub(crate) async fn run(
                 report.vault_keys_rewrapped
             );
         }
+    }
+    if matches!(options.mode, RotateMode::Compact) {
+        out!(
+            "{} inline data keys moved into the key vault (jarvis_data_keys)",
+            report.keys_rewrapped
+        );
     }
     if report.vault_keys_revoked > 0 {
         out!(

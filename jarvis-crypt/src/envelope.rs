@@ -375,6 +375,28 @@ impl Encryptor {
             .await
     }
 
+    /// The key vault's form of a data key written inline: the same data key, under the same
+    /// master key, bound to `id` by its provider (one call), ready to be stored in the vault
+    /// and referenced in place of the inline envelope. What `rotate --compact` does once per
+    /// distinct inline key; the values sealed under it stay as they are.
+    pub async fn bind_inline_key(
+        &self,
+        wrapped: &WrappedKey,
+        purpose: KeyPurpose,
+        id: DataKeyId,
+    ) -> Result<VaultKey> {
+        let provider = self.provider_for(wrapped)?;
+        self.inner.cache.count_rewrap();
+        let bound = provider
+            .rebind_data_key(
+                wrapped,
+                &KeyContext::new(purpose),
+                &KeyContext::in_vault(purpose, id),
+            )
+            .await?;
+        Ok(VaultKey::new(id, purpose, bound))
+    }
+
     /// Re-wraps a key wrapped for `purpose` (a stored search key, say) under `to`, through the
     /// provider that holds its current master key: the primary one or one added with
     /// [`decrypt_with`](EncryptorBuilder::decrypt_with). A key under a master key none of them

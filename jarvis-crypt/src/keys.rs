@@ -549,6 +549,21 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
             Some(_) => Err(ids_not_bound(self)),
         }
     }
+
+    /// The same data key under the same master key, bound to the context `into` instead of
+    /// `from` (a key written inline, bound to its purpose alone, given an id to live in the key
+    /// vault: `rotate --compact`). One provider call where the provider can (KMS `ReEncrypt`
+    /// with a source and a destination encryption context). The default refuses: a provider
+    /// that does not bind ids keeps its inline envelopes.
+    async fn rebind_data_key(
+        &self,
+        wrapped: &WrappedKey,
+        from: &KeyContext,
+        into: &KeyContext,
+    ) -> Result<WrappedKey> {
+        let _ = (wrapped, from, into);
+        Err(ids_not_bound(self))
+    }
 }
 
 #[cfg(test)]

@@ -400,6 +400,22 @@ impl KeyProvider for LocalKeyProvider {
         let key = self.unwrap_data_key_in(wrapped, context).await?;
         self.wrap(&key, to, context)
     }
+
+    async fn rebind_data_key(
+        &self,
+        wrapped: &WrappedKey,
+        from: &KeyContext,
+        into: &KeyContext,
+    ) -> Result<WrappedKey> {
+        let key = self.unwrap_data_key_in(wrapped, from).await?;
+        let master_key = match wrapped.envelope()? {
+            KeyEnvelope::Jarvis { master_key, .. } => master_key,
+            KeyEnvelope::Legacy { .. } => {
+                return Err(Error::stored("a legacy blob is not a local key's"));
+            }
+        };
+        self.wrap(&key, &master_key, into)
+    }
 }
 
 /// The id of a key file without an `id` line: the fingerprint of its lowest version.

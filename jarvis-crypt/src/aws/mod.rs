@@ -724,6 +724,39 @@ impl KeyProvider for AwsKms {
         context: &KeyContext,
         to: &MasterKeyRef,
     ) -> Result<WrappedKey> {
+        self.reencrypt(wrapped, context, context, to).await
+    }
+
+    /// One `ReEncrypt` under the key's own master key, from the source context to the
+    /// destination context.
+    async fn rebind_data_key(
+        &self,
+        wrapped: &WrappedKey,
+        from: &KeyContext,
+        into: &KeyContext,
+    ) -> Result<WrappedKey> {
+        let master_key = match wrapped.envelope()? {
+            KeyEnvelope::Jarvis { master_key, .. } => master_key,
+            KeyEnvelope::Legacy { .. } => {
+                return Err(Error::Configuration(
+                    "a legacy row's data key is not rebound: re-encrypt the value instead".into(),
+                ));
+            }
+        };
+        self.reencrypt(wrapped, from, into, &master_key).await
+    }
+}
+
+impl AwsKms {
+    /// `ReEncrypt` of `wrapped` (source context `from`) under `to` (destination context
+    /// `into`); the source must be one of the provider's allowed keys.
+    async fn reencrypt(
+        &self,
+        wrapped: &WrappedKey,
+        from: &KeyContext,
+        into: &KeyContext,
+        to: &MasterKeyRef,
+    ) -> Result<WrappedKey> {
         if to.provider != ProviderKind::AwsKms {
             return Err(Error::Configuration(format!(
                 "the aws-kms provider cannot re-wrap a data key under {to}; decrypt and encrypt again instead"
@@ -734,7 +767,7 @@ impl KeyProvider for AwsKms {
             client
                 .re_encrypt()
                 .destination_key_id(&to.key_id)
-                .set_destination_encryption_context(Some(context_of(context)))
+                .set_destination_encryption_context(Some(context_of(into)))
         };
         let out = match wrapped.envelope()? {
             KeyEnvelope::Jarvis {
@@ -747,7 +780,7 @@ impl KeyProvider for AwsKms {
                     request()
                         .source_key_id(key_arn)
                         .ciphertext_blob(Blob::new(payload))
-                        .set_source_encryption_context(Some(context_of(context)))
+                        .set_source_encryption_context(Some(context_of(from)))
                         .send(),
                 )
                 .await?;

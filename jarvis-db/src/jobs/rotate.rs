@@ -11,6 +11,7 @@
 //! | [`RotateMode::ToKey`] | its data keys re-wrapped under another master key (KMS `ReEncrypt`); ciphertexts untouched | a data key is not yet under that master key |
 //! | [`RotateMode::Legacy`] | its legacy values (16-byte IV, no associated data, bare KMS blob) re-encrypted in the current form, search hash included | a value is legacy |
 //! | [`RotateMode::Rehash`] | its search hashes recomputed under the new root search key; nothing else | no committed batch of this run has done it |
+//! | [`RotateMode::Compact`] | the inline envelopes of its data keys replaced by 20-byte references to the keys' copies in the key vault (one provider call and one vault row per distinct key); ciphertexts untouched | a value's data key is an inline envelope |
 //!
 //! Re-encryption writes through [`Encryptor::with_fresh_data_key`] of the job's encryptor:
 //! new data keys under the encryptor's current master key (for "re-encrypt under another master
@@ -140,6 +141,11 @@ pub enum RotateMode {
     /// fingerprint in place of the old one: a deliberate change of search key, or of a
     /// column's normalizers. Every table at once.
     Rehash,
+    /// Move the data keys of values written inline into the key vault: each distinct inline
+    /// key is bound to an id by its provider (one call, KMS `ReEncrypt` under the same master
+    /// key), stored in the vault once, and its values get the 20-byte reference in place of
+    /// the envelope; ciphertexts untouched. The job's encryptor must have a key vault.
+    Compact,
 }
 
 impl RotateMode {
@@ -150,12 +156,13 @@ impl RotateMode {
             RotateMode::ToKey(_) => "to-key",
             RotateMode::Legacy => "legacy",
             RotateMode::Rehash => "rehash",
+            RotateMode::Compact => "compact",
         }
     }
 
     fn operation(&self) -> Operation {
         match self {
-            RotateMode::ToKey(_) => Operation::Rewrap,
+            RotateMode::ToKey(_) | RotateMode::Compact => Operation::Rewrap,
             RotateMode::Rehash => Operation::Rehash,
             _ => Operation::Rotate,
         }
@@ -379,6 +386,12 @@ pub async fn rotate(
     for table in &tables {
         described::primary_key(table)?;
     }
+    if options.mode == RotateMode::Compact && !cx.encryptor().writes_references() {
+        return Err(configuration(
+            "rotate --compact needs an encryptor with a key vault (EncryptorBuilder::key_vault, \
+             Jarvis::key_vault) and a provider that binds data-key ids",
+        ));
+    }
     if options.mode == RotateMode::Legacy && !cx.encryptor().allows_legacy() {
         return Err(configuration(
             "rotate --legacy needs an encryptor that accepts legacy rows (allow_legacy)",
@@ -490,6 +503,13 @@ pub async fn rotate(
         run: run.as_ref().map(|r| r.id),
         rewrapped: Mutex::default(),
     };
+    if options.mode == RotateMode::Compact {
+        // Every distinct inline key's vault copy is stored before the batches, outside their
+        // transactions (on SQLite, the vault's insert would wait for a batch's write lock).
+        for table in &tables {
+            job.compact_keys_of(table).await?;
+        }
+    }
     let mut done = 0;
     // Rounds over the tables: a table done earlier may have pending rows again once the
     // others are done (values the application wrote under another master key since), so the
@@ -1070,6 +1090,19 @@ impl Predicate {
                 not_done: Some(not_done.clone()),
                 ..in_current_form(not_done)
             },
+            RotateMode::Compact => Predicate {
+                pending: format!(
+                    "{} AND NOT {legacy}",
+                    any(&|f| format!(
+                        "(COALESCE(length({iv}), 0) = 12 AND NOT {reference})",
+                        iv = quote(f.iv),
+                        reference = reference(f)
+                    ))
+                ),
+                skipped: Some(legacy.clone()),
+                not_done: None,
+                pk: pk.clone(),
+            },
             // References are not pending: their keys are re-wrapped in the vault.
             RotateMode::ToKey(to) => Predicate {
                 pending: format!("{} AND NOT {legacy}", not_under(to, false)?),
@@ -1097,6 +1130,9 @@ impl Predicate {
         format!("{} IN ({}) AND {condition}", self.pk, list.join(","))
     }
 }
+
+/// What the id of an inline key's vault copy is derived from, with its envelope's bytes.
+const COMPACT_ID_LABEL: &[u8] = b"jarvis-crypt compact v1\0";
 
 /// Distinct data keys re-wrapped at once by one batch.
 const REWRAP_CONCURRENCY: usize = 16;
@@ -1229,7 +1265,10 @@ impl Job<'_> {
         position: &mut Option<i64>,
         ids: &mut Vec<i64>,
     ) -> Result<(u64, u64)> {
-        if !matches!(self.options.mode, RotateMode::ToKey(_) | RotateMode::Rehash) {
+        if !matches!(
+            self.options.mode,
+            RotateMode::ToKey(_) | RotateMode::Rehash | RotateMode::Compact
+        ) {
             // The batch's new data keys are stored in the key vault (if any) before its
             // transaction takes the rows' locks (on SQLite, the database's one writer).
             let values = self.options.batch_size.saturating_mul(table.fields.len());
@@ -1306,6 +1345,7 @@ impl Job<'_> {
         let mut values = self.decrypt(table, &rows).await?;
         match (&self.options.mode, &self.hashers) {
             (RotateMode::ToKey(to), _) => self.rewrap_values(&mut values, to).await?,
+            (RotateMode::Compact, _) => self.compact_values(&mut values).await?,
             (RotateMode::Rehash, Some(hashers)) => {
                 for value in &mut values {
                     value.hash =
@@ -1441,6 +1481,132 @@ impl Job<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Gives the inline data keys of `values` their references in the key vault, once per
+    /// distinct key of the run ([`compacted`](Self::compacted)).
+    async fn compact_values(&self, values: &mut [Value]) -> Result<()> {
+        use futures::{StreamExt, TryStreamExt};
+        let mut distinct: HashMap<Vec<u8>, WrappedKey> = HashMap::new();
+        for value in values.iter() {
+            let key = &value.old.data_key;
+            if key.data_key_id().is_none() && !key.is_legacy() {
+                distinct
+                    .entry(key.as_bytes().to_vec())
+                    .or_insert_with(|| key.clone());
+            }
+        }
+        let new: HashMap<Vec<u8>, WrappedKey> = futures::stream::iter(distinct)
+            .map(|(bytes, key)| async move {
+                let cell = self.cell(&key);
+                let reference = cell.get_or_try_init(|| self.compacted(&key)).await?;
+                Ok::<_, ModelError>((bytes, reference.clone()))
+            })
+            .buffer_unordered(REWRAP_CONCURRENCY)
+            .try_collect()
+            .await?;
+        for value in values.iter_mut() {
+            if let Some(reference) = new.get(value.old.data_key.as_bytes()) {
+                let mut stored = value.old.clone();
+                stored.data_key = reference.clone();
+                value.new = Some(stored);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the vault copy of every distinct inline data key of `table`'s current values,
+    /// one statement per column to find them; the batches then only reference them.
+    async fn compact_keys_of(&self, table: &'static TableDescription) -> Result<()> {
+        use futures::{StreamExt, TryStreamExt};
+        #[derive(diesel::QueryableByName)]
+        struct Key {
+            #[diesel(sql_type = diesel::sql_types::Binary)]
+            key: Vec<u8>,
+        }
+        let mut keys = Vec::new();
+        {
+            let mut conn = self.cx.database().get().await?;
+            for field in &table.fields {
+                let sql = format!(
+                    "SELECT DISTINCT {dk} AS key FROM {table} \
+                     WHERE length({iv}) = 12 AND length({dk}) <> {len}",
+                    dk = quote(field.data_key),
+                    iv = quote(field.iv),
+                    table = quote(&table.name),
+                    len = jarvis_crypt::REFERENCE_LEN,
+                );
+                let found: Vec<Key> =
+                    with_conn!(&mut conn, |c| diesel::sql_query(&sql).load(c).await?);
+                keys.extend(found.into_iter().map(|k| k.key));
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        futures::stream::iter(keys)
+            .map(|bytes| async move {
+                let key = WrappedKey::new(bytes)?;
+                if key.data_key_id().is_some() || key.is_legacy() {
+                    return Ok(());
+                }
+                self.cell(&key)
+                    .get_or_try_init(|| self.compacted(&key))
+                    .await?;
+                Ok::<_, ModelError>(())
+            })
+            .buffer_unordered(REWRAP_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// The reference to the vault's copy of the inline key `key`, stored first if the vault
+    /// does not hold it. Its id is derived from the inline envelope's bytes, so a rerun (after
+    /// a kill) and concurrent workers find the copy already stored instead of making another.
+    async fn compacted(&self, key: &WrappedKey) -> jarvis_crypt::Result<WrappedKey> {
+        use sha2::Digest;
+        let encryptor = self.cx.encryptor();
+        let vault = encryptor.key_vault().ok_or_else(|| {
+            jarvis_crypt::Error::Configuration("rotate --compact needs a key vault".into())
+        })?;
+        let digest = sha2::Sha256::new()
+            .chain_update(COMPACT_ID_LABEL)
+            .chain_update(key.as_bytes())
+            .finalize();
+        let mut id = [0u8; jarvis_crypt::DATA_KEY_ID_LEN];
+        id.copy_from_slice(&digest[..jarvis_crypt::DATA_KEY_ID_LEN]);
+        let id = jarvis_crypt::DataKeyId::from_bytes(id);
+        let held = |keys: Vec<jarvis_crypt::VaultKey>| -> jarvis_crypt::Result<bool> {
+            match keys.into_iter().next() {
+                Some(found) if found.wrapped.is_some() => Ok(true),
+                Some(_) => Err(jarvis_crypt::Error::UnknownDataKey {
+                    id: id.to_hex(),
+                    revoked: true,
+                }),
+                None => Ok(false),
+            }
+        };
+        if !held(vault.fetch(&[id]).await?)? {
+            let bound = encryptor
+                .bind_inline_key(key, jarvis_crypt::KeyPurpose::Field, id)
+                .await?;
+            if let Err(error) = vault.store(&bound).await {
+                // Another worker stored its own binding of the same key first: use it.
+                if !held(vault.fetch(&[id]).await?)? {
+                    return Err(error);
+                }
+            }
+        }
+        Ok(WrappedKey::reference(id))
+    }
+
+    /// The run's memo of one data key's new form.
+    fn cell(&self, key: &WrappedKey) -> Arc<tokio::sync::OnceCell<WrappedKey>> {
+        let mut cells = self
+            .rewrapped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(cells.entry(key.as_bytes().to_vec()).or_default())
     }
 
     /// `key` re-wrapped under `to`, by the provider once per run: concurrent callers asking

@@ -673,3 +673,36 @@ async fn a_vault_key_id_is_bound_into_the_encryption_context() {
         .expect_err("no id");
     assert!(matches!(err, Error::AuthenticationFailed), "{err}");
 }
+
+/// `rotate --compact`'s one call per inline key: the same data key, bound to an id by one
+/// `ReEncrypt` under the same KMS key (source context without the id, destination with it).
+#[tokio::test]
+async fn an_inline_key_is_rebound_to_a_vault_id_in_one_call() {
+    use jarvis_crypt::{DataKeyId, KeyContext};
+    use secrecy::ExposeSecret;
+    let connection = direct().await;
+    let arn = fresh_key(&connection).await;
+    let kms = AwsKms::new(connection, &arn).await.expect("provider");
+    let inline = kms
+        .generate_data_key(KeyPurpose::Field)
+        .await
+        .expect("generate");
+    let id = DataKeyId::from_bytes([5; 16]);
+    let into = KeyContext::in_vault(KeyPurpose::Field, id);
+    let bound = kms
+        .rebind_data_key(&inline.wrapped, &KeyContext::new(KeyPurpose::Field), &into)
+        .await
+        .expect("rebind");
+    assert_ne!(bound, inline.wrapped);
+    assert_eq!(
+        bound.envelope().expect("envelope").master_key(),
+        inline.wrapped.envelope().expect("envelope").master_key()
+    );
+    let key = kms.unwrap_data_key_in(&bound, &into).await.expect("unwrap");
+    assert_eq!(key.expose_secret(), inline.key.expose_secret());
+    let err = kms
+        .unwrap_data_key(&bound, KeyPurpose::Field)
+        .await
+        .expect_err("bound to the id");
+    assert!(matches!(err, Error::AuthenticationFailed), "{err}");
+}

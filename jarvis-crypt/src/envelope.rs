@@ -522,13 +522,26 @@ impl Encryptor {
         let Some(vault) = &self.inner.vault else {
             return resolver;
         };
-        let mut ids: Vec<DataKeyId> = wrapped
-            .iter()
-            .filter(|(w, purpose)| !self.inner.cache.holds(w.as_bytes(), *purpose))
-            .filter_map(|(w, _)| w.data_key_id())
+        // A page is mostly runs of one key: each distinct reference is looked up in the cache
+        // once (the lookup copies its key), not once per value.
+        let mut referenced: Vec<(DataKeyId, KeyPurpose, &WrappedKey)> = Vec::new();
+        let mut previous: Option<&[u8]> = None;
+        for (w, purpose) in wrapped {
+            if previous == Some(w.as_bytes()) {
+                continue;
+            }
+            previous = Some(w.as_bytes());
+            if let Some(id) = w.data_key_id() {
+                referenced.push((id, *purpose, *w));
+            }
+        }
+        referenced.sort_unstable_by_key(|(id, ..)| *id);
+        referenced.dedup_by_key(|(id, ..)| *id);
+        let ids: Vec<DataKeyId> = referenced
+            .into_iter()
+            .filter(|(_, purpose, w)| !self.inner.cache.holds(w.as_bytes(), *purpose))
+            .map(|(id, ..)| id)
             .collect();
-        ids.sort_unstable();
-        ids.dedup();
         if ids.is_empty() {
             return resolver;
         }

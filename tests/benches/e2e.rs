@@ -39,7 +39,7 @@
 //! eval "$(scripts/services env)"
 //! cargo bench -p jarvis-tests --bench e2e -- [--n 100000] [--backend postgres|sqlite|both] \
 //!     [--provider kms|local|both] [--audit db|none|both] [--batch 1000] [--lookups 10000] \
-//!     [--passes 3] [--keys vault|inline] [--scale [--n-max 1000000]]
+//!     [--passes 3] [--keys vault|inline] [--pool 4] [--scale [--n-max 1000000]]
 //! ```
 
 #![allow(missing_docs)]
@@ -88,6 +88,7 @@ struct PlainUser {
     updated_at: NaiveDateTime,
 }
 
+/// Connections of the application's pool, unless `--pool` says.
 const POOL_SIZE: usize = 4;
 const LOOKUP_BLOCK: usize = 1000;
 
@@ -160,11 +161,13 @@ struct Options {
     child: Option<Side>,
     /// Data keys in the key vault (20-byte references; the seed's default), or inline.
     vault: bool,
+    /// Connections of the application's pool (the key vault has a pool of its own).
+    pool: usize,
 }
 
 const USAGE: &str = "usage: e2e [--n N] [--backend postgres|sqlite|both] \
     [--provider kms|local|both] [--audit db|none|both] [--batch B] [--lookups L] \
-    [--passes P] [--keys vault|inline] [--scale [--n-max N]]";
+    [--passes P] [--keys vault|inline] [--pool C] [--scale [--n-max N]]";
 
 fn parse_args() -> Options {
     let mut o = Options {
@@ -179,6 +182,7 @@ fn parse_args() -> Options {
         n_max: 100_000,
         child: None,
         vault: true,
+        pool: POOL_SIZE,
     };
     let mut args = std::env::args().skip(1);
     let number = |v: Option<String>, what: &str| -> usize {
@@ -195,6 +199,7 @@ fn parse_args() -> Options {
             "--lookups" => o.lookups = number(args.next(), "--lookups"),
             "--n-max" => o.n_max = number(args.next(), "--n-max"),
             "--passes" => o.passes = number(args.next(), "--passes").max(1),
+            "--pool" => o.pool = number(args.next(), "--pool"),
             "--scale" => o.scale = true,
             "--backend" => {
                 o.backends = match args.next().as_deref() {
@@ -273,7 +278,7 @@ struct Env {
     vault: Option<Arc<jarvis_models::DbKeyVault>>,
 }
 
-async fn set_up(backend: Backend, provider: Provider, vault: bool) -> Env {
+async fn set_up(backend: Backend, provider: Provider, vault: bool, pool: usize) -> Env {
     let (url, dir) = match backend {
         Backend::Postgres => (jarvis_tests::fresh_postgres_database("e2e_bench"), None),
         Backend::Sqlite => {
@@ -283,7 +288,7 @@ async fn set_up(backend: Backend, provider: Provider, vault: bool) -> Env {
         }
     };
     jarvis_models::db::migrate(&url).await.expect("migrate");
-    let db = Database::connect(&url, POOL_SIZE).await.expect("connect");
+    let db = Database::connect(&url, pool).await.expect("connect");
     let mut conn = db.get().await.expect("connection");
     match &mut conn {
         Conn::Postgres(c) => c
@@ -956,7 +961,7 @@ async fn run(
         opts.batch,
         opts.lookups
     );
-    let env = set_up(backend, provider, opts.vault).await;
+    let env = set_up(backend, provider, opts.vault, opts.pool).await;
     let sink = match audit {
         Audit::Db => Sink::Db(DbAudit::start(env.db.clone())),
         Audit::None => Sink::None,
@@ -1006,11 +1011,12 @@ async fn run(
 fn print_reports(opts: &Options, reports: &[Report]) {
     println!();
     println!(
-        "N = {}, batch/page size {}, {} lookups; select and lookups: median of {} passes; pool of {POOL_SIZE} connections; tokio multi-thread runtime; data keys {}; {} build",
+        "N = {}, batch/page size {}, {} lookups; select and lookups: median of {} passes; pool of {} connections; tokio multi-thread runtime; data keys {}; {} build",
         opts.n,
         opts.batch,
         opts.lookups,
         opts.passes,
+        opts.pool,
         if opts.vault {
             "in the key vault (20-byte references)"
         } else {
@@ -1222,7 +1228,7 @@ fn vm_hwm_kib() -> u64 {
 /// PostgreSQL; prints `SCALE_RESULT <insert s> <select s> <VmHWM KiB>`.
 async fn scale_child(opts: &Options, side: Side) {
     let emails: Vec<String> = (0..opts.n).map(email).collect();
-    let env = set_up(Backend::Postgres, opts.providers[0], opts.vault).await;
+    let env = set_up(Backend::Postgres, opts.providers[0], opts.vault, opts.pool).await;
     let sink = match opts.audits[0] {
         Audit::Db => Sink::Db(DbAudit::start(env.db.clone())),
         Audit::None => Sink::None,
@@ -1271,6 +1277,7 @@ fn scale(opts: &Options) {
             let output = std::process::Command::new(&exe)
                 .args(["--child-scale", label, "--n", &n.to_string()])
                 .args(["--batch", &opts.batch.to_string()])
+                .args(["--pool", &opts.pool.to_string()])
                 .args(["--provider", opts.providers[0].name()])
                 .args(["--keys", if opts.vault { "vault" } else { "inline" }])
                 .args([

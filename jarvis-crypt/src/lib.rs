@@ -33,7 +33,7 @@ pub use keys::{
     WRAPPED_KEY_VERSION, WipeWatch, envelope_header,
 };
 pub use local::{DEFAULT_KEY_FILE, KEY_FILE_VAR, LocalKeyProvider, MASTER_KEY_VAR};
-pub use model::{Encrypted, SearchColumn};
+pub use model::{Encrypted, EncryptedLoad, SearchColumn};
 pub use search::{
     ColumnHasher, CustomNormalizer, Normalize, SearchKey, SearchKeyFingerprint, SearchSpec,
 };

@@ -120,6 +120,31 @@ pub trait Encrypted: Sized + Send + Sync {
     }
 }
 
+/// A model loaded without its search-hash columns: what a read selects. Hashes serve
+/// lookups, which filter on them in SQL; decrypting never reads them, so a listing or a scan
+/// that loads them moves 32 bytes per searchable field per row for nothing.
+/// `#[derive(Encrypted)]` implements it with a generated load shape (diesel `Queryable` and
+/// `Selectable` over the same table, every column of the row but the search hashes):
+///
+/// ```ignore
+/// use jarvis_crypt::EncryptedLoad;
+/// let rows = users::table
+///     .select(<<User as EncryptedLoad>::Load as SelectableHelper<Pg>>::as_select())
+///     .load(&mut conn)
+///     .await?;
+/// let users = User::decrypt_loaded(rows, &encryptor).await?;
+/// ```
+#[async_trait]
+pub trait EncryptedLoad: Encrypted {
+    /// The stored row without its search-hash columns.
+    type Load: Send + 'static;
+
+    /// The models of rows loaded as [`Self::Load`], as
+    /// [`decrypt_rows`](Encrypted::decrypt_rows) makes them from whole rows: each distinct
+    /// data key unwrapped once, all or nothing.
+    async fn decrypt_loaded(rows: Vec<Self::Load>, encryptor: &Encryptor) -> Result<Vec<Self>>;
+}
+
 mod columns;
 
 pub(crate) mod support {

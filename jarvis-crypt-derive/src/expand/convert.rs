@@ -9,11 +9,15 @@ use crate::ast::{Bind, Container};
 
 pub(super) fn encrypted_impl(c: &Container, names: &Names) -> TokenStream {
     let model = &c.ident;
-    let Names { row, alias, .. } = names;
+    let Names {
+        row, load, alias, ..
+    } = names;
 
     let mut encrypt_steps = Vec::new();
     let mut row_inits = Vec::new();
     let mut destructure = Vec::new();
+    // The load shape has no search-hash fields.
+    let mut load_destructure = Vec::new();
     let mut pending = Vec::new();
     let mut decrypt_steps = Vec::new();
     let mut batch_steps = Vec::new();
@@ -30,6 +34,7 @@ pub(super) fn encrypted_impl(c: &Container, names: &Names) -> TokenStream {
         let Some(e) = &f.encrypted else {
             row_inits.push(quote!(#ident: ::core::clone::Clone::clone(&self.#ident)));
             destructure.push(quote!(#ident));
+            load_destructure.push(quote!(#ident));
             pending.push(quote!(#ident));
             model_inits.push(quote!(#ident));
             model_inits_each.push(quote!(#ident));
@@ -53,6 +58,7 @@ pub(super) fn encrypted_impl(c: &Container, names: &Names) -> TokenStream {
         });
         row_inits.push(quote!(#ct, #iv, #tag, #dk));
         destructure.push(quote!(#ct, #iv, #tag, #dk));
+        load_destructure.push(quote!(#ct, #iv, #tag, #dk));
 
         let ticket = format_ident!("__ticket_{}", ident);
         batch_steps.push(quote! {
@@ -110,6 +116,7 @@ pub(super) fn encrypted_impl(c: &Container, names: &Names) -> TokenStream {
             // Writes store ciphertext and clear the plaintext column.
             row_inits.push(quote!(#plain: ::core::option::Option::None));
             destructure.push(quote!(#plain));
+            load_destructure.push(quote!(#plain));
             pending.push(quote!(#plain));
             // Reads fall back to the plaintext column while the encrypted one is NULL.
             let fallback = quote! {
@@ -145,6 +152,33 @@ pub(super) fn encrypted_impl(c: &Container, names: &Names) -> TokenStream {
     let rehash_steps = search::rehash_steps(c, names);
 
     quote! {
+        #[automatically_derived]
+        #[__jc::async_trait]
+        impl ::jarvis_crypt::EncryptedLoad for #model {
+            type Load = #load;
+
+            async fn decrypt_loaded(
+                __rows: ::std::vec::Vec<#load>,
+                __enc: &::jarvis_crypt::Encryptor,
+            ) -> ::jarvis_crypt::Result<::std::vec::Vec<Self>> {
+                let mut __batch = __jc::Batch::new();
+                let mut __pending = ::std::vec::Vec::with_capacity(__rows.len());
+                for __row in __rows {
+                    let #load { #(#load_destructure,)* } = __row;
+                    let __key = #key_of_row;
+                    #(#batch_steps)*
+                    __pending.push((#(#pending,)*));
+                }
+                __batch.run(__enc).await;
+                let mut __models = ::std::vec::Vec::with_capacity(__pending.len());
+                for (#(#pending,)*) in __pending {
+                    #(#decrypt_steps)*
+                    __models.push(Self { #(#model_inits,)* });
+                }
+                ::core::result::Result::Ok(__models)
+            }
+        }
+
         #[automatically_derived]
         #[__jc::async_trait]
         impl ::jarvis_crypt::Encrypted for #model {

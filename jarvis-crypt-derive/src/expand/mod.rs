@@ -21,6 +21,8 @@ use crate::ast::{Container, EncryptedField, Kind};
 pub(crate) struct Names {
     /// The generated row struct, `<Model>Row`.
     pub(crate) row: Ident,
+    /// The generated load shape, the row without its search hashes (`EncryptedLoad::Load`).
+    pub(crate) load: Ident,
     /// The module through which the generated code names the table and its columns.
     pub(crate) alias: Ident,
     /// The name bound into the associated data and the search keys.
@@ -35,6 +37,7 @@ impl Names {
         // user's spelling of it, not once per derive.
         let alias = format_ident!("__jarvis_{}_columns", row);
         Names {
+            load: format_ident!("__{}Load", c.ident),
             row,
             alias,
             table_name: c.table_name(),

@@ -13,6 +13,7 @@ pub(super) fn row_struct(c: &Container, names: &Names) -> TokenStream {
     let table = &c.table;
     let Names {
         row,
+        load,
         alias,
         table_name,
     } = names;
@@ -24,6 +25,8 @@ pub(super) fn row_struct(c: &Container, names: &Names) -> TokenStream {
     };
 
     let mut row_fields = Vec::new();
+    // The row's fields but the search hashes: the load shape.
+    let mut load_fields = Vec::new();
     // Every column, as the user spelled it, imported once into the alias module.
     let mut columns = Vec::new();
     for f in &c.fields {
@@ -33,7 +36,9 @@ pub(super) fn row_struct(c: &Container, names: &Names) -> TokenStream {
         let Some(e) = &f.encrypted else {
             columns.push(ident.clone());
             let doc = format!("`{ident}`, as stored.");
-            row_fields.push(quote_spanned!(ident.span()=> #[doc = #doc] #fvis #ident: #ty));
+            let field = quote_spanned!(ident.span()=> #[doc = #doc] #fvis #ident: #ty);
+            load_fields.push(field.clone());
+            row_fields.push(field);
             continue;
         };
         let cols = [&e.ciphertext, &e.iv, &e.tag, &e.data_key];
@@ -46,7 +51,9 @@ pub(super) fn row_struct(c: &Container, names: &Names) -> TokenStream {
         for ((col, col_ty), what) in cols.into_iter().zip(stored_types(alias, e)).zip(whats) {
             columns.push(col.clone());
             let doc = format!("The {what} of `{ident}`.");
-            row_fields.push(quote_spanned!(col.span()=> #[doc = #doc] #fvis #col: #col_ty));
+            let field = quote_spanned!(col.span()=> #[doc = #doc] #fvis #col: #col_ty);
+            load_fields.push(field.clone());
+            row_fields.push(field);
         }
         if let Some(s) = &e.search {
             let col = &s.column;
@@ -59,9 +66,11 @@ pub(super) fn row_struct(c: &Container, names: &Names) -> TokenStream {
             let value_ty = &e.value_ty;
             columns.push(plain.clone());
             let doc = format!("The plaintext `{ident}` of a row not yet encrypted.");
-            row_fields.push(quote_spanned!(plain.span()=>
+            let field = quote_spanned!(plain.span()=>
                 #[doc = #doc] #fvis #plain: ::core::option::Option<#value_ty>
-            ));
+            );
+            load_fields.push(field.clone());
+            row_fields.push(field);
         }
     }
 
@@ -95,6 +104,20 @@ pub(super) fn row_struct(c: &Container, names: &Names) -> TokenStream {
         #[diesel(treat_none_as_null = true)]
         #vis struct #row {
             #(#row_fields,)*
+        }
+
+        /// The stored row without its search hashes: what reads load
+        /// (`jarvis_crypt::EncryptedLoad`).
+        #[doc(hidden)]
+        #[allow(non_camel_case_types)]
+        #[derive(
+            ::core::clone::Clone,
+            ::jarvis_crypt::__private::diesel::Queryable,
+            ::jarvis_crypt::__private::diesel::Selectable,
+        )]
+        #[diesel(table_name = #alias)]
+        #vis struct #load {
+            #(#load_fields,)*
         }
 
         #[doc(hidden)]

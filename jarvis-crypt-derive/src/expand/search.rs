@@ -125,6 +125,7 @@ pub(super) fn helpers(c: &Container, names: &Names) -> Vec<TokenStream> {
         row,
         alias,
         table_name,
+        ..
     } = names;
     searchable(c)
         .map(|(f, e, s)| {

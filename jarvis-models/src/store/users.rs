@@ -4,6 +4,11 @@
 use super::*;
 use crate::schema::users;
 use diesel::sql_types::BigInt;
+use jarvis_crypt::EncryptedLoad;
+
+/// A users row as reads load it: every stored-form column but the search hash, which only
+/// lookups filter on.
+type UserLoad = <User as EncryptedLoad>::Load;
 
 impl Store {
     /// Creates users, one per email, in one transaction.
@@ -194,14 +199,14 @@ impl Store {
         let started = Instant::now();
         let result = async {
             let mut conn = self.db.get().await?;
-            let rows: Vec<UserRow> = with_conn!(&mut conn, |c| users::table
+            let rows: Vec<UserLoad> = with_conn!(&mut conn, |c| users::table
                 .order(users::id)
                 .limit(limit)
                 .offset(offset)
-                .select(UserRow::as_select())
+                .select(UserLoad::as_select())
                 .load(c)
                 .await?);
-            Ok(User::decrypt_rows(rows, &self.encryptor).await?)
+            Ok(User::decrypt_loaded(rows, &self.encryptor).await?)
         }
         .await;
         self.auditor().audited(
@@ -232,13 +237,13 @@ impl Store {
                         .filter(users::id.gt(after_id))
                         .order(users::id)
                         .limit(limit)
-                        .select(UserRow::as_select())
-                        .load_stream::<UserRow>(c)
+                        .select(UserLoad::as_select())
+                        .load_stream::<UserLoad>(c)
                         .await?
                         .try_chunks(CHUNK)
                 );
                 while let Some(rows) = chunks.try_next().await.map_err(|e| e.1)? {
-                    users.extend(User::decrypt_rows(rows, &self.encryptor).await?);
+                    users.extend(User::decrypt_loaded(rows, &self.encryptor).await?);
                 }
             });
             Ok(users)

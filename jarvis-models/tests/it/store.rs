@@ -671,3 +671,30 @@ async fn a_full_audit_channel_drops_and_counts_and_shutdown_loses_nothing_queued
         .expect("count"));
     assert_eq!(verify_rows, 8);
 }
+
+/// Reads load every stored-form column but the search hash (the derive's load shape);
+/// lookups still filter on it.
+#[test]
+fn reads_do_not_load_the_search_hash() {
+    use diesel::SelectableHelper;
+    use jarvis_crypt::EncryptedLoad;
+    use jarvis_models::User;
+    use jarvis_models::models::UserRow;
+    type UserLoad = <User as EncryptedLoad>::Load;
+    let load =
+        diesel::debug_query::<diesel::pg::Pg, _>(&users::table.select(UserLoad::as_select()))
+            .to_string();
+    for column in [
+        "encrypted_email",
+        "email_iv",
+        "email_auth_tag",
+        "email_data_key",
+        "\"email\"",
+    ] {
+        assert!(load.contains(column), "{column}: {load}");
+    }
+    assert!(!load.contains("email_hash"), "{load}");
+    let row = diesel::debug_query::<diesel::pg::Pg, _>(&users::table.select(UserRow::as_select()))
+        .to_string();
+    assert!(row.contains("email_hash"), "{row}");
+}

@@ -148,6 +148,29 @@ pub(super) fn encrypted_impl(c: &Container, names: &Names) -> TokenStream {
     };
     let key_of_self = key_of(quote!(self.));
     let key_of_row = key_of(quote!());
+    // One batch over `__rows` of `shape` (the row, or the load shape without hashes): every
+    // value staged, one run, then the models; all or nothing.
+    let bulk_decrypt = |shape: &syn::Ident, fields: &[TokenStream]| {
+        quote! {
+            let mut __batch = __jc::Batch::new();
+            let mut __pending = ::std::vec::Vec::with_capacity(__rows.len());
+            for __row in __rows {
+                let #shape { #(#fields,)* } = __row;
+                let __key = #key_of_row;
+                #(#batch_steps)*
+                __pending.push((#(#pending,)*));
+            }
+            __batch.run(__enc).await;
+            let mut __models = ::std::vec::Vec::with_capacity(__pending.len());
+            for (#(#pending,)*) in __pending {
+                #(#decrypt_steps)*
+                __models.push(Self { #(#model_inits,)* });
+            }
+            ::core::result::Result::Ok(__models)
+        }
+    };
+    let decrypt_rows_body = bulk_decrypt(row, &destructure);
+    let decrypt_loaded_body = bulk_decrypt(load, &load_destructure);
     let search_columns = search::search_columns(c);
     let rehash_steps = search::rehash_steps(c, names);
 
@@ -161,21 +184,7 @@ pub(super) fn encrypted_impl(c: &Container, names: &Names) -> TokenStream {
                 __rows: ::std::vec::Vec<#load>,
                 __enc: &::jarvis_crypt::Encryptor,
             ) -> ::jarvis_crypt::Result<::std::vec::Vec<Self>> {
-                let mut __batch = __jc::Batch::new();
-                let mut __pending = ::std::vec::Vec::with_capacity(__rows.len());
-                for __row in __rows {
-                    let #load { #(#load_destructure,)* } = __row;
-                    let __key = #key_of_row;
-                    #(#batch_steps)*
-                    __pending.push((#(#pending,)*));
-                }
-                __batch.run(__enc).await;
-                let mut __models = ::std::vec::Vec::with_capacity(__pending.len());
-                for (#(#pending,)*) in __pending {
-                    #(#decrypt_steps)*
-                    __models.push(Self { #(#model_inits,)* });
-                }
-                ::core::result::Result::Ok(__models)
+                #decrypt_loaded_body
             }
         }
 
@@ -211,21 +220,7 @@ pub(super) fn encrypted_impl(c: &Container, names: &Names) -> TokenStream {
                 __rows: ::std::vec::Vec<#row>,
                 __enc: &::jarvis_crypt::Encryptor,
             ) -> ::jarvis_crypt::Result<::std::vec::Vec<Self>> {
-                let mut __batch = __jc::Batch::new();
-                let mut __pending = ::std::vec::Vec::with_capacity(__rows.len());
-                for __row in __rows {
-                    let #row { #(#destructure,)* } = __row;
-                    let __key = #key_of_row;
-                    #(#batch_steps)*
-                    __pending.push((#(#pending,)*));
-                }
-                __batch.run(__enc).await;
-                let mut __models = ::std::vec::Vec::with_capacity(__pending.len());
-                for (#(#pending,)*) in __pending {
-                    #(#decrypt_steps)*
-                    __models.push(Self { #(#model_inits,)* });
-                }
-                ::core::result::Result::Ok(__models)
+                #decrypt_rows_body
             }
 
             async fn decrypt_rows_each(

@@ -392,8 +392,10 @@ pub async fn rewrap_vault_keys(
 }
 
 /// How long before a `rotate --reencrypt` run began a vault key must have been created for
-/// the run to revoke it: a writer may hold a key as its active key for its cache's
-/// `max_age` (5 minutes by default) after creating it, and write values under it meanwhile.
+/// the run to revoke it (at least; twice the job's own `max_age` when that is longer): a
+/// writer may hold a key as its active key for its cache's `max_age` (5 minutes by default)
+/// after creating it, and write values under it meanwhile. Writers whose `max_age` is longer
+/// than this must be stopped or restarted before the run.
 pub const REVOKE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 
 #[derive(diesel::QueryableByName)]
@@ -403,7 +405,8 @@ struct ReferencedId {
 }
 
 /// Revokes every live key of the vault created before `before` that no value of `tables`
-/// references: its wrapped bytes and master key erased, `revoked_at` set, its id kept, so
+/// (and of `encrypted_backups`, whose records may reference the vault whatever the tables
+/// given) references: its wrapped bytes and master key erased, `revoked_at` set, its id kept, so
 /// nobody with write access to the database can make a value reference it again and have it
 /// read. What a finished `rotate --reencrypt` does to the keys it replaced (the answer to a
 /// compromised data key). Returns how many keys were revoked.
@@ -413,9 +416,15 @@ pub async fn revoke_unreferenced_keys(
     before: chrono::NaiveDateTime,
 ) -> Result<u64, ModelError> {
     use crate::described::quote;
+    use jarvis_crypt::EncryptedTable;
+    let backups = crate::models::EncryptedBackup::table();
+    let mut tables = tables.to_vec();
+    if !tables.iter().any(|t| t.name == backups.name) {
+        tables.push(backups);
+    }
     let mut referenced = std::collections::HashSet::new();
     let mut conn = db.get().await?;
-    for table in tables {
+    for table in &tables {
         for field in &table.fields {
             let dk = quote(field.data_key);
             let prefix = hex_literal(

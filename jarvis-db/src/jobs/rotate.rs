@@ -622,8 +622,8 @@ pub async fn rotate(
         if options.mode == RotateMode::Reencrypt && options.table.is_none() {
             // Every value is under a fresh data key now: the keys it replaced are revoked
             // once nothing references them.
-            let before = run.started_at
-                - chrono::Duration::from_std(crate::vault::REVOKE_GRACE).unwrap_or_default();
+            let grace = crate::vault::REVOKE_GRACE.max(cx.encryptor().cache().limits().max_age * 2);
+            let before = run.started_at - chrono::Duration::from_std(grace).unwrap_or_default();
             report.vault_keys_revoked =
                 crate::vault::revoke_unreferenced_keys(db, &tables, before).await?;
         }

@@ -479,3 +479,52 @@ both_backends!(
         );
     }
 );
+
+both_backends!(
+    revocation_keeps_the_keys_that_backup_records_reference,
+    |f| async move {
+        use jarvis_crypt::EncryptedTable;
+        // One key for the backup record, another for the user (one value per key).
+        let one_per_value = CacheLimits {
+            max_messages: 1,
+            ..CacheLimits::default()
+        };
+        let store = f.store(f.encryptor(true, one_per_value).await);
+        store
+            .create_backup(jarvis_models::NewBackup {
+                backup_name: "in-row".into(),
+                backup_type: "full".into(),
+                storage_path: None,
+                data: Some(b"a small backup".to_vec()),
+                size_bytes: Some(14),
+                checksum: None,
+                master_key_id: None,
+            })
+            .await
+            .expect("backup");
+        store.create_user("ada@example.com").await.expect("user");
+        assert_eq!(f.vault_rows().await, 2);
+        f.sql("DELETE FROM users").await;
+
+        // Revocation over the users table alone still sees the backup record's reference.
+        let later = chrono::Utc::now().naive_utc() + chrono::Duration::hours(1);
+        let revoked = jarvis_db::vault::revoke_unreferenced_keys(&f.db, &[User::table()], later)
+            .await
+            .expect("revoke");
+        assert_eq!(revoked, 1, "the user's key alone");
+        let reader = f.store(f.encryptor(true, CacheLimits::default()).await);
+        let backup = reader
+            .find_backup_by_name("in-row")
+            .await
+            .expect("read")
+            .expect("recorded");
+        assert_eq!(backup.data.as_deref(), Some(&b"a small backup"[..]));
+        // Keys created after the cut-off are never revoked.
+        let earlier = chrono::Utc::now().naive_utc() - chrono::Duration::hours(1);
+        f.sql("DELETE FROM encrypted_backups").await;
+        let revoked = jarvis_db::vault::revoke_unreferenced_keys(&f.db, &[User::table()], earlier)
+            .await
+            .expect("revoke");
+        assert_eq!(revoked, 0);
+    }
+);

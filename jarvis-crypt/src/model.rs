@@ -126,13 +126,43 @@ pub trait Encrypted: Sized + Send + Sync {
 /// `#[derive(Encrypted)]` implements it with a generated load shape (diesel `Queryable` and
 /// `Selectable` over the same table, every column of the row but the search hashes):
 ///
-/// ```ignore
-/// use jarvis_crypt::EncryptedLoad;
-/// let rows = users::table
-///     .select(<<User as EncryptedLoad>::Load as SelectableHelper<Pg>>::as_select())
-///     .load(&mut conn)
-///     .await?;
-/// let users = User::decrypt_loaded(rows, &encryptor).await?;
+/// ```
+/// use diesel::prelude::*;
+/// use jarvis_crypt::{Encrypted, EncryptedLoad, Encryptor};
+///
+/// mod schema {
+///     diesel::table! {
+///         users (id) {
+///             id -> BigInt,
+///             encrypted_email -> Binary,
+///             email_iv -> Binary,
+///             email_auth_tag -> Binary,
+///             email_data_key -> Binary,
+///             email_hash -> Binary,
+///         }
+///     }
+/// }
+/// use schema::users;
+///
+/// #[derive(Encrypted)]
+/// #[encrypted(table = schema::users, bind = id)]
+/// pub struct User {
+///     pub id: i64,
+///     #[encrypted(search(normalize = "email"))]
+///     pub email: String,
+/// }
+///
+/// type UserLoad = <User as EncryptedLoad>::Load;
+///
+/// /// Every user, without loading a single search hash.
+/// async fn every_user(
+///     conn: &mut SqliteConnection,
+///     encryptor: &Encryptor,
+/// ) -> Result<Vec<User>, Box<dyn std::error::Error>> {
+///     let rows: Vec<UserLoad> = users::table.select(UserLoad::as_select()).load(conn)?;
+///     Ok(User::decrypt_loaded(rows, encryptor).await?)
+/// }
+/// # fn main() {}
 /// ```
 #[async_trait]
 pub trait EncryptedLoad: Encrypted {

@@ -286,19 +286,13 @@ pub async fn master_keys(
     let mut keys = std::collections::BTreeSet::new();
     let mut after: Vec<u8> = Vec::new();
     loop {
-        let mut conn = db.get().await?;
-        let rows: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-            with_conn!(&mut conn, |c| jarvis_data_keys::table
-                .filter(jarvis_data_keys::id.gt(&after))
-                .filter(jarvis_data_keys::wrapped.is_not_null())
-                .order(jarvis_data_keys::id)
-                .select((jarvis_data_keys::id, jarvis_data_keys::wrapped))
-                .limit(10_000)
-                .load(c)
-                .await?);
-        let Some((last, _)) = rows.last() else { break };
+        let rows = live_keys_after(db, &after).await?;
+        let Some((last, ..)) = rows.last() else { break };
         after = last.clone();
-        keys.extend(rows.iter().filter_map(|(_, w)| master_key_of(w.as_deref())));
+        keys.extend(
+            rows.iter()
+                .filter_map(|(_, _, w)| master_key_of(w.as_deref())),
+        );
     }
     Ok(keys)
 }
@@ -323,21 +317,7 @@ pub async fn rewrap_vault_keys(
     let mut rewrapped = 0u64;
     let mut after: Vec<u8> = Vec::new();
     loop {
-        let rows: Vec<Row> = {
-            let mut conn = db.get().await?;
-            with_conn!(&mut conn, |c| jarvis_data_keys::table
-                .filter(jarvis_data_keys::id.gt(&after))
-                .filter(jarvis_data_keys::wrapped.is_not_null())
-                .order(jarvis_data_keys::id)
-                .select((
-                    jarvis_data_keys::id,
-                    jarvis_data_keys::purpose,
-                    jarvis_data_keys::wrapped,
-                ))
-                .limit(1000)
-                .load(c)
-                .await?)
-        };
+        let rows = live_keys_after(db, &after).await?;
         let Some((last, ..)) = rows.last() else { break };
         after = last.clone();
         let pending: Vec<VaultKey> = rows
@@ -427,20 +407,10 @@ pub async fn revoke_unreferenced_keys(
     for table in &tables {
         for field in &table.fields {
             let dk = quote(field.data_key);
-            let prefix = hex_literal(
-                db.backend(),
-                &[
-                    jarvis_crypt::WRAPPED_KEY_MAGIC[0],
-                    jarvis_crypt::WRAPPED_KEY_MAGIC[1],
-                    jarvis_crypt::WRAPPED_KEY_MAGIC[2],
-                    jarvis_crypt::REFERENCE_VERSION,
-                ],
-            );
             let sql = format!(
-                "SELECT DISTINCT substr({dk}, 5, 16) AS id FROM {table} \
-                 WHERE length({dk}) = {len} AND substr({dk}, 1, 4) = {prefix}",
+                "SELECT DISTINCT substr({dk}, 5, 16) AS id FROM {table} WHERE {reference}",
                 table = quote(&table.name),
-                len = jarvis_crypt::REFERENCE_LEN,
+                reference = is_reference(db.backend(), &dk),
             );
             let ids: Vec<ReferencedId> =
                 with_conn!(&mut conn, |c| diesel::sql_query(&sql).load(c).await?);
@@ -480,10 +450,40 @@ pub async fn revoke_unreferenced_keys(
     Ok(revoked)
 }
 
-fn hex_literal(backend: crate::migrations::Backend, bytes: &[u8]) -> String {
+/// `bytes` as a SQL literal of `backend`.
+pub(crate) fn bytes_literal(backend: crate::migrations::Backend, bytes: &[u8]) -> String {
     let hex = hex::encode(bytes);
     match backend {
         crate::migrations::Backend::Postgres => format!("'\\x{hex}'::bytea"),
         crate::migrations::Backend::Sqlite => format!("x'{hex}'"),
     }
+}
+
+/// SQL: the data-key column `dk` (quoted) holds a 20-byte reference to a vault key.
+pub(crate) fn is_reference(backend: crate::migrations::Backend, dk: &str) -> String {
+    let mut prefix = jarvis_crypt::WRAPPED_KEY_MAGIC.to_vec();
+    prefix.push(jarvis_crypt::REFERENCE_VERSION);
+    format!(
+        "(length({dk}) = {len} AND substr({dk}, 1, 4) = {prefix})",
+        len = jarvis_crypt::REFERENCE_LEN,
+        prefix = bytes_literal(backend, &prefix)
+    )
+}
+
+/// Up to 1,000 live keys of the vault with ids after `after`, by id: the pages of the jobs
+/// that walk the whole vault.
+async fn live_keys_after(db: &Database, after: &[u8]) -> Result<Vec<Row>, ModelError> {
+    let mut conn = db.get().await?;
+    Ok(with_conn!(&mut conn, |c| jarvis_data_keys::table
+        .filter(jarvis_data_keys::id.gt(after))
+        .filter(jarvis_data_keys::wrapped.is_not_null())
+        .order(jarvis_data_keys::id)
+        .select((
+            jarvis_data_keys::id,
+            jarvis_data_keys::purpose,
+            jarvis_data_keys::wrapped,
+        ))
+        .limit(1000)
+        .load(c)
+        .await?))
 }

@@ -104,9 +104,9 @@ use chrono::{NaiveDateTime, Utc};
 use diesel::{ExpressionMethods, OptionalExtension, QueryDsl};
 use diesel_async::RunQueryDsl;
 use jarvis_crypt::{
-    AuditEvent, AuditSink, Encryptor, FieldDescription, MasterKeyRef, Operation, REFERENCE_LEN,
-    REFERENCE_VERSION, SearchDescription, SearchHash, SearchKey, SearchKeyFingerprint, SearchSpec,
-    StoredField, TableDescription, WRAPPED_KEY_MAGIC, WrappedKey, envelope_header,
+    AuditEvent, AuditSink, Encryptor, FieldDescription, MasterKeyRef, Operation, SearchDescription,
+    SearchHash, SearchKey, SearchKeyFingerprint, SearchSpec, StoredField, TableDescription,
+    WrappedKey, envelope_header,
 };
 use secrecy::zeroize::Zeroizing;
 use tokio::sync::OnceCell;
@@ -993,25 +993,14 @@ impl Predicate {
                 Backend::Sqlite => format!("'{text}'"),
             }
         };
-        let bytes = |bytes: &[u8]| match backend {
-            Backend::Postgres => format!("'\\x{}'::bytea", hex(bytes)),
-            Backend::Sqlite => format!("x'{}'", hex(bytes)),
-        };
-        let mut reference_prefix = WRAPPED_KEY_MAGIC.to_vec();
-        reference_prefix.push(REFERENCE_VERSION);
-        let reference = |f: &FieldDescription| {
-            format!(
-                "(length({dk}) = {REFERENCE_LEN} AND substr({dk}, 1, 4) = {prefix})",
-                dk = quote(f.data_key),
-                prefix = bytes(&reference_prefix)
-            )
-        };
+        let reference =
+            |f: &FieldDescription| crate::vault::is_reference(backend, &quote(f.data_key));
         // A current value whose data key is not under `to`: an inline envelope whose header
         // names another master key or, with `vault`, a reference to a vault key whose does
         // (a revoked or missing key counts as not under it).
         let not_under = |to: &MasterKeyRef, vault: bool| -> Result<String> {
             let header = envelope_header(to)?;
-            let literal = bytes(&header);
+            let literal = crate::vault::bytes_literal(backend, &header);
             let n = header.len();
             Ok(any(&|f| {
                 let dk = quote(f.data_key);
@@ -1140,10 +1129,6 @@ const REWRAP_CONCURRENCY: usize = 16;
 /// Whether `key` is wrapped under `to` already.
 fn is_under(key: &WrappedKey, to: &MasterKeyRef) -> Result<bool> {
     Ok(key.envelope()?.master_key() == Some(to))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The searchable fields of `table`.
@@ -1528,13 +1513,13 @@ impl Job<'_> {
         {
             let mut conn = self.cx.database().get().await?;
             for field in &table.fields {
+                let dk = quote(field.data_key);
                 let sql = format!(
                     "SELECT DISTINCT {dk} AS key FROM {table} \
-                     WHERE length({iv}) = 12 AND length({dk}) <> {len}",
-                    dk = quote(field.data_key),
+                     WHERE length({iv}) = 12 AND NOT {reference}",
                     iv = quote(field.iv),
                     table = quote(&table.name),
-                    len = jarvis_crypt::REFERENCE_LEN,
+                    reference = crate::vault::is_reference(self.cx.database().backend(), &dk),
                 );
                 let found: Vec<Key> =
                     with_conn!(&mut conn, |c| diesel::sql_query(&sql).load(c).await?);
@@ -1612,13 +1597,7 @@ impl Job<'_> {
     /// `key` re-wrapped under `to`, by the provider once per run: concurrent callers asking
     /// for the same key wait for the first answer.
     async fn rewrap(&self, key: &WrappedKey, to: &MasterKeyRef) -> Result<WrappedKey> {
-        let cell = {
-            let mut cells = self
-                .rewrapped
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            Arc::clone(cells.entry(key.as_bytes().to_vec()).or_default())
-        };
+        let cell = self.cell(key);
         let new = cell
             .get_or_try_init(|| self.cx.encryptor().rewrap(key, to))
             .await?;
